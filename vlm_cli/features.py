@@ -1,0 +1,178 @@
+"""Frozen-encoder features of media files under one recipe, through the feature cache.
+
+One cache entry per (media file, modality): the vision entry holds the per-frame features of the
+sampled frames, the audio entry the per-clip features of the sampled 2 s clips, or records that the
+file has no audio track (an explicit "absent" entry with no tensors, never zeros). The split of work:
+
+- :func:`decode_media` runs in a worker process (decoding may crash or hang on corrupt files) and
+  returns plain numpy arrays: sampled frames and the clips' fbank;
+- :class:`FeatureStore` runs in the main process: cache keys (no encoder weights loaded), lookups,
+  and :meth:`FeatureStore.encode_and_store` with the frozen encoders, loaded on first use.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from vlm_cli.cache import FeatureCache, feature_key
+from vlm_cli.media.kinds import media_kind
+from vlm_cli.recipe import Recipe
+
+VISION, AUDIO = "vision", "audio"
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeRequest:
+    """What a worker decodes for one media file (picklable).
+
+    Attributes:
+        path: the media file. kind: ``video``, ``image`` or ``audio``.
+        frames: keyword arguments of :func:`vlm_cli.media.load_video` (``num_frames`` or
+            ``fps`` + ``max_frames``), or None when vision features are not needed.
+        audio: keyword arguments of :func:`vlm_cli.media.audio_clip_fbanks`, or None.
+    """
+
+    path: str
+    kind: str
+    frames: dict[str, Any] | None
+    audio: dict[str, Any] | None
+
+
+def decode_media(request: DecodeRequest) -> dict[str, Any]:
+    """Decode one media file for the encoders (runs in a worker process).
+
+    Returns:
+        ``{"vision": {"frames": [T,H,W,3] uint8, "timestamps": [T] float64 s, "decoder": str,
+        "duration": s, "num_decodable": int}, "audio": {"fbank": [K,F,M] float32, "starts": [K]
+        float64 s, "duration": s} | {"absent": reason}}``, with only the requested modalities.
+
+    Raises:
+        MediaError: the file is missing or cannot be decoded.
+    """
+    from vlm_cli.media import NoAudio, audio_clip_fbanks, load_audio, load_video
+
+    out: dict[str, Any] = {}
+    if request.frames is not None:
+        video = load_video(request.path, **request.frames)
+        out[VISION] = {"frames": video.frames, "timestamps": video.timestamps,
+                       "decoder": video.decoder, "duration": video.duration,
+                       "num_decodable": video.num_decodable}
+    if request.audio is not None:
+        track = load_audio(request.path)
+        if isinstance(track, NoAudio):
+            out[AUDIO] = {"absent": track.reason}
+        else:
+            clips = audio_clip_fbanks(track, **request.audio)
+            out[AUDIO] = {"fbank": clips.fbank.numpy(), "starts": clips.starts,
+                          "duration": track.duration}
+    return out
+
+
+class FeatureStore:
+    """Cache keys, lookups and computation of frozen-encoder features for one recipe.
+
+    Args:
+        recipe: provides ``model.vision`` / ``model.audio`` (either may be None) and the sampling.
+        cache: the feature cache.
+        device: torch device for the encoders ("cpu", "cuda", ...); encoders load on first use.
+
+    Raises:
+        VlmError: pretrained encoder weights are not available locally.
+    """
+
+    def __init__(self, recipe: Recipe, cache: FeatureCache, device: str = "cpu") -> None:
+        from vlm_cli.model.fingerprint import audio_fingerprint, vision_fingerprint
+
+        self.recipe = recipe
+        self.cache = cache
+        self.device = device
+        self.fingerprints: dict[str, dict[str, Any]] = {}
+        if recipe.model.vision is not None:
+            self.fingerprints[VISION] = vision_fingerprint(recipe.model.vision, cache.file_digest)
+        if recipe.model.audio is not None:
+            self.fingerprints[AUDIO] = audio_fingerprint(recipe.model.audio, cache.file_digest)
+        self.sampling = {VISION: recipe.data.frame_sampling(), AUDIO: recipe.data.audio_sampling()}
+        self._encoders: dict[str, Any] = {}
+
+    def modalities(self, path: str | Path) -> list[str]:
+        """The modalities this recipe extracts from ``path`` (by its kind: video, image, audio)."""
+        kind = media_kind(path)
+        wanted = []
+        if VISION in self.fingerprints and kind in ("video", "image"):
+            wanted.append(VISION)
+        if AUDIO in self.fingerprints and kind in ("video", "audio"):
+            wanted.append(AUDIO)
+        return wanted
+
+    def keys(self, path: str | Path, media_sha256: str) -> dict[str, str]:
+        """Cache key of each modality of ``path``."""
+        return {m: feature_key(media_sha256, self.fingerprints[m], self.sampling[m])
+                for m in self.modalities(path)}
+
+    def cached(self, keys: dict[str, str]) -> set[str]:
+        """The modalities among ``keys`` whose cache entry is present and valid (verified without
+        loading tensors; corrupt entries are reported and removed)."""
+        return {modality for modality, key in keys.items() if self.cache.verify(key)}
+
+    def request(self, path: str | Path, modalities: list[str]) -> DecodeRequest:
+        """The decode request producing the inputs of ``modalities`` for ``path``."""
+        data = self.recipe.data
+        frames = None
+        if VISION in modalities:
+            frames = ({"num_frames": None, "fps": data.fps, "max_frames": data.max_frames}
+                      if data.sampling == "fps" else {"num_frames": data.frames})
+        audio = None
+        if AUDIO in modalities:
+            spec = self.recipe.model.audio
+            audio = {"num_clips": data.audio_clips, "clip_seconds": data.clip_seconds,
+                     "num_mel_bins": spec.num_mel_bins, "target_frames": spec.target_frames,
+                     "mean": spec.fbank_mean, "std": spec.fbank_std}
+        return DecodeRequest(str(path), media_kind(path), frames, audio)
+
+    def encoder(self, modality: str):
+        """The frozen encoder of ``modality``, loaded on first use."""
+        if modality not in self._encoders:
+            from vlm_cli.model.encoders import AudioEncoder, VisionEncoder
+
+            cls, spec = ((VisionEncoder, self.recipe.model.vision) if modality == VISION
+                         else (AudioEncoder, self.recipe.model.audio))
+            self._encoders[modality] = cls(spec, self.cache.file_digest).to(self.device)
+        return self._encoders[modality]
+
+    def encode_and_store(self, path: str | Path, media_sha256: str, keys: dict[str, str],
+                         decoded: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        """Run the frozen encoders on decoded inputs and write one cache entry per modality.
+
+        Args:
+            path: the media file (recorded in the provenance).
+            media_sha256: its content hash. keys: modality -> cache key (from :meth:`keys`).
+            decoded: the output of :func:`decode_media` for those modalities.
+
+        Returns:
+            modality -> tensors written: vision ``{"features": [T,N,D], "timestamps": [T]}``; audio
+            ``{"features": [K,D] or [K,N,D], "starts": [K]}``, or ``{}`` for an absent track.
+        """
+        import torch
+
+        written = {}
+        for modality, item in decoded.items():
+            provenance = {"modality": modality, "media": str(path), "media_sha256": media_sha256,
+                          "encoder": self.fingerprints[modality],
+                          "sampling": self.sampling[modality]}
+            if modality == VISION:
+                tensors = {"features": self.encoder(VISION).encode_frames(item["frames"]),
+                           "timestamps": torch.as_tensor(item["timestamps"], dtype=torch.float64)}
+                provenance.update(decoder=item["decoder"], duration=item["duration"],
+                                  num_decodable=item["num_decodable"])
+            elif "absent" in item:
+                tensors = {}
+                provenance.update(audio="absent", reason=item["absent"])
+            else:
+                tensors = {"features": self.encoder(AUDIO).encode_clips(item["fbank"]),
+                           "starts": torch.as_tensor(item["starts"], dtype=torch.float64)}
+                provenance.update(audio="present", duration=item["duration"])
+            self.cache.put(keys[modality], tensors, provenance)
+            written[modality] = tensors
+        return written

@@ -1,0 +1,137 @@
+"""Frozen encoders: a per-frame vision encoder and a per-clip audio encoder.
+
+Both wrap transformers classes (CLIPVisionModel / SiglipVisionModel, ASTModel) and add only what
+the papers specify on top: the vision feature layer and CLS selection of Video-LLaVA §3.1, and one
+embedding per 2 s audio clip as in Video-LLaMA §2.1 (AST's pooled output standing in for
+ImageBind's). Each encoder exposes a ``fingerprint``: everything that changes its features (weights
+identity, feature layer, selection, dtype, preprocessing), which goes into the feature-cache key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vlm_cli.model.fingerprint import audio_fingerprint, resolve_source, vision_fingerprint
+from vlm_cli.recipe import AudioEncoderSpec, VisionEncoderSpec
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def _vision_classes(arch: str) -> tuple[type, type]:
+    from transformers import (CLIPVisionConfig, CLIPVisionModel, SiglipVisionConfig,
+                              SiglipVisionModel)
+
+    return {"clip": (CLIPVisionConfig, CLIPVisionModel),
+            "siglip": (SiglipVisionConfig, SiglipVisionModel)}[arch]
+
+
+def _build(spec: VisionEncoderSpec | AudioEncoderSpec, config_cls: type, model_cls: type,
+           digest: Callable[[Path], str]) -> nn.Module:
+    """Instantiate ``model_cls`` from the spec's config (seeded random init) or local weights."""
+    dtype = DTYPES[spec.dtype]
+    directory, _ = resolve_source(spec, digest)
+    if directory is None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(spec.init_seed)
+            model = model_cls(config_cls(**spec.config)).to(dtype)
+    else:
+        model = model_cls.from_pretrained(directory, dtype=dtype)
+    return model.eval().requires_grad_(False)
+
+
+class VisionEncoder(nn.Module):
+    """Frozen image encoder applied to every sampled frame.
+
+    Args:
+        spec: the recipe's ``model.vision`` section.
+        digest: file sha256 function used to fingerprint local weights.
+
+    Raises:
+        VlmError: pretrained weights not found locally (see :func:`resolve_pretrained`).
+    """
+
+    def __init__(self, spec: VisionEncoderSpec, digest: Callable[[Path], str]) -> None:
+        super().__init__()
+        self.spec = spec
+        self.fingerprint = vision_fingerprint(spec, digest)
+        self.model = _build(spec, *_vision_classes(spec.arch), digest)
+        pre = self.fingerprint["preprocess"]
+        self.image_size = pre["size"]
+        self.has_cls = spec.arch == "clip"  # SigLIP's ViT has no CLS token
+        self.register_buffer("mean", torch.tensor(pre["mean"]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(pre["std"]).view(1, 3, 1, 1), persistent=False)
+
+    def preprocess(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Frames ``[T, H, W, 3] uint8`` RGB -> pixel values ``[T, 3, S, S] float32``.
+
+        CLIP's processing: resize the shortest edge to S px (bicubic, antialiased), centre-crop
+        S×S, scale to [0, 1], normalise with the mean/std. S = ``image_size``.
+        """
+        x = torch.as_tensor(np.asarray(frames)).permute(0, 3, 1, 2).float()
+        h, w = x.shape[-2:]
+        s = self.image_size
+        scale = s / min(h, w)
+        size = (max(s, round(h * scale)), max(s, round(w * scale)))
+        if size != (h, w):
+            x = F.interpolate(x, size=size, mode="bicubic", antialias=True, align_corners=False)
+        top, left = (size[0] - s) // 2, (size[1] - s) // 2
+        x = x[:, :, top:top + s, left:left + s].clamp(0, 255) / 255.0
+        return (x - self.mean) / self.std
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Pixel values ``[T, 3, S, S]`` -> features ``[T, N, D]`` from ``feature_layer``.
+
+        N is the number of patches (plus one with ``select='cls_patch'`` on CLIP).
+        """
+        pixel_values = pixel_values.to(self.model.device, self.model.dtype)
+        out = self.model(pixel_values=pixel_values, output_hidden_states=True)
+        feats = out.hidden_states[self.spec.feature_layer]
+        if self.has_cls and self.spec.select == "patch":
+            feats = feats[:, 1:]
+        return feats
+
+    @torch.no_grad()
+    def encode_frames(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Frames ``[T, H, W, 3] uint8`` -> features ``[T, N, D]`` on CPU in the encoder dtype."""
+        return self(self.preprocess(frames)).cpu()
+
+
+class AudioEncoder(nn.Module):
+    """Frozen audio encoder (AST) applied to each 2 s clip's fbank.
+
+    Args:
+        spec: the recipe's ``model.audio`` section.
+        digest: file sha256 function used to fingerprint local weights.
+
+    Raises:
+        VlmError: pretrained weights not found locally.
+    """
+
+    def __init__(self, spec: AudioEncoderSpec, digest: Callable[[Path], str]) -> None:
+        super().__init__()
+        from transformers import ASTConfig, ASTModel
+
+        self.spec = spec
+        self.fingerprint = audio_fingerprint(spec, digest)
+        self.model = _build(spec, ASTConfig, ASTModel, digest)
+
+    def forward(self, fbank: torch.Tensor) -> torch.Tensor:
+        """Fbank ``[K, target_frames, num_mel_bins] float32`` -> ``[K, D]`` (pooled) or
+        ``[K, N, D]`` (``select='all'``, from ``feature_layer``)."""
+        fbank = fbank.to(self.model.device, self.model.dtype)
+        if self.spec.select == "pooled":
+            return self.model(input_values=fbank).pooler_output
+        out = self.model(input_values=fbank, output_hidden_states=True)
+        return out.hidden_states[self.spec.feature_layer]
+
+    @torch.no_grad()
+    def encode_clips(self, fbank: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Fbank ``[K, F, M]`` -> features on CPU in the encoder dtype."""
+        return self(torch.as_tensor(np.asarray(fbank))).cpu()

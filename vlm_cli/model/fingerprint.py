@@ -1,0 +1,85 @@
+"""Encoder fingerprints: everything that changes a frozen encoder's features, for cache keys.
+
+Computed from the recipe and the weights' identity only (a resolved hub commit, or the sha256 of
+local weight files): no weights are loaded and neither torch nor transformers is imported, so a
+warm-cache run stays fast and training on cached features never builds the encoders.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from vlm_cli.errors import VlmError
+from vlm_cli.model.hub import resolve_pretrained
+from vlm_cli.recipe import CLIP_MEAN, CLIP_STD, AudioEncoderSpec, VisionEncoderSpec
+
+#: transformers' default ``image_size`` of CLIPVisionConfig and SiglipVisionConfig.
+DEFAULT_IMAGE_SIZE = 224
+
+
+def _torch_version() -> str:
+    from importlib.metadata import version
+
+    return version("torch")
+
+
+def resolve_source(spec: VisionEncoderSpec | AudioEncoderSpec,
+                   digest: Callable[[Path], str]) -> tuple[Path | None, dict[str, Any]]:
+    """Where an encoder's weights come from, and what pins them (for the cache key).
+
+    Returns ``(None, {"config", "init_seed", "torch"})`` for a seeded random initialisation, or
+    ``(directory, {...})`` from :func:`vlm_cli.model.hub.resolve_pretrained`. Loads no weights.
+    """
+    if spec.config is not None:
+        return None, {"config": spec.config, "init_seed": spec.init_seed, "torch": _torch_version()}
+    return resolve_pretrained(spec.pretrained, spec.revision, digest)
+
+
+def _config_image_size(directory: Path) -> int:
+    """``image_size`` from a checkpoint's config.json (a vision config, or a CLIP/LLaVA-style
+    config with a ``vision_config``), read as JSON so that fingerprints never import transformers.
+
+    Raises:
+        VlmError: config.json is missing or unreadable.
+    """
+    import json
+
+    try:
+        config = json.loads((directory / "config.json").read_text())
+    except (OSError, ValueError) as err:
+        raise VlmError(f"{directory}: cannot read config.json ({err})") from err
+    vision = config.get("vision_config") or config
+    return int(vision.get("image_size", DEFAULT_IMAGE_SIZE))
+
+
+def vision_fingerprint(spec: VisionEncoderSpec, digest: Callable[[Path], str]) -> dict[str, Any]:
+    """Everything that changes a vision encoder's features: weights identity, feature layer, CLS
+    selection, dtype and preprocessing (size in px, mean, std). Loads no weights."""
+    directory, source = resolve_source(spec, digest)
+    if spec.image_size is not None:
+        size = spec.image_size
+    elif directory is None:
+        size = int(spec.config.get("image_size", DEFAULT_IMAGE_SIZE))
+    else:
+        size = _config_image_size(directory)
+    return {
+        "modality": "vision", "arch": spec.arch, "source": source,
+        "feature_layer": spec.feature_layer, "select": spec.select, "dtype": spec.dtype,
+        "preprocess": {"resize": "shortest-edge-bicubic-antialias", "crop": "center",
+                       "size": size, "mean": spec.image_mean or list(CLIP_MEAN),
+                       "std": spec.image_std or list(CLIP_STD)},
+    }
+
+
+def audio_fingerprint(spec: AudioEncoderSpec, digest: Callable[[Path], str]) -> dict[str, Any]:
+    """Everything that changes an audio encoder's features, fbank front end included."""
+    _, source = resolve_source(spec, digest)
+    return {
+        "modality": "audio", "arch": spec.arch, "source": source,
+        "feature_layer": spec.feature_layer, "select": spec.select, "dtype": spec.dtype,
+        "preprocess": {"fbank": "kaldi", "num_mel_bins": spec.num_mel_bins,
+                       "target_frames": spec.target_frames, "mean": spec.fbank_mean,
+                       "std": spec.fbank_std, "sample_rate": 16000},
+    }

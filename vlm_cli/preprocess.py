@@ -1,0 +1,153 @@
+"""``vlm preprocess``: fill the feature cache for every media file of a dataset.
+
+Per media file: hash it (memoised), derive one cache key per modality, and skip it if every entry
+is present and valid. The rest are decoded in crash-isolated worker processes
+(:func:`vlm_cli.workers.run_isolated`), encoded by the frozen encoders in this process, and written
+to the cache atomically. A file that fails is reported with its path and reason; nothing is ever
+substituted for it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from vlm_cli.atomic import atomic_write_bytes
+from vlm_cli.cache import FeatureCache
+from vlm_cli.errors import MediaError, UsageError
+from vlm_cli.features import FeatureStore, decode_media
+from vlm_cli.recipe import Recipe
+from vlm_cli.workers import TaskFailure, run_isolated
+
+
+@dataclasses.dataclass(frozen=True)
+class ClipFailure:
+    """A media file that could not be preprocessed: its path and a one-line reason."""
+
+    path: str
+    reason: str
+
+
+@dataclasses.dataclass
+class PreprocessSummary:
+    """What a preprocess run did. ``clips`` counts distinct media files in this shard."""
+
+    clips: int = 0
+    hits: int = 0
+    computed: int = 0
+    failed: list[ClipFailure] = dataclasses.field(default_factory=list)
+    shard: str = "0/1"
+    seconds: float = 0.0
+
+    @property
+    def clips_per_s(self) -> float:
+        return self.clips / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"clips": self.clips, "hits": self.hits, "computed": self.computed,
+                "failed": [dataclasses.asdict(f) for f in self.failed], "shard": self.shard,
+                "seconds": round(self.seconds, 3), "clips_per_s": round(self.clips_per_s, 2)}
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """Parse ``I/N`` (0 ≤ I < N) into ``(I, N)``.
+
+    Raises:
+        UsageError: anything else.
+    """
+    index, sep, count = text.partition("/")
+    try:
+        i, n = int(index), int(count)
+    except ValueError:
+        i, n = -1, 0
+    if not sep or not 0 <= i < n:
+        raise UsageError(f"--shard {text!r}: expected I/N with 0 <= I < N, e.g. 0/4")
+    return i, n
+
+
+def select_shard(paths: Sequence[Path], index: int, count: int) -> list[Path]:
+    """The deterministic ``index``-th of ``count`` shards of ``paths``: every ``count``-th path of
+    the sorted list, so separate processes or machines cover the dataset exactly once."""
+    ordered = sorted(dict.fromkeys(paths), key=str)
+    return ordered[index::count]
+
+
+def _limit_worker_threads() -> None:
+    """Worker initialiser: one compute thread per decoder process (the main process encodes)."""
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def preprocess(paths: Sequence[Path], recipe: Recipe, cache: FeatureCache, *, workers: int = 2,
+               timeout_s: float | None = 300.0, device: str = "cpu", shard: tuple[int, int] = (0, 1),
+               on_clip: Callable[[str, str], None] | None = None) -> PreprocessSummary:
+    """Decode, encode and cache the features of ``paths`` (this shard of them).
+
+    Args:
+        paths: media files (duplicates are ignored).
+        recipe: decides the encoders and the sampling.
+        cache: where features go.
+        workers: decoder processes (≥ 1).
+        timeout_s: per-file decode limit in seconds; a file taking longer fails.
+        device: torch device for the encoders.
+        shard: ``(I, N)``: process only the I-th of N deterministic shards.
+        on_clip: called with (path, "hit" | "computed" | "failed") after each file.
+
+    Returns:
+        A :class:`PreprocessSummary`; failures carry the path and reason.
+    """
+    started = time.monotonic()
+    mine = select_shard([Path(p).absolute() for p in paths], *shard)
+    summary = PreprocessSummary(clips=len(mine), shard=f"{shard[0]}/{shard[1]}")
+    store = FeatureStore(recipe, cache, device)
+    report = on_clip or (lambda path, status: None)
+
+    def fail(path: Path, reason: str) -> None:
+        summary.failed.append(ClipFailure(str(path), reason))
+        report(str(path), "failed")
+
+    todo: list[tuple[Path, str, dict[str, str]]] = []
+    for path in mine:
+        if not store.modalities(path):
+            fail(path, f"recipe {recipe.name!r} has no encoder for this kind of file")
+            continue
+        try:
+            digest = cache.file_digest(path)
+        except MediaError as err:
+            fail(path, err.reason)
+            continue
+        keys = store.keys(path, digest)
+        found = store.cached(keys)
+        missing = {m: k for m, k in keys.items() if m not in found}
+        if missing:
+            todo.append((path, digest, missing))
+        else:
+            summary.hits += 1
+            report(str(path), "hit")
+
+    requests = [store.request(path, list(missing)) for path, _, missing in todo]
+    results = run_isolated(decode_media, requests, workers=workers, timeout_s=timeout_s,
+                           initializer=_limit_worker_threads) if requests else []
+    for index, decoded in results:
+        path, digest, missing = todo[index]
+        if isinstance(decoded, TaskFailure):
+            fail(path, decoded.reason)
+            continue
+        store.encode_and_store(path, digest, missing, decoded)
+        summary.computed += 1
+        report(str(path), "computed")
+    summary.seconds = time.monotonic() - started
+    return summary
+
+
+def write_error_log(path: Path, failures: Sequence[ClipFailure]) -> None:
+    """Write failures as JSONL (``{"path", "reason"}`` per line), atomically."""
+    lines = "".join(json.dumps(dataclasses.asdict(f)) + "\n" for f in failures)
+    atomic_write_bytes(path, lines.encode())
