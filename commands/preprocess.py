@@ -63,7 +63,7 @@ def preprocess(
     with console.progress_bar("clips") as bar:
         task = bar.add_task("preprocess", total=None)
         summary = run([r.path for r in refs], resolved, cache, workers=workers, timeout_s=timeout,
-                      device=_pick_device(device), shard=shard_index,
+                      device=device, shard=shard_index,
                       on_clip=lambda path, status: bar.advance(task))
         bar.update(task, total=summary.clips, completed=summary.clips)
 
@@ -80,14 +80,6 @@ def preprocess(
         _print_summary(result, console)
     if summary.failed and (on_error == "fail" or len(summary.failed) == summary.clips):
         raise typer.Exit(1)
-
-
-def _pick_device(device: str) -> str:
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def _print_summary(result: dict, console) -> None:

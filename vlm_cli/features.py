@@ -76,13 +76,14 @@ class FeatureStore:
     Args:
         recipe: provides ``model.vision`` / ``model.audio`` (either may be None) and the sampling.
         cache: the feature cache.
-        device: torch device for the encoders ("cpu", "cuda", ...); encoders load on first use.
+        device: torch device for the encoders ("cpu", "cuda", ...), or "auto" (CUDA when
+            available, else CPU). Encoders, and torch, load only on first use.
 
     Raises:
         VlmError: pretrained encoder weights are not available locally.
     """
 
-    def __init__(self, recipe: Recipe, cache: FeatureCache, device: str = "cpu") -> None:
+    def __init__(self, recipe: Recipe, cache: FeatureCache, device: str = "auto") -> None:
         from vlm_cli.model.fingerprint import audio_fingerprint, vision_fingerprint
 
         self.recipe = recipe
@@ -138,6 +139,10 @@ class FeatureStore:
 
             cls, spec = ((VisionEncoder, self.recipe.model.vision) if modality == VISION
                          else (AudioEncoder, self.recipe.model.audio))
+            if self.device == "auto":
+                import torch
+
+                self.device = "cuda" if torch.cuda.is_available() else "cpu"
             self._encoders[modality] = cls(spec, self.cache.file_digest).to(self.device)
         return self._encoders[modality]
 

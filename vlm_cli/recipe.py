@@ -72,7 +72,9 @@ class AudioEncoderSpec:
             tokens, like ImageBind's one embedding per clip); ``all`` keeps every token.
         num_mel_bins: fbank mel bins (128). target_frames: fbank frames per clip after padding or
             cropping (204 for 2 s at a 10 ms shift, as ImageBind; AST's 10 s checkpoints use 1024).
-        fbank_mean, fbank_std: normalisation (ImageBind: -4.268 / 9.138; AST: -4.2677 / 4.5690).
+        fbank_mean, fbank_std: normalisation ``(fbank - mean) / std``. ImageBind: -4.268 / 9.138.
+            AST checkpoints divide by twice AudioSet's std (transformers' ASTFeatureExtractor:
+            ``(fbank - mean) / (2 * std)``), so for them use -4.2677393 / 9.1379948.
     """
 
     arch: Literal["ast"] = "ast"

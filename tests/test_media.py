@@ -1,0 +1,567 @@
+"""Tests for vlm_cli.media: real sample clips, generated clips, bad inputs, audio front end."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchaudio
+
+from media_factory import moving_frames, tone, write_png, write_video, write_wav
+from vlm_cli.errors import MediaError
+from vlm_cli.media import (
+    IMAGEBIND_FBANK_MEAN,
+    IMAGEBIND_FBANK_STD,
+    SAMPLE_RATE,
+    AudioTrack,
+    NoAudio,
+    audio_clip_fbanks,
+    fps_frame_indices,
+    kaldi_fbank,
+    load_audio,
+    load_video,
+    probe_media,
+    sample_audio_clips,
+    sample_frame_indices,
+)
+from vlm_cli.media import video as video_module
+
+SAMPLES = Path(os.environ.get("VLM_SAMPLE_MEDIA", "/work/shared/media"))
+
+# name: (width, height, duration s, audio channels or None) -- from the samples' README.md
+SAMPLE_VIDEOS = {
+    "dog_barking.mp4": (854, 480, 7.2, 2),
+    "boat.mp4": (592, 336, 6.0, 2),
+    "applausing.mp4": (720, 480, 10.1, 2),
+    "birthday.mp4": (596, 336, 16.7, None),
+    "output_v_3V9tzjyr51I.mp4": (480, 360, 5.0, None),
+    "sample_demo_1.mp4": (640, 360, 9.7, 2),
+    "sample_demo_3.mp4": (640, 360, 6.1, 2),
+    "sample_demo_22.mp4": (204, 360, 36.3, 1),
+    "00003491.mp4": (640, 360, 60.0, 2),
+}
+# name: (duration s, channels)
+SAMPLE_WAVS = {"dog_audio.wav": (2.6, 2), "car_audio.wav": (5.0, 1)}
+
+needs_samples = pytest.mark.skipif(not SAMPLES.is_dir(), reason=f"no sample media at {SAMPLES}")
+
+
+def _sample(name: str) -> Path:
+    path = SAMPLES / name
+    if not path.is_file():
+        pytest.skip(f"missing sample {path}")
+    return path
+
+
+@pytest.fixture
+def no_decord(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make decord fail on every file, as on a file it cannot read."""
+
+    def refuse(path: object, select: object) -> None:
+        raise video_module._DecordFailed("disabled by test")
+
+    monkeypatch.setattr(video_module, "_load_with_decord", refuse)
+
+
+def _assert_timestamps(vf, duration: float) -> None:
+    assert vf.timestamps.dtype == np.float64
+    assert vf.timestamps.shape == (vf.frames.shape[0],)
+    assert np.all(np.diff(vf.timestamps) > 0)
+    assert vf.timestamps[0] >= 0.0
+    assert vf.timestamps[-1] <= vf.duration + 1e-6
+    assert vf.duration == pytest.approx(duration, abs=0.3)
+
+
+# ------------------------------------------------------------------------------------------
+# Real sample files
+
+
+@needs_samples
+@pytest.mark.parametrize("name", sorted(SAMPLE_VIDEOS))
+def test_sample_video_decodes_8_frames(name: str) -> None:
+    width, height, duration, _ = SAMPLE_VIDEOS[name]
+    vf = load_video(_sample(name))
+    assert vf.decoder == "decord"
+    assert vf.frames.dtype == np.uint8
+    assert vf.frames.shape == (8, height, width, 3)
+    assert vf.frames.flags.c_contiguous
+    _assert_timestamps(vf, duration)
+    assert vf.num_decodable >= 8
+    assert vf.fps > 0
+    assert vf.num_decodable == pytest.approx(vf.duration * vf.fps, rel=0.02)
+    assert vf.frames.std() > 5  # real pictures, not a blank buffer
+
+
+@needs_samples
+@pytest.mark.parametrize("name", sorted(SAMPLE_VIDEOS))
+def test_sample_video_pyav_matches_decord(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    reference = load_video(_sample(name))
+    monkeypatch.setattr(
+        video_module,
+        "_load_with_decord",
+        lambda path, select: (_ for _ in ()).throw(video_module._DecordFailed("test")),
+    )
+    vf = load_video(_sample(name))
+    assert vf.decoder == "pyav"
+    assert vf.num_decodable == reference.num_decodable
+    np.testing.assert_allclose(vf.timestamps, reference.timestamps, atol=1e-3)
+    assert vf.duration == pytest.approx(reference.duration, abs=0.05)
+    diff = np.abs(vf.frames.astype(np.int16) - reference.frames.astype(np.int16)).mean()
+    assert diff < 2.0
+
+
+@needs_samples
+@pytest.mark.parametrize("name", sorted(SAMPLE_VIDEOS))
+def test_sample_video_audio(name: str) -> None:
+    _, _, duration, channels = SAMPLE_VIDEOS[name]
+    track = load_audio(_sample(name))
+    if channels is None:
+        assert isinstance(track, NoAudio)
+        assert track.path == str(_sample(name))
+        return
+    assert isinstance(track, AudioTrack)
+    _assert_track(track, duration, channels, 44_100)
+
+
+@needs_samples
+@pytest.mark.parametrize("name", sorted(SAMPLE_WAVS))
+def test_sample_wav_audio(name: str) -> None:
+    duration, channels = SAMPLE_WAVS[name]
+    track = load_audio(_sample(name))
+    assert isinstance(track, AudioTrack)
+    _assert_track(track, duration, channels, 44_100)
+    info = probe_media(_sample(name))
+    assert (info.kind, info.has_video, info.has_audio) == ("audio", False, True)
+
+
+def _assert_track(track: AudioTrack, duration: float, channels: int, source_rate: int) -> None:
+    assert track.sample_rate == SAMPLE_RATE == 16_000
+    assert track.waveform.dtype == torch.float32
+    assert track.waveform.ndim == 1
+    assert track.duration == pytest.approx(track.waveform.numel() / 16_000)
+    assert track.duration == pytest.approx(duration, abs=0.3)
+    assert track.source_channels == channels
+    assert track.source_sample_rate == source_rate
+    assert float(track.waveform.square().mean().sqrt()) > 1e-3  # real sound, not zeros
+
+
+@needs_samples
+def test_sample_mp3_in_mp4() -> None:
+    """00003491.mp4 carries MP3 (not AAC) audio next to h264 at 60 fps."""
+    track = load_audio(_sample("00003491.mp4"))
+    assert isinstance(track, AudioTrack)
+    assert track.duration == pytest.approx(60.0, abs=0.3)
+    clips = audio_clip_fbanks(track)
+    assert clips.fbank.shape == (8, 204, 128)
+    np.testing.assert_allclose(clips.starts, np.linspace(0, track.duration - 2.0, 8))
+
+
+@needs_samples
+@pytest.mark.parametrize("name", sorted(SAMPLE_VIDEOS))
+def test_sample_probe(name: str) -> None:
+    width, height, duration, channels = SAMPLE_VIDEOS[name]
+    info = probe_media(_sample(name))
+    assert info.kind == "video" and info.has_video
+    assert info.has_audio == (channels is not None)
+    assert (info.width, info.height) == (width, height)
+    assert info.duration == pytest.approx(duration, abs=0.3)
+
+
+@needs_samples
+def test_wav_is_not_a_video() -> None:
+    with pytest.raises(MediaError, match="no video stream") as err:
+        load_video(_sample("car_audio.wav"))
+    assert str(_sample("car_audio.wav")) in str(err.value)
+
+
+# ------------------------------------------------------------------------------------------
+# Frame sampling
+
+
+@pytest.mark.parametrize("total,num", [(1, 1), (1, 8), (3, 8), (8, 8), (9, 8), (299, 8), (3600, 8)])
+def test_sample_frame_indices(total: int, num: int) -> None:
+    idx = sample_frame_indices(total, num)
+    assert idx.dtype == np.int64 and idx.shape == (num,)
+    assert idx[0] == 0 and idx[-1] == total - 1
+    assert np.all(np.diff(idx) >= 0) and idx.max() <= total - 1
+    # Video-LLaVA: np.linspace(0, len(vr) - 1, num_frames, dtype=int)
+    np.testing.assert_array_equal(idx, np.linspace(0, total - 1, num, dtype=int))
+    if total >= num:
+        assert np.unique(idx).size == num
+    np.testing.assert_array_equal(idx, sample_frame_indices(total, num))  # deterministic
+
+
+@pytest.mark.parametrize("total,num", [(0, 8), (10, 0), (-1, 1)])
+def test_sample_frame_indices_rejects(total: int, num: int) -> None:
+    with pytest.raises(ValueError):
+        sample_frame_indices(total, num)
+
+
+def _fps_reference(ts: np.ndarray, fps: float) -> np.ndarray:
+    targets = ts[0] + np.arange(0.0, ts[-1] - ts[0] + 1e-9, 1.0 / fps)
+    return np.unique(np.searchsorted(ts, targets + 1e-4, side="right") - 1)
+
+
+def test_fps_frame_indices_constant_rate() -> None:
+    ts = np.arange(300) / 30.0  # 10 s at 30 fps
+    idx = fps_frame_indices(ts, 1.0)
+    np.testing.assert_array_equal(idx, np.arange(0, 300, 30))
+    assert idx.dtype == np.int64
+    np.testing.assert_array_equal(fps_frame_indices(ts, 2.0), np.arange(0, 300, 15))
+    # without `end` the last target is the last timestamp; with it, the last frame's span counts
+    np.testing.assert_array_equal(fps_frame_indices(ts, 1000.0, end=10.0), np.arange(300))
+    assert fps_frame_indices(ts, 1000.0).size == 299
+    np.testing.assert_array_equal(fps_frame_indices(ts, 1.0, end=10.0), idx)
+    np.testing.assert_array_equal(fps_frame_indices(ts, 30.0, end=10.0), np.arange(300))
+    capped = fps_frame_indices(ts, 1.0, max_frames=4)
+    assert capped.size == 4
+    np.testing.assert_array_equal(capped, idx[sample_frame_indices(idx.size, 4)])
+    assert set(capped) <= set(idx) and capped[0] == 0 and capped[-1] == idx[-1]
+    assert fps_frame_indices(ts, 1.0, max_frames=100).size == 10  # cap above count: no-op
+    np.testing.assert_array_equal(fps_frame_indices(np.array([0.5]), 1.0), [0])
+
+
+def test_fps_frame_indices_variable_rate() -> None:
+    rng = np.random.default_rng(0)
+    ts = np.cumsum(rng.uniform(0.01, 0.2, size=500)) + 0.3
+    for fps in (0.5, 1.0, 3.0, 7.5, 50.0):
+        np.testing.assert_array_equal(fps_frame_indices(ts, fps), _fps_reference(ts, fps))
+
+
+@pytest.mark.parametrize(
+    "ts,fps,cap,end",
+    [([], 1.0, None, None), ([0, 1], 0.0, None, None), ([1, 0], 1.0, None, None),
+     ([0, 1], 1.0, 0, None), ([0, 1], 1.0, None, 0.5)],
+)
+def test_fps_frame_indices_rejects(
+    ts: list, fps: float, cap: int | None, end: float | None
+) -> None:
+    with pytest.raises(ValueError):
+        fps_frame_indices(np.asarray(ts, dtype=float), fps, cap, end=end)
+
+
+# ------------------------------------------------------------------------------------------
+# Generated clips
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("clips")
+
+
+@pytest.fixture(scope="module")
+def clip_4s(clip_dir: Path) -> Path:
+    """4 s at 25 fps, 64x96, with a 440 Hz AAC tone at 16 kHz."""
+    return write_video(
+        clip_dir / "clip4s.mp4", moving_frames(100), 25, audio=tone(440, 4.0, 16_000)
+    )
+
+
+@pytest.mark.parametrize("decord", [True, False])
+def test_load_video_by_fps(clip_4s: Path, decord: bool, request: pytest.FixtureRequest) -> None:
+    if not decord:
+        request.getfixturevalue("no_decord")
+    vf = load_video(clip_4s, num_frames=None, fps=2.0)
+    assert vf.decoder == ("decord" if decord else "pyav")
+    assert vf.frames.shape == (8, 64, 96, 3)
+    # frames at k / 25 s: the frame on screen at 0.5 s is the one shown from 0.48 s
+    expected = np.floor(np.arange(8) * 0.5 * 25 + 1e-6) / 25
+    np.testing.assert_allclose(vf.timestamps, expected, atol=1e-3)
+    capped = load_video(clip_4s, num_frames=None, fps=2.0, max_frames=3)
+    np.testing.assert_allclose(capped.timestamps, expected[[0, 3, 7]], atol=1e-3)
+    every = load_video(clip_4s, num_frames=None, fps=25.0)
+    assert every.frames.shape[0] == 100
+    assert vf.num_decodable == 100 and vf.fps == pytest.approx(25.0)
+    assert vf.duration == pytest.approx(4.0, abs=0.05)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(fps=1.0), dict(num_frames=None), dict(num_frames=0), dict(num_frames=4, max_frames=2),
+     dict(num_frames=None, fps=-1.0)],
+)
+def test_load_video_rejects_bad_sampling(clip_4s: Path, kwargs: dict) -> None:
+    with pytest.raises(ValueError):
+        load_video(clip_4s, **kwargs)
+
+
+@pytest.mark.parametrize("decord", [True, False])
+def test_short_clip_repeats_frames(
+    clip_dir: Path, decord: bool, request: pytest.FixtureRequest
+) -> None:
+    if not decord:
+        request.getfixturevalue("no_decord")
+    path = write_video(clip_dir / f"three_{decord}.mp4", moving_frames(3), 10)
+    vf = load_video(path, num_frames=8)
+    assert vf.frames.shape == (8, 64, 96, 3) and vf.num_decodable == 3
+    np.testing.assert_allclose(vf.timestamps, np.linspace(0, 2, 8).astype(int) / 10, atol=1e-3)
+    np.testing.assert_array_equal(vf.frames[0], vf.frames[1])
+
+
+def test_generated_audio_track(clip_4s: Path) -> None:
+    track = load_audio(clip_4s)
+    assert isinstance(track, AudioTrack)
+    assert track.source_sample_rate == 16_000 and track.source_channels == 1
+    assert track.duration == pytest.approx(4.0, abs=0.1)
+    assert _dominant_hz(track.waveform[8000:-8000], 16_000) == pytest.approx(440, abs=3)
+
+
+def test_image_is_one_frame(tmp_path: Path) -> None:
+    rgb = moving_frames(1, 48, 80)[0]
+    path = write_png(tmp_path / "picture.png", rgb)
+    vf = load_video(path)  # num_frames=8 asked, one picture given
+    assert vf.decoder == "image"
+    assert vf.frames.shape == (1, 48, 80, 3) and vf.frames.dtype == np.uint8
+    np.testing.assert_array_equal(vf.frames[0], rgb)  # png is lossless
+    np.testing.assert_array_equal(vf.timestamps, [0.0])
+    assert (vf.num_decodable, vf.duration, vf.fps) == (1, 0.0, 0.0)
+    assert load_video(path, num_frames=None, fps=1.0).frames.shape[0] == 1
+    info = probe_media(path)
+    assert (info.kind, info.width, info.height, info.duration) == ("image", 80, 48, None)
+    assert isinstance(load_audio(path), NoAudio)
+
+
+def test_decord_failure_falls_back_to_pyav(clip_4s: Path, no_decord: None) -> None:
+    vf = load_video(clip_4s)
+    assert vf.decoder == "pyav"
+    assert vf.frames.shape == (8, 64, 96, 3) and vf.num_decodable == 100
+
+
+def _truncated_copy(src: Path, dst: Path, fraction: float) -> Path:
+    data = src.read_bytes()
+    dst.write_bytes(data[: int(len(data) * fraction)])
+    return dst
+
+
+def test_truncated_faststart_mp4_decodes_what_is_there(tmp_path: Path) -> None:
+    """moov first, data cut at 60%: decord refuses it, PyAV decodes the frames that exist and
+    the sampling is spread over them (not over the header's 100 frames)."""
+    original = moving_frames(100)
+    full = write_video(
+        tmp_path / "full.mp4", original, 25, audio=tone(440, 4.0, 16_000), faststart=True
+    )
+    cut = _truncated_copy(full, tmp_path / "cut.mp4", 0.6)
+    vf = load_video(cut)
+    assert vf.decoder == "pyav"
+    assert 0 < vf.num_decodable < 100
+    assert vf.frames.shape == (8, 64, 96, 3)
+    _assert_timestamps(vf, vf.num_decodable / 25)
+    np.testing.assert_array_equal(
+        np.round(vf.timestamps * 25).astype(int), sample_frame_indices(vf.num_decodable, 8)
+    )
+    # Each frame is the real picture at its timestamp (red level encodes the frame number).
+    expected = original[np.round(vf.timestamps * 25).astype(int), :, :, 0].mean(axis=(1, 2))
+    np.testing.assert_allclose(vf.frames[..., 0].mean(axis=(1, 2)), expected, atol=4)
+    # The audio of the cut file: what decodes before the cut, or a MediaError -- never zeros.
+    try:
+        track = load_audio(cut)
+    except MediaError as err:
+        assert str(cut) in str(err)
+    else:
+        assert isinstance(track, AudioTrack) and 0 < track.duration < 4.0
+        assert _dominant_hz(track.waveform, 16_000) == pytest.approx(440, abs=3)
+
+
+# ------------------------------------------------------------------------------------------
+# Bad inputs
+
+
+def _bad_inputs(tmp_path: Path, clip: Path) -> dict[str, Path]:
+    empty = tmp_path / "empty.mp4"
+    empty.write_bytes(b"")
+    text = tmp_path / "notes.mp4"
+    text.write_text("this is not a video\n" * 50)
+    truncated = _truncated_copy(clip, tmp_path / "truncated.mp4", 0.5)  # index at the end: lost
+    return {
+        "missing": tmp_path / "missing.mp4",
+        "zero-byte": empty,
+        "text": text,
+        "truncated": truncated,
+        "directory": tmp_path,
+    }
+
+
+@pytest.mark.parametrize("kind", ["missing", "zero-byte", "text", "truncated", "directory"])
+@pytest.mark.parametrize("loader", [load_video, load_audio, probe_media])
+def test_bad_input_raises_media_error(
+    tmp_path: Path, clip_4s: Path, kind: str, loader
+) -> None:
+    path = _bad_inputs(tmp_path, clip_4s)[kind]
+    with pytest.raises(MediaError) as err:
+        loader(path)
+    assert str(path) in str(err.value)
+    assert err.value.path == str(path)
+    assert "\n" not in str(err.value)
+
+
+def test_bad_input_with_pyav_only(tmp_path: Path, clip_4s: Path, no_decord: None) -> None:
+    for path in _bad_inputs(tmp_path, clip_4s).values():
+        with pytest.raises(MediaError):
+            load_video(path)
+
+
+# ------------------------------------------------------------------------------------------
+# Audio front end
+
+
+def _dominant_hz(wave: torch.Tensor, rate: int) -> float:
+    spectrum = np.abs(np.fft.rfft(wave.numpy().astype(np.float64)))
+    return float(np.fft.rfftfreq(wave.numel(), 1.0 / rate)[spectrum.argmax()])
+
+
+def test_stereo_downmix_keeps_one_sided_tone(tmp_path: Path) -> None:
+    left = tone(440, 3.0, 44_100, amplitude=0.5)
+    path = write_wav(tmp_path / "left_only.wav", np.stack([left, np.zeros_like(left)]), 44_100)
+    track = load_audio(path)
+    assert isinstance(track, AudioTrack)
+    assert track.source_channels == 2 and track.source_sample_rate == 44_100
+    # 44.1 kHz -> 16 kHz: ceil(S * 16000 / 44100) samples
+    assert track.waveform.numel() == int(np.ceil(left.size * 16_000 / 44_100))
+    assert track.duration == pytest.approx(3.0, abs=1e-3)
+    assert _dominant_hz(track.waveform, 16_000) == pytest.approx(440, abs=1)
+    peak = float(track.waveform[1000:-1000].abs().max())
+    assert peak == pytest.approx(0.25, abs=0.01)  # mean of the two channels
+
+
+def test_mono_wav_at_16k_is_not_resampled(tmp_path: Path) -> None:
+    wave = tone(1000, 1.0, 16_000, amplitude=0.3)
+    track = load_audio(write_wav(tmp_path / "mono.wav", wave, 16_000, channels=1))
+    assert isinstance(track, AudioTrack)
+    np.testing.assert_allclose(track.waveform.numpy(), wave, atol=1 / 32767 + 1e-6)
+
+
+def test_video_without_audio_is_no_audio(tmp_path: Path) -> None:
+    path = write_video(tmp_path / "silent.mp4", moving_frames(10), 10)
+    result = load_audio(path)
+    assert result == NoAudio(path=str(path))
+    with pytest.raises(MediaError, match="no audio track"):
+        audio_clip_fbanks(result)
+
+
+def test_sample_audio_clips_long() -> None:
+    wave = torch.arange(10 * 16_000, dtype=torch.float32)
+    clips, starts = sample_audio_clips(wave, num_clips=8, clip_seconds=2.0)
+    assert clips.shape == (8, 32_000) and clips.dtype == torch.float32
+    assert starts.dtype == np.float64
+    np.testing.assert_allclose(starts, np.linspace(0, 8, 8))
+    for clip, start in zip(clips, starts):
+        first = int(round(start * 16_000))
+        torch.testing.assert_close(clip, wave[first : first + 32_000])
+
+
+def test_sample_audio_clips_short_is_zero_padded() -> None:
+    wave = torch.ones(24_000)  # 1.5 s
+    clips, starts = sample_audio_clips(wave, num_clips=3)
+    np.testing.assert_array_equal(starts, [0.0, 0.0, 0.0])
+    assert torch.all(clips[:, :24_000] == 1) and torch.all(clips[:, 24_000:] == 0)
+    with pytest.raises(ValueError):
+        sample_audio_clips(torch.zeros(0))
+    with pytest.raises(ValueError):
+        sample_audio_clips(torch.zeros(2, 100))
+
+
+def _reference_fbank(clip: torch.Tensor) -> torch.Tensor:
+    """ImageBind's waveform2melspec + Normalize, written out independently."""
+    if clip.numel() < 400:  # torchaudio refuses clips shorter than one window
+        return torch.full((204, 128), -IMAGEBIND_FBANK_MEAN / IMAGEBIND_FBANK_STD)
+    wave = clip.unsqueeze(0) - clip.mean()
+    fb = torchaudio.compliance.kaldi.fbank(
+        wave, htk_compat=True, sample_frequency=16_000, use_energy=False,
+        window_type="hanning", num_mel_bins=128, dither=0.0, frame_length=25, frame_shift=10,
+    ).T
+    p = 204 - fb.shape[1]
+    fb = torch.nn.functional.pad(fb, (0, p)) if p > 0 else fb[:, :204]
+    return ((fb - IMAGEBIND_FBANK_MEAN) / IMAGEBIND_FBANK_STD).T
+
+
+@pytest.mark.parametrize("seconds", [2.0, 5.0, 0.5, 0.01])
+def test_kaldi_fbank_shape_pad_crop(seconds: float) -> None:
+    clip = torch.from_numpy(tone(440, seconds, 16_000)) + 0.01 * torch.randn(
+        int(round(seconds * 16_000)), generator=torch.Generator().manual_seed(0)
+    )
+    fb = kaldi_fbank(clip)
+    assert fb.shape == (204, 128) and fb.dtype == torch.float32
+    torch.testing.assert_close(fb, _reference_fbank(clip))
+    real = max(0, 1 + (clip.numel() - 400) // 160)  # 25 ms windows every 10 ms
+    if real < 204:  # padded rows are zeros normalised after padding
+        pad_value = -IMAGEBIND_FBANK_MEAN / IMAGEBIND_FBANK_STD
+        torch.testing.assert_close(fb[real:], torch.full((204 - real, 128), pad_value))
+        if real:
+            assert not torch.allclose(fb[:real], torch.full((real, 128), pad_value))
+    assert kaldi_fbank(clip, target_frames=50, num_mel_bins=64).shape == (50, 64)
+    with pytest.raises(ValueError):
+        kaldi_fbank(torch.zeros(0))
+
+
+def test_audio_clip_fbanks_short_track_pads_fbank_not_samples() -> None:
+    wave = torch.from_numpy(tone(440, 1.0, 16_000))
+    track = AudioTrack(wave, 16_000, 1.0, 16_000, 1)
+    clips = audio_clip_fbanks(track, num_clips=2)
+    assert clips.fbank.shape == (2, 204, 128) and clips.fbank.dtype == torch.float32
+    np.testing.assert_array_equal(clips.starts, [0.0, 0.0])
+    torch.testing.assert_close(clips.fbank[0], _reference_fbank(wave))  # ImageBind: real samples
+
+
+# ------------------------------------------------------------------------------------------
+# Memory bound
+
+_RSS_SCRIPT = textwrap.dedent(
+    """
+    import resource, sys
+    from vlm_cli.media import load_video, video
+
+    def peak_mib():
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+    real = video._load_with_decord
+    def run(path, decord):
+        video._load_with_decord = real if decord else _refuse
+        vf = load_video(path, num_frames=8)
+        assert vf.frames.shape[0] == 8 and vf.decoder == ("decord" if decord else "pyav")
+
+    def _refuse(path, select):
+        raise video._DecordFailed("test")
+
+    short, long = sys.argv[1:3]
+    for decord in (True, False):
+        run(short, decord); run(short, decord)
+    before = peak_mib()
+    for decord in (True, False):
+        run(long, decord)
+    print(before, peak_mib())
+    """
+)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss units differ off Linux")
+def test_memory_does_not_grow_with_length(clip_dir: Path) -> None:
+    """Peak RSS of sampling 8 frames from a 60 s clip stays that of a 10 s clip (both decoders).
+
+    Holding every frame of the 60 s clip (1500 frames of 320x240) would take ~345 MiB more.
+    """
+
+    def frames(n: int):
+        base = moving_frames(1, 240, 320)[0]
+        for i in range(n):
+            frame = base.copy()
+            frame[:, (i * 3) % 320, :] = 255
+            yield frame
+
+    short = write_video(clip_dir / "short10s.mp4", frames(250), 25)
+    long = write_video(clip_dir / "long60s.mp4", frames(1500), 25)
+    repo = str(Path(__file__).resolve().parents[1])
+    path_entries = [repo, os.environ.get("PYTHONPATH", "")]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in path_entries if p))
+    out = subprocess.run(
+        [sys.executable, "-c", _RSS_SCRIPT, str(short), str(long)],
+        check=True, capture_output=True, text=True, env=env, timeout=120,
+    )
+    before, after = map(float, out.stdout.split())
+    assert after - before < 60, f"peak RSS grew from {before:.0f} to {after:.0f} MiB"
+

@@ -1,0 +1,189 @@
+"""`vlm preprocess`: fills the cache, idempotent, bad input reported per clip, safe concurrency."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from media_factory import moving_frames, write_video, write_wav
+from vlm_cli.cache import FeatureCache
+from vlm_cli.cli import run
+
+VLM = str(Path(sys.executable).with_name("vlm"))
+SHARED_MEDIA = Path(__file__).resolve().parents[2] / "shared" / "media"
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    """A 12-clip toy-av dataset (real h264 + AAC mp4 files)."""
+    from vlm_cli.toyav import generate_toy_av
+
+    out = tmp_path_factory.mktemp("toy") / "toy-av"
+    generate_toy_av(out, clips=12, seed=3, workers=1)
+    return out
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("VLM_HOME", str(tmp_path / "vlm-home"))
+    return tmp_path / "vlm-home"
+
+
+def vlm_json(capsys, *args) -> tuple[int, dict, str]:
+    code = run(["preprocess", *args, "--json"])
+    captured = capsys.readouterr()
+    return code, (json.loads(captured.out) if captured.out.strip() else {}), captured.err
+
+
+def entries(home: Path) -> list:
+    return list(FeatureCache(home).entries())
+
+
+def test_fills_cache_then_computes_nothing(toy, home, capsys):
+    code, first, _ = vlm_json(capsys, str(toy / "clips.jsonl"))
+    assert code == 0 and (first["clips"], first["computed"], first["hits"]) == (12, 12, 0)
+    assert len(entries(home)) == 24  # one vision + one audio entry per clip
+    code, second, _ = vlm_json(capsys, str(toy / "clips.jsonl"))
+    assert code == 0 and (second["computed"], second["hits"]) == (0, 12)
+    assert run(["preprocess", str(toy / "clips.jsonl")]) == 0
+    assert "nothing to compute" in capsys.readouterr().out
+    meta = {e.metadata["modality"]: e.metadata for e in entries(home)}
+    assert meta["vision"]["sampling"] == {"strategy": "uniform", "frames": 8}
+    assert meta["vision"]["decoder"] == "decord"
+    assert meta["audio"]["audio"] == "present"
+    assert Path(meta["vision"]["media"]).is_absolute()
+    # A different sampling setting is a different key: nothing stale is reused.
+    code, third, _ = vlm_json(capsys, str(toy / "clips.jsonl"), "data.frames=4")
+    assert third["computed"] == 12
+
+
+def test_features_have_the_recipe_shapes(toy, home, capsys):
+    vlm_json(capsys, str(toy / "stage1.json"), "--workers", "1")
+    cache = FeatureCache(home)
+    by_modality = {}
+    for e in entries(home):
+        by_modality[e.metadata["modality"]] = cache.get(e.key)[0]
+    assert tuple(by_modality["vision"]["features"].shape) == (8, 16, 64)  # 8 frames, 4x4 patches
+    assert tuple(by_modality["audio"]["features"].shape) == (8, 64)  # 8 clips of 2 s, pooled
+    ts = by_modality["vision"]["timestamps"]
+    assert ts[0] >= 0 and ts[-1] < 2.0 and bool((ts[1:] > ts[:-1]).all())
+
+
+def make_bad_files(root: Path, toy: Path) -> dict[str, Path]:
+    root.mkdir(parents=True, exist_ok=True)
+    bad = {"missing": root / "missing.mp4", "text": root / "text.mp4",
+           "truncated": root / "truncated.mp4", "empty": root / "empty.mp4"}
+    bad["text"].write_text("this is not a video\n" * 50)
+    data = (toy / "media" / "toyav-00000.mp4").read_bytes()
+    bad["truncated"].write_bytes(data[: len(data) // 3])
+    bad["empty"].write_bytes(b"")
+    return bad
+
+
+def test_bad_inputs_are_reported_and_the_rest_finishes(toy, home, tmp_path, capsys):
+    bad = make_bad_files(tmp_path / "bad", toy)
+    good = [toy / "media" / "toyav-00001.mp4", toy / "media" / "toyav-00002.mp4"]
+    data = tmp_path / "data.json"
+    data.write_text(json.dumps([{"id": str(i), "video": str(p)}
+                                for i, p in enumerate([*bad.values(), *good])]))
+    log = tmp_path / "errors.jsonl"
+    code, summary, err = vlm_json(capsys, str(data), "--error-log", str(log))
+    assert code == 0 and summary["computed"] == 2
+    failed = {Path(f["path"]).name: f["reason"] for f in summary["failed"]}
+    assert set(failed) == {p.name for p in bad.values()}
+    assert "file not found" in failed["missing.mp4"]
+    assert all(reason and "\n" not in reason for reason in failed.values())
+    assert [json.loads(line)["path"] for line in log.read_text().splitlines()] \
+        == [f["path"] for f in summary["failed"]]
+    assert len(entries(home)) == 4  # the two good clips, vision + audio; nothing for bad ones
+    assert not list(home.rglob("*.tmp"))
+    code, _, _ = vlm_json(capsys, str(data), "--on-error", "fail", "--error-log", str(log))
+    assert code == 1
+
+
+@pytest.mark.parametrize("kind", ["missing", "text", "truncated", "empty"])
+def test_a_bad_file_alone_exits_1_with_one_line(toy, home, tmp_path, kind):
+    path = make_bad_files(tmp_path / "bad", toy)[kind]
+    out = subprocess.run([VLM, "preprocess", str(path)], capture_output=True, text=True,
+                         env={**os.environ, "VLM_HOME": str(home)}, stdin=subprocess.DEVNULL)
+    assert out.returncode == 1
+    lines = [line for line in out.stderr.splitlines()
+             if line.strip() and "preprocess" not in line and "━" not in line]
+    assert len(lines) == 1 and lines[0].startswith(f"error: {path}: "), out.stderr
+    assert "Traceback" not in out.stderr
+    assert not entries(home) and not list(home.rglob("*.tmp"))
+
+
+def test_corrupted_entry_is_reported_and_recomputed(toy, home, capsys):
+    vlm_json(capsys, str(toy / "stage1.json"))
+    victim = entries(home)[0]
+    victim.path.write_bytes(victim.path.read_bytes()[:-50])
+    code, summary, err = vlm_json(capsys, str(toy / "stage1.json"))
+    assert code == 0 and summary["computed"] == 1
+    assert "is corrupt" in err and victim.path.name in err
+    assert FeatureCache(home).get(victim.key) is not None
+
+
+def test_shards_partition_the_dataset(toy, home, capsys):
+    counts = [vlm_json(capsys, str(toy / "clips.jsonl"), "--shard", s)[1]["computed"]
+              for s in ("0/3", "1/3", "2/3")]
+    assert sum(counts) == 12 and all(c > 0 for c in counts)
+    assert vlm_json(capsys, str(toy / "clips.jsonl"))[1]["hits"] == 12
+    assert run(["preprocess", str(toy / "clips.jsonl"), "--shard", "3/3"]) == 2
+
+
+def test_image_audio_only_and_silent_video(home, tmp_path, capsys):
+    from media_factory import write_png
+
+    write_png(tmp_path / "still.png", moving_frames(1)[0])
+    write_wav(tmp_path / "tone.wav", 0.3 * __import__("numpy").sin(
+        __import__("numpy").arange(48000) / 16000 * 2 * 3.14159 * 440).astype("float32"), 16000)
+    write_video(tmp_path / "mute.mp4", moving_frames(16), fps=8)
+    data = tmp_path / "d.json"
+    data.write_text(json.dumps([{"image": "still.png"}, {"audio": "tone.wav"},
+                                {"video": "mute.mp4"}]))
+    code, summary, _ = vlm_json(capsys, str(data))
+    assert code == 0 and summary["computed"] == 3 and not summary["failed"]
+    got = {(Path(e.metadata["media"]).name, e.metadata["modality"]): e.metadata
+           for e in entries(home)}
+    assert set(got) == {("still.png", "vision"), ("tone.wav", "audio"), ("mute.mp4", "vision"),
+                        ("mute.mp4", "audio")}
+    assert got[("mute.mp4", "audio")]["audio"] == "absent"  # explicit, never silent zeros
+    assert got[("still.png", "vision")]["decoder"] == "image"
+
+
+def test_two_processes_at_once_then_nothing_to_compute(tmp_path, home):
+    from vlm_cli.toyav import generate_toy_av
+
+    out = generate_toy_av(tmp_path / "toy50", clips=50, seed=11)["out_dir"]
+    cmd = [VLM, "preprocess", str(Path(out) / "clips.jsonl"), "--workers", "1", "--json"]
+    env = {**os.environ, "VLM_HOME": str(home)}
+    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+             for _ in range(2)]
+    results = [p.communicate(timeout=600) for p in procs]
+    assert all(p.returncode == 0 for p in procs), results
+    cache = FeatureCache(home)
+    assert len(entries(home)) == 100
+    assert all(cache.get(e.key) is not None for e in entries(home))
+    third = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert json.loads(third.stdout)["computed"] == 0
+
+
+@pytest.mark.skipif(not SHARED_MEDIA.is_dir(), reason="shared/media not present")
+def test_real_sample_media(home, capsys, tmp_path):
+    files = sorted(p for p in SHARED_MEDIA.iterdir() if p.suffix in {".mp4", ".wav"})
+    data = tmp_path / "real.json"
+    data.write_text(json.dumps([{"audio" if p.suffix == ".wav" else "video": str(p)}
+                                for p in files]))
+    code, summary, _ = vlm_json(capsys, str(data))
+    assert code == 0 and not summary["failed"] and summary["computed"] == len(files)
+    audio = {Path(e.metadata["media"]).name: e.metadata["audio"]
+             for e in entries(home) if e.metadata["modality"] == "audio"}
+    assert audio["birthday.mp4"] == audio["output_v_3V9tzjyr51I.mp4"] == "absent"
+    assert audio["dog_barking.mp4"] == audio["00003491.mp4"] == audio["dog_audio.wav"] == "present"

@@ -1,0 +1,342 @@
+"""Audio decoding to mono 16 kHz, 2-second clip sampling and Kaldi fbank features.
+
+The audio branch follows Video-LLaMA (arXiv 2306.02858, §2.1): the audio of a video is split
+into clips of 2 s, each turned into a 128-bin Kaldi fbank of 204 frames, as ImageBind's
+``load_and_transform_audio_data`` (``waveform2melspec`` + ``Normalize(mean=-4.268,
+std=9.138)``), which Video-LLaMA calls with ``clips_per_video=8``.
+
+Decoding uses PyAV (libavcodec: AAC, MP3, PCM wav, FLAC, Vorbis, Opus, ...); torchaudio is used
+only for resampling (``torchaudio.functional.resample``) and fbank
+(``torchaudio.compliance.kaldi.fbank``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import av
+import numpy as np
+import torch
+import torchaudio
+
+from vlm_cli.errors import MediaError
+from vlm_cli.media.kinds import AUDIO_EXTENSIONS  # noqa: F401 (re-exported)
+from vlm_cli.media.probe import describe_error, open_container
+
+log = logging.getLogger(__name__)
+
+SAMPLE_RATE = 16_000
+"""Sample rate (Hz) of every waveform this module returns."""
+
+IMAGEBIND_FBANK_MEAN = -4.268
+"""fbank mean used by ImageBind / Video-LLaMA (``transforms.Normalize(mean=-4.268, std=9.138)``)."""
+IMAGEBIND_FBANK_STD = 9.138
+"""fbank std used by ImageBind / Video-LLaMA; :func:`kaldi_fbank` divides by it."""
+AST_FBANK_MEAN = -4.2677393
+"""AudioSet fbank mean of AST (``ASTFeatureExtractor.mean``)."""
+AST_FBANK_STD = 4.5689974
+"""AudioSet fbank std of AST (``ASTFeatureExtractor.std``). AST divides by **twice** this value:
+pass ``std=2 * AST_FBANK_STD`` to :func:`kaldi_fbank` to reproduce AST's input."""
+
+"""Lower-case suffixes of audio-only files (any container with an audio stream also decodes)."""
+
+
+@dataclass(frozen=True, eq=False)
+class AudioTrack:
+    """The first audio stream of a file, decoded, downmixed and resampled.
+
+    Attributes:
+        waveform: ``[S] float32`` mono samples at ``sample_rate``, nominally in [-1, 1].
+        sample_rate: Hz, always :data:`SAMPLE_RATE` (16 000).
+        duration: seconds, ``S / sample_rate``.
+        source_sample_rate: sample rate of the stream in the file, Hz.
+        source_channels: channel count of the stream in the file (all were averaged).
+    """
+
+    waveform: torch.Tensor
+    sample_rate: int
+    duration: float
+    source_sample_rate: int
+    source_channels: int
+
+
+@dataclass(frozen=True)
+class NoAudio:
+    """The explicit result for a media file that has no audio stream (never silent zeros).
+
+    Attributes:
+        path: the file, as given.
+        reason: why there is no audio, for messages.
+    """
+
+    path: str
+    reason: str = "no audio track"
+
+
+@dataclass(frozen=True, eq=False)
+class AudioClips:
+    """Kaldi fbank features of clips sampled from one audio track.
+
+    Attributes:
+        fbank: ``[K, target_frames, num_mel_bins] float32``, normalised.
+        starts: ``[K] float64`` seconds, start time of each clip in the track.
+    """
+
+    fbank: torch.Tensor
+    starts: np.ndarray
+
+
+# --------------------------------------------------------------------------------------------
+# Decoding
+
+
+def load_audio(path: str | os.PathLike[str]) -> AudioTrack | NoAudio:
+    """Decode the first audio stream of ``path`` to a mono 16 kHz waveform.
+
+    Works on videos (mp4 with AAC or MP3, mkv, ...) and audio-only files (wav, mp3, flac, ...).
+    Every channel is averaged into mono (planar and packed layouts, unsigned 8-bit, int16,
+    int32, int64, float and double samples), then resampled to 16 kHz with
+    ``torchaudio.functional.resample`` (windowed sinc). A file without an audio stream returns
+    :class:`NoAudio`, never zeros. A stream that stops decoding part-way (truncated file) keeps
+    the samples decoded before the damage.
+
+    Returns:
+        :class:`AudioTrack` (``waveform [S] float32`` at 16 kHz) or :class:`NoAudio`.
+
+    Raises:
+        MediaError: missing, zero-byte or non-media file, or an audio stream with no sample
+            that decodes.
+    """
+    with open_container(path) as container:
+        if not container.streams.audio:
+            return NoAudio(path=str(path))
+        stream = container.streams.audio[0]
+        source_rate = int(stream.codec_context.sample_rate or 0)
+        source_channels = int(stream.codec_context.layout.nb_channels or 0)
+        chunks: list[np.ndarray] = []
+        failure: BaseException | None = None
+        try:
+            for packet in container.demux(stream):
+                for frame in packet.decode():
+                    if not source_rate:
+                        source_rate = int(frame.sample_rate)
+                    chunks.append(_frame_to_mono(frame))
+        except av.FFmpegError as exc:  # truncated / damaged: keep what decoded so far
+            failure = exc
+    if failure is not None:
+        if not chunks:
+            raise MediaError(path, f"audio cannot be decoded ({describe_error(failure)})")
+        log.info("%s: audio decoding stopped early (%s)", path, describe_error(failure))
+    mono = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
+    if mono.size == 0:
+        raise MediaError(path, "audio track holds no samples")
+    if source_rate <= 0:
+        raise MediaError(path, "audio track has no sample rate")
+    waveform = torch.from_numpy(mono)
+    if source_rate != SAMPLE_RATE:
+        waveform = torchaudio.functional.resample(waveform, source_rate, SAMPLE_RATE)
+    waveform = waveform.to(torch.float32).contiguous()
+    return AudioTrack(
+        waveform=waveform,
+        sample_rate=SAMPLE_RATE,
+        duration=waveform.numel() / SAMPLE_RATE,
+        source_sample_rate=source_rate,
+        source_channels=source_channels or 1,
+    )
+
+
+def _frame_to_mono(frame: av.AudioFrame) -> np.ndarray:
+    """``[n] float32`` mean over all channels of one decoded frame, scaled to [-1, 1]."""
+    channels = frame.layout.nb_channels
+    data = frame.to_ndarray()
+    if not frame.format.is_planar:  # packed: one row of interleaved samples
+        data = data.reshape(-1, channels).T
+    if data.dtype == np.uint8:
+        samples = (data.astype(np.float32) - 128.0) / 128.0
+    elif np.issubdtype(data.dtype, np.integer):
+        samples = data.astype(np.float32) / float(-np.iinfo(data.dtype).min)
+    else:
+        samples = data.astype(np.float32, copy=False)
+    return samples.mean(axis=0, dtype=np.float64).astype(np.float32)
+
+
+# --------------------------------------------------------------------------------------------
+# Clip sampling
+
+
+def _clip_layout(
+    num_samples: int, num_clips: int, clip_seconds: float, sample_rate: int
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """(starts [K] float64 s, start sample [K] int64, clip length in samples)."""
+    if num_samples < 1:
+        raise ValueError("waveform is empty")
+    if num_clips < 1:
+        raise ValueError(f"num_clips must be >= 1, got {num_clips}")
+    if not clip_seconds > 0:
+        raise ValueError(f"clip_seconds must be > 0, got {clip_seconds}")
+    if sample_rate < 1:
+        raise ValueError(f"sample_rate must be >= 1 Hz, got {sample_rate}")
+    duration = num_samples / sample_rate
+    starts = np.linspace(0.0, max(duration - clip_seconds, 0.0), num_clips, dtype=np.float64)
+    first = np.minimum(np.round(starts * sample_rate).astype(np.int64), num_samples - 1)
+    clip_samples = int(round(clip_seconds * sample_rate))
+    return starts, first, clip_samples
+
+
+def sample_audio_clips(
+    waveform: torch.Tensor | np.ndarray,
+    *,
+    num_clips: int = 8,
+    clip_seconds: float = 2.0,
+    sample_rate: int = SAMPLE_RATE,
+) -> tuple[torch.Tensor, np.ndarray]:
+    """Cut ``num_clips`` clips of ``clip_seconds`` spread uniformly over a waveform.
+
+    Clip starts are ``linspace(0, max(duration - clip_seconds, 0), num_clips)`` seconds, as
+    pytorchvideo's ``ConstantClipsPerVideoSampler`` used by ImageBind and Video-LLaMA (§2.1:
+    8 clips of 2 s). A clip that runs past the end of the audio (audio shorter than
+    ``clip_seconds``) is **zero-padded at its end**: this pads real audio to a fixed length, it
+    never stands in for missing audio. (:func:`audio_clip_fbanks` computes fbank on the real
+    samples only and pads the fbank instead, as ImageBind does.)
+
+    Args:
+        waveform: ``[S] float32`` mono samples (torch or numpy).
+        num_clips: K >= 1.
+        clip_seconds: clip length in seconds (> 0).
+        sample_rate: Hz of ``waveform``.
+
+    Returns:
+        ``(clips, starts)``: ``clips [K, round(clip_seconds * sample_rate)] float32`` (torch),
+        ``starts [K] float64`` seconds (numpy).
+
+    Raises:
+        ValueError: empty or non-1-D waveform, or bad clip arguments.
+    """
+    wave = torch.as_tensor(waveform, dtype=torch.float32)
+    if wave.ndim != 1:
+        raise ValueError(f"waveform must be [S] mono, got shape {tuple(wave.shape)}")
+    starts, first, clip_samples = _clip_layout(wave.numel(), num_clips, clip_seconds, sample_rate)
+    clips = torch.zeros(num_clips, clip_samples, dtype=torch.float32)
+    for k, s in enumerate(first.tolist()):
+        piece = wave[s : s + clip_samples]
+        clips[k, : piece.numel()] = piece
+    return clips, starts
+
+
+# --------------------------------------------------------------------------------------------
+# fbank
+
+
+def kaldi_fbank(
+    clip: torch.Tensor | np.ndarray,
+    *,
+    sample_rate: int = SAMPLE_RATE,
+    num_mel_bins: int = 128,
+    target_frames: int = 204,
+    mean: float = IMAGEBIND_FBANK_MEAN,
+    std: float = IMAGEBIND_FBANK_STD,
+) -> torch.Tensor:
+    """Kaldi-compatible log-mel filterbank of one clip, the ImageBind / AST audio front end.
+
+    Steps (ImageBind ``waveform2melspec`` followed by its ``Normalize``):
+
+    1. ``clip - clip.mean()`` (ImageBind; AST's original data loader does the same);
+    2. ``torchaudio.compliance.kaldi.fbank(htk_compat=True, use_energy=False,
+       window_type="hanning", dither=0.0, frame_length=25, frame_shift=10, num_mel_bins=...)``:
+       25 ms windows every 10 ms (2 s at 16 kHz gives 198 frames; a clip shorter than one
+       window gives none, where ImageBind would fail);
+    3. zero-pad at the end, or crop, to ``target_frames`` frames;
+    4. ``(fbank - mean) / std`` -- **after** padding, so padded rows become ``-mean / std``
+       (ImageBind normalises the padded spectrogram; transformers' ``ASTFeatureExtractor``
+       also pads before normalising). AST divides by ``2 * std``: pass
+       ``std=2 * AST_FBANK_STD`` to match it.
+
+    Args:
+        clip: ``[S] float32`` mono samples in [-1, 1] (not int16-scaled), ``S >= 1``.
+        sample_rate: Hz.
+        num_mel_bins: mel bands (128 for ImageBind / AST).
+        target_frames: output frames (204 for ImageBind's 2 s clips, 1024 for AST).
+        mean, std: normalisation constants.
+
+    Returns:
+        ``[target_frames, num_mel_bins] float32``.
+
+    Raises:
+        ValueError: empty or non-1-D clip, ``std == 0``, or ``target_frames < 1``.
+    """
+    wave = torch.as_tensor(clip, dtype=torch.float32)
+    if wave.ndim != 1 or wave.numel() == 0:
+        raise ValueError(f"clip must be a non-empty [S] waveform, got shape {tuple(wave.shape)}")
+    if target_frames < 1:
+        raise ValueError(f"target_frames must be >= 1, got {target_frames}")
+    if std == 0:
+        raise ValueError("std must be non-zero")
+    wave = wave - wave.mean()
+    if wave.numel() < int(sample_rate * 0.025):  # shorter than one 25 ms window: no frame
+        fbank = torch.zeros(0, num_mel_bins)
+    else:
+        fbank = torchaudio.compliance.kaldi.fbank(
+            wave.unsqueeze(0),
+            htk_compat=True,
+            sample_frequency=float(sample_rate),
+            use_energy=False,
+            window_type="hanning",
+            num_mel_bins=num_mel_bins,
+            dither=0.0,
+            frame_length=25.0,
+            frame_shift=10.0,
+        )  # [frames, num_mel_bins]
+    missing = target_frames - fbank.shape[0]
+    if missing > 0:
+        fbank = torch.nn.functional.pad(fbank, (0, 0, 0, missing), value=0.0)
+    elif missing < 0:
+        fbank = fbank[:target_frames]
+    return ((fbank - mean) / std).to(torch.float32).contiguous()
+
+
+def audio_clip_fbanks(
+    track: AudioTrack | NoAudio,
+    *,
+    num_clips: int = 8,
+    clip_seconds: float = 2.0,
+    num_mel_bins: int = 128,
+    target_frames: int = 204,
+    mean: float = IMAGEBIND_FBANK_MEAN,
+    std: float = IMAGEBIND_FBANK_STD,
+) -> AudioClips:
+    """fbank features of ``num_clips`` clips of ``clip_seconds``: the Video-LLaMA audio input.
+
+    Defaults are Video-LLaMA's (§2.1) use of ImageBind: 8 clips of 2 s, 128 mel bins, 204
+    frames, mean -4.268, std 9.138. Clip starts as :func:`sample_audio_clips`. As ImageBind,
+    the fbank of a clip is computed on the real samples only (a clip cut short by the end of the
+    audio is not padded with zero samples) and then padded with zero frames to
+    ``target_frames`` before normalisation (:func:`kaldi_fbank`).
+
+    Returns:
+        :class:`AudioClips` with ``fbank [K, target_frames, num_mel_bins] float32`` and
+        ``starts [K] float64`` seconds.
+
+    Raises:
+        MediaError: ``track`` is :class:`NoAudio` (the file has no audio to featurise).
+        ValueError: bad clip or fbank arguments.
+    """
+    if isinstance(track, NoAudio):
+        raise MediaError(track.path, track.reason)
+    wave = track.waveform
+    starts, first, clip_samples = _clip_layout(
+        wave.numel(), num_clips, clip_seconds, track.sample_rate
+    )
+    feats = [
+        kaldi_fbank(
+            wave[s : s + clip_samples],
+            sample_rate=track.sample_rate,
+            num_mel_bins=num_mel_bins,
+            target_frames=target_frames,
+            mean=mean,
+            std=std,
+        )
+        for s in first.tolist()
+    ]
+    return AudioClips(fbank=torch.stack(feats), starts=starts)

@@ -1,0 +1,495 @@
+"""Video and still-image decoding with frame sampling.
+
+Frame sampling follows the two model families this toolkit builds:
+
+- uniform sampling of ``num_frames`` frames over the whole clip, exactly as Video-LLaVA
+  (``np.linspace(0, total - 1, num_frames, dtype=int)`` over decord's frame index), see
+  :func:`sample_frame_indices`;
+- sampling at a fixed rate (``fps`` frames per second of video time) with an optional cap, see
+  :func:`fps_frame_indices`.
+
+Decoding uses decord (seek-based: only the selected frames are decoded, from the nearest key
+frame) and falls back to PyAV when decord cannot open or read a file. Neither path trusts the
+container's frame count: decord indexes the packets it demuxes, PyAV counts demuxed packets and
+then the frames that really decode. Memory is bounded by the number of frames *taken*, never by
+the length of the file.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Callable, Literal
+
+import av
+import numpy as np
+
+from vlm_cli.errors import MediaError
+from vlm_cli.media.kinds import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS  # noqa: F401 (re-exported)
+from vlm_cli.media.probe import (
+    check_media_path,
+    describe_error,
+    is_image_container,
+    open_container,
+)
+
+log = logging.getLogger(__name__)
+
+Decoder = Literal["decord", "pyav", "image"]
+
+# A frame is "on screen" at target time t when its timestamp is <= t + _TS_EPS (seconds); absorbs
+# float rounding of timestamps stored as float32 by decord.
+_TS_EPS = 1e-4
+
+
+@dataclass(frozen=True, eq=False)
+class VideoFrames:
+    """Frames taken from one video (or image), with where they came from.
+
+    Attributes:
+        frames: ``[T, H, W, 3] uint8`` RGB, in presentation order (``T`` = frames taken).
+        timestamps: ``[T] float64`` seconds: presentation time of each frame taken, measured
+            from the first frame of the video stream (the first frame is at 0.0).
+        decoder: ``"decord"``, ``"pyav"`` (decord could not read the file) or ``"image"``.
+        num_decodable: how many frames the stream really indexes (decord) or decodes (PyAV);
+            the sampling was spread over these. 1 for images.
+        duration: seconds, from the first frame's start to the last decodable frame's end;
+            0.0 for images.
+        fps: average frame rate in Hz (frames per second); 0.0 for images.
+    """
+
+    frames: np.ndarray
+    timestamps: np.ndarray
+    decoder: Decoder
+    num_decodable: int
+    duration: float
+    fps: float
+
+
+def sample_frame_indices(total: int, num_frames: int) -> np.ndarray:
+    """Uniform frame sampling as Video-LLaVA: ``np.linspace(0, total - 1, num_frames, dtype=int)``.
+
+    Deterministic; the first and last frames are always taken; positions are truncated toward
+    zero (numpy's float-to-int cast, as Video-LLaVA's ``dtype=int``), not rounded. When
+    ``total < num_frames`` indices repeat, so exactly ``num_frames`` indices come back.
+
+    Args:
+        total: number of decodable frames (>= 1).
+        num_frames: number of frames to take (>= 1).
+
+    Returns:
+        ``[num_frames] int64``, non-decreasing, in ``[0, total - 1]``.
+
+    Raises:
+        ValueError: ``total < 1`` or ``num_frames < 1``.
+    """
+    total, num_frames = int(total), int(num_frames)
+    if total < 1:
+        raise ValueError(f"total must be >= 1 frame, got {total}")
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    return np.linspace(0, total - 1, num_frames).astype(np.int64)
+
+
+def fps_frame_indices(
+    timestamps: np.ndarray,
+    fps: float,
+    max_frames: int | None = None,
+    *,
+    end: float | None = None,
+) -> np.ndarray:
+    """Frames at ``1 / fps`` second spacing, picked from the real frame timestamps.
+
+    Target times are ``t0 + k / fps`` for ``k = 0, 1, ...`` (``t0``: the first timestamp), up
+    to but excluding ``end`` -- or up to and including the last timestamp when ``end`` is not
+    given. The frame taken for a target is the one on screen at that time (the last frame whose
+    timestamp is <= the target). A frame is taken at most once, so asking for more than the
+    video's own rate returns every frame. If more than ``max_frames`` frames are picked, they
+    are subsampled uniformly (:func:`sample_frame_indices`) down to ``max_frames``. Runs in
+    O(N) time and memory whatever ``fps`` is.
+
+    Args:
+        timestamps: ``[N] float`` seconds, presentation times of all decodable frames,
+            non-decreasing (e.g. ``decord.VideoReader.get_frame_timestamp(range(N))[:, 0]``).
+        fps: sampling rate in Hz (> 0).
+        max_frames: cap on the number of frames returned (>= 1), or ``None`` for no cap.
+        end: seconds, when the last frame stops being shown (the video's end, on the same
+            clock as ``timestamps``), or ``None``.
+
+    Returns:
+        ``[K] int64`` strictly increasing indices into ``timestamps``, ``1 <= K``.
+
+    Raises:
+        ValueError: empty or decreasing timestamps, ``fps <= 0``, ``max_frames < 1``, or
+            ``end`` before the last timestamp.
+    """
+    ts = np.asarray(timestamps, dtype=np.float64).reshape(-1)
+    if ts.size < 1:
+        raise ValueError("timestamps must hold at least one frame")
+    if not np.all(np.isfinite(ts)) or np.any(np.diff(ts) < 0):
+        raise ValueError("timestamps must be finite and non-decreasing")
+    fps = float(fps)
+    if not (math.isfinite(fps) and fps > 0):
+        raise ValueError(f"fps must be > 0, got {fps}")
+    if max_frames is not None and int(max_frames) < 1:
+        raise ValueError(f"max_frames must be >= 1, got {max_frames}")
+    step = 1.0 / fps
+    t0 = ts[0]
+    if end is None:
+        num_targets = math.floor((ts[-1] - t0) / step + 1e-9) + 1
+    else:
+        if not end >= ts[-1]:
+            raise ValueError(f"end ({end}) must not precede the last timestamp ({ts[-1]})")
+        num_targets = max(1, math.ceil((end - t0) / step - 1e-9))
+    # Frame i is on screen over [ts[i], ts[i+1]); it is taken iff some target falls in there.
+    # The first target at or after ts[i] (with tolerance) has index k_min:
+    k_min = np.maximum(np.ceil((ts - _TS_EPS - t0) / step), 0.0)
+    upper = np.append(ts[1:] - _TS_EPS, np.inf)
+    taken = (k_min < num_targets) & (t0 + k_min * step < upper)
+    idx = np.flatnonzero(taken).astype(np.int64)
+    if max_frames is not None and idx.size > max_frames:
+        idx = idx[sample_frame_indices(idx.size, int(max_frames))]
+    return idx
+
+
+# --------------------------------------------------------------------------------------------
+# Public entry point
+
+
+def load_video(
+    path: str | os.PathLike[str],
+    *,
+    num_frames: int | None = 8,
+    fps: float | None = None,
+    max_frames: int | None = None,
+) -> VideoFrames:
+    """Decode sampled frames of a video (or a still image) as ``[T, H, W, 3] uint8`` RGB.
+
+    Sampling (exactly one of ``num_frames`` / ``fps``; pass ``num_frames=None`` with ``fps``):
+
+    - ``num_frames``: Video-LLaVA uniform sampling over all decodable frames
+      (:func:`sample_frame_indices`), ``T == num_frames`` (indices repeat for short clips).
+    - ``fps``: one frame every ``1 / fps`` seconds of video time (:func:`fps_frame_indices`),
+      at most ``max_frames`` frames.
+
+    Decoding: decord first (``VideoReader(path, num_threads=1)``; its frame index comes from
+    the packets it demuxes, never from the header; ``get_batch`` on the selected indices
+    only). If decord cannot open or read the file, PyAV takes over (``decoder="pyav"``):
+    packets are counted without decoding, then frames are decoded in order and only the
+    selected ones are converted and kept; if fewer frames decode than packets were counted
+    (a truncated file), the sampling is redone over the frames that did decode. Files named
+    ``.jpg .jpeg .png .webp .bmp`` (or that libavformat opens as a still picture) are one-frame
+    videos (``decoder="image"``, ``timestamps == [0.0]``, ``T == 1`` whatever the sampling).
+
+    Memory is bounded by ``T`` frames: sampling 8 frames from an hour-long file costs the same
+    as from a one-minute file.
+
+    Args:
+        path: video or image file.
+        num_frames: frames to take uniformly (>= 1), or ``None`` when sampling by ``fps``.
+        fps: sampling rate in Hz (> 0), or ``None``.
+        max_frames: cap for ``fps`` sampling (>= 1); not allowed with ``num_frames``.
+
+    Returns:
+        :class:`VideoFrames`.
+
+    Raises:
+        ValueError: bad sampling arguments (a programming error, not a file problem).
+        MediaError: missing or zero-byte file, not a media file, no video stream, or no frame
+            that decodes.
+    """
+    _check_sampling(num_frames, fps, max_frames)
+    p = check_media_path(path)
+    if p.suffix.lower() in IMAGE_EXTENSIONS:
+        return _load_image(path)
+    # Header check with PyAV first: files that are not videos at all fail here with a clear
+    # MediaError (decord would print its own log line on stderr before failing).
+    with open_container(path) as container:
+        if is_image_container(container):
+            return _decode_image(container, path)
+        _video_stream(container, path)
+
+    def select(timestamps: np.ndarray, end: float) -> np.ndarray:
+        if fps is not None:
+            return fps_frame_indices(timestamps, fps, max_frames, end=end)
+        assert num_frames is not None
+        return sample_frame_indices(timestamps.size, num_frames)
+
+    try:
+        return _load_with_decord(path, select)
+    except _DecordFailed as exc:
+        log.info("decord cannot read %s (%s); decoding with PyAV", path, exc)
+    return _load_with_pyav(path, select)
+
+
+def _check_sampling(num_frames: int | None, fps: float | None, max_frames: int | None) -> None:
+    if (num_frames is None) == (fps is None):
+        raise ValueError(
+            "give exactly one of num_frames and fps (pass num_frames=None to sample by fps)"
+        )
+    if num_frames is not None and int(num_frames) < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    if fps is not None and not (math.isfinite(float(fps)) and float(fps) > 0):
+        raise ValueError(f"fps must be > 0, got {fps}")
+    if max_frames is not None:
+        if fps is None:
+            raise ValueError("max_frames only applies to fps sampling")
+        if int(max_frames) < 1:
+            raise ValueError(f"max_frames must be >= 1, got {max_frames}")
+
+
+# --------------------------------------------------------------------------------------------
+# Still images
+
+
+def _load_image(path: str | os.PathLike[str]) -> VideoFrames:
+    with open_container(path) as container:
+        return _decode_image(container, path)
+
+
+def _decode_image(container: av.container.InputContainer, path: object) -> VideoFrames:
+    if not container.streams.video:
+        raise MediaError(path, "no picture in file")
+    rgb = None
+    try:
+        for frame in container.decode(container.streams.video[0]):
+            rgb = frame.to_ndarray(format="rgb24")
+            break
+    except av.FFmpegError as exc:
+        raise MediaError(path, f"image cannot be decoded ({describe_error(exc)})") from None
+    if rgb is None:
+        raise MediaError(path, "image cannot be decoded (no picture data)")
+    return VideoFrames(
+        frames=np.ascontiguousarray(rgb)[None],
+        timestamps=np.zeros(1, dtype=np.float64),
+        decoder="image",
+        num_decodable=1,
+        duration=0.0,
+        fps=0.0,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# decord (seek-based)
+
+
+class _DecordFailed(Exception):
+    """decord could not open or read a file; the caller falls back to PyAV."""
+
+
+_decord_quieted = False
+
+
+def _import_decord() -> ModuleType:
+    """Import decord and silence its bundled FFmpeg's log (errors reach us as exceptions)."""
+    global _decord_quieted
+    try:
+        import decord
+    except ImportError as exc:  # no wheel for this platform: PyAV does the work
+        raise _DecordFailed(f"decord is not installed ({exc})") from None
+    if not _decord_quieted:
+        decord.logging.set_level(decord.logging.QUIET)
+        _decord_quieted = True
+    return decord
+
+
+def _decord_reason(exc: BaseException) -> str:
+    # decord messages look like "[12:00:00] /src/video/video_reader.cc:486: Error: <what>"
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text.rsplit(": ", 1)[-1][:200]
+
+
+def _load_with_decord(
+    path: str | os.PathLike[str], select: Callable[[np.ndarray, float], np.ndarray]
+) -> VideoFrames:
+    decord = _import_decord()
+    try:
+        reader = decord.VideoReader(os.fspath(path), num_threads=1)
+    except (decord.DECORDError, RuntimeError) as exc:
+        raise _DecordFailed(_decord_reason(exc)) from None
+    try:
+        total = len(reader)
+        if total < 1:
+            raise _DecordFailed("no frame in decord's index")
+        # [N, 2] float32 (start, end) seconds from the stream's first frame; index only, cheap.
+        spans = np.asarray(reader.get_frame_timestamp(np.arange(total).tolist()), np.float64)
+        avg_fps = float(reader.get_avg_fps())
+        last_start, last_end = spans[-1]
+        if not (math.isfinite(avg_fps) and avg_fps > 0):
+            avg_fps = (total - 1) / last_start if last_start > 0 else 0.0
+        if last_end > last_start:
+            duration = float(last_end)
+        else:
+            duration = float(last_start + (1 / avg_fps if avg_fps else 0.0))
+        idx = select(spans[:, 0], duration)
+        unique, inverse = np.unique(idx, return_inverse=True)
+        batch = reader.get_batch(unique.tolist())
+        # Another library may have switched decord's global bridge to torch.
+        array = batch.asnumpy() if hasattr(batch, "asnumpy") else batch.numpy()
+    except (decord.DECORDError, RuntimeError, IndexError) as exc:
+        raise _DecordFailed(_decord_reason(exc)) from None
+    finally:
+        del reader
+    if array.ndim != 4 or array.shape[0] != unique.size or array.shape[-1] != 3:
+        raise _DecordFailed(f"unexpected frame batch shape {array.shape}")
+    frames = array if unique.size == idx.size else array[inverse.reshape(-1)]
+    return VideoFrames(
+        frames=np.ascontiguousarray(frames, dtype=np.uint8),
+        timestamps=spans[idx, 0],
+        decoder="decord",
+        num_decodable=total,
+        duration=duration,
+        fps=avg_fps,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# PyAV (sequential, only the selected frames kept)
+
+
+def _video_stream(container: av.container.InputContainer, path: object) -> av.video.VideoStream:
+    for stream in container.streams.video:
+        if not stream.disposition & av.stream.Disposition.attached_pic:
+            return stream
+    raise MediaError(path, "no video stream")
+
+
+def _count_packets(path: str | os.PathLike[str]) -> tuple[np.ndarray, float, bool]:
+    """Demux (no decoding): presentation times of the video packets, sorted, in seconds from
+    the first one; the stream's average rate (Hz, 0 if unknown); whether it is a still image."""
+    with open_container(path) as container:
+        if is_image_container(container):
+            return np.zeros(0), 0.0, True
+        stream = _video_stream(container, path)
+        rate = stream.average_rate or stream.guessed_rate
+        avg_fps = float(rate) if rate else 0.0
+        pts: list[int | None] = []
+        try:
+            for packet in container.demux(stream):
+                if packet.size:  # the last, empty packet only flushes the decoder
+                    pts.append(packet.pts if packet.pts is not None else packet.dts)
+        except av.FFmpegError as exc:  # truncated or damaged: count what was read
+            log.info(
+                "%s: demuxing stopped after %d packets (%s)", path, len(pts), describe_error(exc)
+            )
+        if pts and all(p is not None for p in pts) and stream.time_base is not None:
+            seconds = np.sort(np.asarray(pts, dtype=np.float64)) * float(stream.time_base)
+            seconds -= seconds[0]
+        else:  # no usable timestamps in the container: assume a constant rate
+            seconds = np.arange(len(pts), dtype=np.float64) / (avg_fps or 1.0)
+        return seconds, avg_fps, False
+
+
+def _decode_selected(
+    path: str | os.PathLike[str], wanted: np.ndarray, stop_after_last: bool
+) -> tuple[dict[int, np.ndarray], np.ndarray]:
+    """Decode frames in presentation order; convert and keep only the ``wanted`` ones.
+
+    Returns ({frame index: [H, W, 3] uint8}, [D] float64 seconds from the first decoded frame
+    of every frame decoded). Decoding stops at the first packet that fails (truncated or
+    damaged file), keeping what decoded before it, or after the last wanted frame when
+    ``stop_after_last``.
+    """
+    want = set(int(i) for i in wanted)
+    last_wanted = max(want) if want else -1
+    kept: dict[int, np.ndarray] = {}
+    times: list[float] = []
+    with open_container(path) as container:
+        stream = _video_stream(container, path)
+        stream.thread_type = "AUTO"
+        time_base = float(stream.time_base) if stream.time_base is not None else None
+
+        def take(frame: av.VideoFrame) -> bool:
+            index = len(times)
+            if frame.pts is not None and time_base is not None:
+                times.append(frame.pts * time_base)
+            else:
+                times.append(math.nan)
+            if index in want:
+                kept[index] = frame.to_ndarray(format="rgb24")
+            return stop_after_last and index >= last_wanted
+
+        failure: BaseException | None = None
+        done = False
+        try:
+            for packet in container.demux(stream):
+                for frame in packet.decode():
+                    if take(frame):
+                        done = True
+                        break
+                if done:
+                    break
+        except av.FFmpegError as exc:  # truncated / damaged: keep what decoded so far
+            failure = exc
+        if failure is not None:
+            log.info(
+                "%s: decoding stopped after %d frames (%s)",
+                path,
+                len(times),
+                describe_error(failure),
+            )
+            try:
+                for frame in stream.codec_context.decode(None):  # drain frames already inside
+                    if take(frame):
+                        break
+            except av.FFmpegError as exc:
+                log.info("%s: decoder could not be drained (%s)", path, describe_error(exc))
+    seconds = np.asarray(times, dtype=np.float64)
+    if seconds.size and np.all(np.isfinite(seconds)):
+        seconds = seconds - seconds[0]
+    return kept, seconds
+
+
+def _timeline(decoded: np.ndarray, packet_times: np.ndarray, avg_fps: float) -> np.ndarray:
+    """Seconds of every decoded frame, non-decreasing: the decoded pts where all frames have
+    one, else the demuxed packet times, else a constant-rate guess."""
+    if np.all(np.isfinite(decoded)):
+        times = decoded
+    elif decoded.size <= packet_times.size:
+        times = packet_times[: decoded.size]
+    else:
+        times = np.arange(decoded.size, dtype=np.float64) / (avg_fps or 1.0)
+    # Decoders emit frames in presentation order; this only guards against pts jitter.
+    return np.maximum.accumulate(times)
+
+
+def _load_with_pyav(
+    path: str | os.PathLike[str], select: Callable[[np.ndarray, float], np.ndarray]
+) -> VideoFrames:
+    packet_times, avg_fps, is_image = _count_packets(path)
+    if is_image:
+        return _load_image(path)
+    if packet_times.size == 0:
+        raise MediaError(path, "video stream has no frames")
+    if not avg_fps:
+        span = packet_times[-1] - packet_times[0]
+        avg_fps = (packet_times.size - 1) / span if span > 0 else 0.0
+    frame_seconds = 1.0 / avg_fps if avg_fps else 0.0
+    idx = select(packet_times, packet_times[-1] + frame_seconds)
+    kept, decoded = _decode_selected(path, idx, stop_after_last=False)
+    if decoded.size == 0:
+        raise MediaError(path, "no video frame can be decoded")
+    timeline = _timeline(decoded, packet_times, avg_fps)
+    duration = float(timeline[-1] + frame_seconds)
+    if decoded.size != packet_times.size:
+        # Fewer (or more) frames decode than packets were demuxed, e.g. a truncated file:
+        # sample again over the frames that really decode.
+        log.info(
+            "%s: %d packets but %d frames decode; resampling", path, packet_times.size, decoded.size
+        )
+        idx = select(timeline, duration)
+        kept, _ = _decode_selected(path, idx, stop_after_last=True)
+        if not all(int(i) in kept for i in idx):
+            raise MediaError(path, "video decodes differently on a second pass")
+    frames = np.stack([kept[int(i)] for i in idx])
+    return VideoFrames(
+        frames=np.ascontiguousarray(frames, dtype=np.uint8),
+        timestamps=timeline[idx].astype(np.float64),
+        decoder="pyav",
+        num_decodable=int(timeline.size),
+        duration=duration,
+        fps=float(avg_fps),
+    )
