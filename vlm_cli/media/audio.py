@@ -22,7 +22,6 @@ import torch
 import torchaudio
 
 from vlm_cli.errors import MediaError
-from vlm_cli.media.kinds import AUDIO_EXTENSIONS  # noqa: F401 (re-exported)
 from vlm_cli.media.probe import describe_error, open_container
 
 log = logging.getLogger(__name__)

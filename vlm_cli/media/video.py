@@ -28,7 +28,8 @@ import av
 import numpy as np
 
 from vlm_cli.errors import MediaError
-from vlm_cli.media.kinds import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS  # noqa: F401 (re-exported)
+from vlm_cli.media.kinds import IMAGE_EXTENSIONS
+from vlm_cli.media.sampling import fps_frame_indices, sample_frame_indices
 from vlm_cli.media.probe import (
     check_media_path,
     describe_error,
@@ -40,9 +41,6 @@ log = logging.getLogger(__name__)
 
 Decoder = Literal["decord", "pyav", "image"]
 
-# A frame is "on screen" at target time t when its timestamp is <= t + _TS_EPS (seconds); absorbs
-# float rounding of timestamps stored as float32 by decord.
-_TS_EPS = 1e-4
 
 
 @dataclass(frozen=True, eq=False)
@@ -67,92 +65,6 @@ class VideoFrames:
     num_decodable: int
     duration: float
     fps: float
-
-
-def sample_frame_indices(total: int, num_frames: int) -> np.ndarray:
-    """Uniform frame sampling as Video-LLaVA: ``np.linspace(0, total - 1, num_frames, dtype=int)``.
-
-    Deterministic; the first and last frames are always taken; positions are truncated toward
-    zero (numpy's float-to-int cast, as Video-LLaVA's ``dtype=int``), not rounded. When
-    ``total < num_frames`` indices repeat, so exactly ``num_frames`` indices come back.
-
-    Args:
-        total: number of decodable frames (>= 1).
-        num_frames: number of frames to take (>= 1).
-
-    Returns:
-        ``[num_frames] int64``, non-decreasing, in ``[0, total - 1]``.
-
-    Raises:
-        ValueError: ``total < 1`` or ``num_frames < 1``.
-    """
-    total, num_frames = int(total), int(num_frames)
-    if total < 1:
-        raise ValueError(f"total must be >= 1 frame, got {total}")
-    if num_frames < 1:
-        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
-    return np.linspace(0, total - 1, num_frames).astype(np.int64)
-
-
-def fps_frame_indices(
-    timestamps: np.ndarray,
-    fps: float,
-    max_frames: int | None = None,
-    *,
-    end: float | None = None,
-) -> np.ndarray:
-    """Frames at ``1 / fps`` second spacing, picked from the real frame timestamps.
-
-    Target times are ``t0 + k / fps`` for ``k = 0, 1, ...`` (``t0``: the first timestamp), up
-    to but excluding ``end`` -- or up to and including the last timestamp when ``end`` is not
-    given. The frame taken for a target is the one on screen at that time (the last frame whose
-    timestamp is <= the target). A frame is taken at most once, so asking for more than the
-    video's own rate returns every frame. If more than ``max_frames`` frames are picked, they
-    are subsampled uniformly (:func:`sample_frame_indices`) down to ``max_frames``. Runs in
-    O(N) time and memory whatever ``fps`` is.
-
-    Args:
-        timestamps: ``[N] float`` seconds, presentation times of all decodable frames,
-            non-decreasing (e.g. ``decord.VideoReader.get_frame_timestamp(range(N))[:, 0]``).
-        fps: sampling rate in Hz (> 0).
-        max_frames: cap on the number of frames returned (>= 1), or ``None`` for no cap.
-        end: seconds, when the last frame stops being shown (the video's end, on the same
-            clock as ``timestamps``), or ``None``.
-
-    Returns:
-        ``[K] int64`` strictly increasing indices into ``timestamps``, ``1 <= K``.
-
-    Raises:
-        ValueError: empty or decreasing timestamps, ``fps <= 0``, ``max_frames < 1``, or
-            ``end`` before the last timestamp.
-    """
-    ts = np.asarray(timestamps, dtype=np.float64).reshape(-1)
-    if ts.size < 1:
-        raise ValueError("timestamps must hold at least one frame")
-    if not np.all(np.isfinite(ts)) or np.any(np.diff(ts) < 0):
-        raise ValueError("timestamps must be finite and non-decreasing")
-    fps = float(fps)
-    if not (math.isfinite(fps) and fps > 0):
-        raise ValueError(f"fps must be > 0, got {fps}")
-    if max_frames is not None and int(max_frames) < 1:
-        raise ValueError(f"max_frames must be >= 1, got {max_frames}")
-    step = 1.0 / fps
-    t0 = ts[0]
-    if end is None:
-        num_targets = math.floor((ts[-1] - t0) / step + 1e-9) + 1
-    else:
-        if not end >= ts[-1]:
-            raise ValueError(f"end ({end}) must not precede the last timestamp ({ts[-1]})")
-        num_targets = max(1, math.ceil((end - t0) / step - 1e-9))
-    # Frame i is on screen over [ts[i], ts[i+1]); it is taken iff some target falls in there.
-    # The first target at or after ts[i] (with tolerance) has index k_min:
-    k_min = np.maximum(np.ceil((ts - _TS_EPS - t0) / step), 0.0)
-    upper = np.append(ts[1:] - _TS_EPS, np.inf)
-    taken = (k_min < num_targets) & (t0 + k_min * step < upper)
-    idx = np.flatnonzero(taken).astype(np.int64)
-    if max_frames is not None and idx.size > max_frames:
-        idx = idx[sample_frame_indices(idx.size, int(max_frames))]
-    return idx
 
 
 # --------------------------------------------------------------------------------------------
