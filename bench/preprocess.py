@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 
 VLM = str(Path(sys.executable).with_name("vlm"))
-SHARED_MEDIA = Path(__file__).resolve().parents[2] / "shared" / "media"
+SHARED_MEDIA = next((p for p in (Path(__file__).resolve().parents[2] / "shared" / "media",
+                     Path("/work/shared/media")) if p.is_dir()), None)
 
 
 def timed_preprocess(data: Path, home: Path, workers: int) -> tuple[float, dict]:
@@ -50,7 +51,7 @@ def main() -> None:
         subprocess.run([VLM, "download", "toy-av", "--out", str(tmp / "toy"), "--clips",
                         str(args.clips)], check=True, capture_output=True)
         measure("toy-av", tmp / "toy" / "clips.jsonl", tmp / "home-toy", args.workers)
-        if SHARED_MEDIA.is_dir():
+        if SHARED_MEDIA is not None:
             files = sorted(p for p in SHARED_MEDIA.iterdir() if p.suffix in {".mp4", ".wav"})
             data = tmp / "shared.json"
             data.write_text(json.dumps([{"audio" if p.suffix == ".wav" else "video": str(p)}

@@ -20,6 +20,22 @@ import av
 import numpy as np
 
 
+
+def _shared_media() -> Path:
+    """The real sample clips: ``$VLM_SAMPLE_MEDIA``, else ``shared/media`` beside the checkout
+    (where CI puts it), else ``/work/shared/media``."""
+    import os
+
+    if os.environ.get("VLM_SAMPLE_MEDIA"):
+        return Path(os.environ["VLM_SAMPLE_MEDIA"])
+    beside = Path(__file__).resolve().parents[2] / "shared" / "media"
+    return beside if beside.is_dir() else Path("/work/shared/media")
+
+
+#: Directory of the real sample media (read-only; copy a file before changing it).
+SHARED_MEDIA = _shared_media()
+
+
 def moving_frames(num_frames: int, height: int = 64, width: int = 96) -> np.ndarray:
     """A synthetic clip: a bright bar moving left to right over a gradient.
 

@@ -97,3 +97,26 @@ def test_top_level_usage_errors_exit_2():
     assert out.returncode == 2 and "no such command 'frobnicate'" in out.stderr
     out = run_vlm("--bogus")
     assert out.returncode == 2 and "no such option: --bogus" in out.stderr
+
+
+def test_non_editable_wheel_keeps_everything_inside_vlm_cli(tmp_path):
+    """`pip install .` must not put a generic `commands` / `recipes` / `tests` package into
+    site-packages: build the wheel (no network: the venv's setuptools) and read its file list."""
+    import zipfile
+
+    import shutil
+
+    root = Path(__file__).resolve().parents[1]
+    src = tmp_path / "src"  # build from a copy: setuptools writes build/ beside the sources
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(root / name, src / name)
+    for name in ("vlm_cli", "commands", "recipes"):
+        shutil.copytree(root / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                    "-q", "-w", str(tmp_path), str(src)], check=True, capture_output=True)
+    (wheel,) = tmp_path.glob("vlm_cli-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert all(n.startswith(("vlm_cli/", "vlm_cli-")) for n in names), names
+    assert "vlm_cli/commands/preprocess.py" in names
+    assert "vlm_cli/recipes/tiny-av.yaml" in names

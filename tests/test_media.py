@@ -13,7 +13,7 @@ import pytest
 import torch
 import torchaudio
 
-from media_factory import moving_frames, tone, write_png, write_video, write_wav
+from media_factory import SHARED_MEDIA, moving_frames, tone, write_png, write_video, write_wav
 from vlm_cli.errors import MediaError
 from vlm_cli.media import (
     IMAGEBIND_FBANK_MEAN,
@@ -32,7 +32,7 @@ from vlm_cli.media import (
 )
 from vlm_cli.media import video as video_module
 
-SAMPLES = Path(os.environ.get("VLM_SAMPLE_MEDIA", "/work/shared/media"))
+SAMPLES = SHARED_MEDIA
 
 # name: (width, height, duration s, audio channels or None) -- from the samples' README.md
 SAMPLE_VIDEOS = {

@@ -10,12 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from media_factory import moving_frames, write_video, write_wav
+from media_factory import SHARED_MEDIA, moving_frames, write_video, write_wav
 from vlm_cli.cache import FeatureCache
 from vlm_cli.cli import run
 
 VLM = str(Path(sys.executable).with_name("vlm"))
-SHARED_MEDIA = Path(__file__).resolve().parents[2] / "shared" / "media"
 
 
 @pytest.fixture(scope="module")
@@ -174,7 +173,6 @@ def test_two_processes_at_once_then_nothing_to_compute(tmp_path, home):
     assert json.loads(third.stdout)["computed"] == 0
 
 
-@pytest.mark.skipif(not SHARED_MEDIA.is_dir(), reason="shared/media not present")
 def test_real_sample_media(home, capsys, tmp_path):
     files = sorted(p for p in SHARED_MEDIA.iterdir() if p.suffix in {".mp4", ".wav"})
     data = tmp_path / "real.json"
