@@ -95,11 +95,88 @@ class AudioEncoderSpec:
 
 
 @dataclasses.dataclass
+class ConnectorSpec:
+    """A connector from an encoder's features to the LLM's input embeddings (the soft prompt).
+
+    Attributes:
+        type: ``mlp``: Linear-GELU-Linear applied to every token (Video-LLaVA §3.1, Table 7);
+            ``qformer``: transformers Blip2QFormerModel with learned query tokens cross-attending
+            to all frame (or clip) tokens plus learned position embeddings, then a linear
+            projection to the LLM width (Video-LLaMA §2.1).
+        tokens_per_frame: ``mlp`` only: average-pool each frame's patch tokens to this many
+            (a square number) before projecting; None keeps every token.
+        num_query_tokens: ``qformer``: learned queries (Video-LLaMA: 32 video, 8 audio).
+        hidden_size, num_layers, num_heads, intermediate_size: ``qformer`` transformer size
+            (None = 4 × hidden_size); ``mlp``: hidden_size is the inner width (None = LLM width).
+        max_positions: ``qformer``: frame / clip position embeddings available.
+        dropout: ``qformer`` hidden and attention dropout (BLIP-2 uses 0.1).
+    """
+
+    type: Literal["mlp", "qformer"] = "mlp"
+    tokens_per_frame: int | None = None
+    num_query_tokens: int = 32
+    hidden_size: int | None = None
+    num_layers: int = 2
+    num_heads: int = 4
+    intermediate_size: int | None = None
+    max_positions: int = 32
+    dropout: float = 0.1
+
+    def validate(self, prefix: str) -> None:
+        tpf = self.tokens_per_frame
+        if tpf is not None and (tpf < 1 or round(tpf ** 0.5) ** 2 != tpf):
+            raise RecipeError(f"recipe key '{prefix}.tokens_per_frame': must be a square number "
+                              "(1, 4, 9, ...) or null")
+        if self.type == "qformer" and self.hidden_size is None:
+            raise RecipeError(f"recipe key '{prefix}.hidden_size': required for a qformer")
+
+
+@dataclasses.dataclass
+class LLMSpec:
+    """The language model: any ``AutoModelForCausalLM`` (LlamaForCausalLM in tests).
+
+    Attributes:
+        pretrained, revision, config, init_seed, dtype: as for :class:`VisionEncoderSpec`
+            (``config`` is a LlamaConfig dict for a random tiny LLM).
+        tokenizer: hub id or directory of the tokenizer; None = ``pretrained``'s; ``toy-av`` =
+            the built-in word-level tokenizer of the toy-av world.
+        chat_template: a Jinja chat template overriding the tokenizer's; None = the tokenizer's.
+        attn_implementation: ``sdpa`` (default) or ``eager``.
+    """
+
+    pretrained: str | None = None
+    revision: str | None = None
+    config: dict[str, Any] | None = None
+    init_seed: int = 0
+    tokenizer: str | None = None
+    chat_template: str | None = None
+    attn_implementation: Literal["sdpa", "eager"] = "sdpa"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+
+    def validate(self, prefix: str) -> None:
+        _check_source(self, prefix)
+        if self.pretrained is None and self.tokenizer is None:
+            raise RecipeError(f"recipe key '{prefix}.tokenizer': required when the LLM is "
+                              "built from a config")
+
+
+@dataclasses.dataclass
 class ModelSpec:
-    """The model's parts. ``vision`` and ``audio`` are optional: a recipe may use one modality."""
+    """The model's parts. Each is optional: a recipe may use one modality.
+
+    Images go through the video connector (Video-LLaVA's shared projector).
+    """
 
     vision: VisionEncoderSpec | None = None
     audio: AudioEncoderSpec | None = None
+    video_connector: ConnectorSpec | None = None
+    audio_connector: ConnectorSpec | None = None
+    llm: LLMSpec | None = None
+
+    def validate(self, prefix: str) -> None:
+        for encoder, connector in (("vision", "video_connector"), ("audio", "audio_connector")):
+            if getattr(self, connector) is not None and getattr(self, encoder) is None:
+                raise RecipeError(f"recipe key '{prefix}.{connector}': needs model.{encoder}")
 
 
 @dataclasses.dataclass
@@ -146,6 +223,82 @@ class DataSpec:
         return {"clips": self.audio_clips, "clip_seconds": self.clip_seconds}
 
 
+#: Model parts that ``freeze`` and ``train`` lists may name (see vlm_cli.model.parts).
+PARTS = ("vision", "audio", "video_connector", "audio_connector", "llm")
+
+
+@dataclasses.dataclass
+class LoraSpec:
+    """LoRA on the LLM through peft (stage 2). Rank r, scaling alpha / r."""
+
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.05
+    target_modules: list[str] = dataclasses.field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+
+@dataclasses.dataclass
+class StageSpec:
+    """One training stage (stage 1: caption pairs; stage 2: multi-turn instructions).
+
+    Attributes:
+        data: LLaVA / Video-LLaVA JSON or JSONL; relative paths are resolved against the current
+            directory; ``--data`` on the command line overrides it.
+        freeze: parts kept frozen (everything else in the model is trained; LoRA, when set,
+            trains adapters on the LLM even though ``llm`` is frozen).
+        lora: LoRA settings, or None for no adapters.
+        lr, weight_decay, max_grad_norm: AdamW settings.
+        schedule: ``cosine`` (with linear warmup over ``warmup_ratio`` of the steps), ``linear``
+            or ``constant`` (after warmup).
+        batch_size: global batch (samples per optimizer step, over all processes and
+            accumulation steps). grad_accum: micro-batches per step per process.
+        epochs: passes over the data (ignored when ``max_steps`` is set).
+        max_length: token limit per sample (longer ones are truncated).
+        save_every: checkpoint every N optimizer steps (and always at the end); None = end only.
+        log_every: metrics line every N steps. seed: data order and dropout.
+        gradient_checkpointing: recompute LLM activations in the backward pass.
+    """
+
+    data: str | None = None
+    freeze: list[str] = dataclasses.field(default_factory=lambda: ["vision", "audio", "llm"])
+    lora: LoraSpec | None = None
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_ratio: float = 0.03
+    batch_size: int = 32
+    grad_accum: int = 1
+    epochs: float = 1.0
+    max_steps: int | None = None
+    max_length: int = 2048
+    save_every: int | None = None
+    log_every: int = 10
+    seed: int = 0
+    gradient_checkpointing: bool = False
+
+    def validate(self, prefix: str) -> None:
+        unknown = sorted(set(self.freeze) - set(PARTS))
+        if unknown:
+            raise RecipeError(f"recipe key '{prefix}.freeze': unknown part {unknown[0]!r}; "
+                              f"parts: {', '.join(PARTS)}")
+        if self.batch_size < 1 or self.grad_accum < 1 or self.batch_size % self.grad_accum:
+            raise RecipeError(f"recipe key '{prefix}.batch_size': must be a positive multiple "
+                              f"of grad_accum ({self.grad_accum})")
+        if not 0 <= self.warmup_ratio < 1:
+            raise RecipeError(f"recipe key '{prefix}.warmup_ratio': must be in [0, 1)")
+
+
+@dataclasses.dataclass
+class TrainSpec:
+    """The training stages."""
+
+    stage1: StageSpec = dataclasses.field(default_factory=StageSpec)
+    stage2: StageSpec = dataclasses.field(default_factory=lambda: StageSpec(
+        freeze=["vision", "audio"], lr=2e-5))
+
+
 @dataclasses.dataclass
 class Recipe:
     """A whole recipe. ``name`` identifies it in run directories and reports."""
@@ -153,6 +306,7 @@ class Recipe:
     name: str
     model: ModelSpec = dataclasses.field(default_factory=ModelSpec)
     data: DataSpec = dataclasses.field(default_factory=DataSpec)
+    train: TrainSpec = dataclasses.field(default_factory=TrainSpec)
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved recipe as plain data (saved into every run directory)."""

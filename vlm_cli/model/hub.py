@@ -41,13 +41,22 @@ def resolve_pretrained(name: str, revision: str | None,
             raise VlmError(f"{name}: no weight files ({', '.join(WEIGHT_SUFFIXES)}) in directory")
         return local, {"path": str(local.resolve()),
                        "weights": {str(p.relative_to(local)): digest(p) for p in files}}
+    snapshot = resolve_snapshot(name, revision)
+    return snapshot, {"repo_id": name, "revision": snapshot.name}
+
+
+def resolve_snapshot(name: str, revision: str | None) -> Path:
+    """The local snapshot directory of hub repo ``name`` at ``revision`` (no download).
+
+    Raises:
+        VlmError: not in the Hugging Face cache; the message names the ``vlm download`` to run.
+    """
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
     try:
-        snapshot = Path(snapshot_download(name, revision=revision, local_files_only=True))
+        return Path(snapshot_download(name, revision=revision, local_files_only=True))
     except (LocalEntryNotFoundError, OSError, ValueError) as err:
         rev = f" --revision {revision}" if revision else ""
         raise VlmError(f"{name}{'@' + revision if revision else ''}: not found locally nor in the "
                        f"Hugging Face cache; run `vlm download {name}{rev}` first") from err
-    return snapshot, {"repo_id": name, "revision": snapshot.name}
