@@ -22,6 +22,8 @@ from vlm_cli import __version__
 COMMANDS: dict[str, tuple[str, str]] = {
     "download": ("download", "Fetch a dataset (the built-in toy-av world) into a directory."),
     "preprocess": ("preprocess", "Decode clips, run the frozen encoders, fill the feature cache."),
+    "pretrain": ("pretrain", "Stage 1: align the connectors on caption pairs."),
+    "tune": ("tune", "Stage 2: instruction-tune connectors + LLM (full or LoRA)."),
     "cache": ("cache", "List, measure, prune or clear the feature cache."),
 }
 

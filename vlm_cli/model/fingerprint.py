@@ -54,6 +54,33 @@ def _config_image_size(directory: Path) -> int:
     return int(vision.get("image_size", DEFAULT_IMAGE_SIZE))
 
 
+#: transformers' default ``hidden_size`` of CLIPVisionConfig, SiglipVisionConfig and ASTConfig.
+DEFAULT_HIDDEN_SIZE = 768
+
+
+def encoder_hidden_size(spec: VisionEncoderSpec | AudioEncoderSpec) -> int:
+    """Feature width D of an encoder, from its config dict or its checkpoint's config.json
+    (a CLIP-style ``vision_config`` is looked into). No weights are loaded.
+
+    Raises:
+        VlmError: a pretrained encoder whose config.json is missing from the local cache.
+    """
+    import json
+
+    if spec.config is not None:
+        return int(spec.config.get("hidden_size", DEFAULT_HIDDEN_SIZE))
+    from vlm_cli.model.hub import resolve_snapshot
+
+    directory = Path(spec.pretrained)
+    if not directory.is_dir():
+        directory = resolve_snapshot(spec.pretrained, spec.revision)
+    try:
+        config = json.loads((directory / "config.json").read_text())
+    except (OSError, ValueError) as err:
+        raise VlmError(f"{directory}: cannot read config.json ({err})") from err
+    return int((config.get("vision_config") or config).get("hidden_size", DEFAULT_HIDDEN_SIZE))
+
+
 def vision_fingerprint(spec: VisionEncoderSpec, digest: Callable[[Path], str]) -> dict[str, Any]:
     """Everything that changes a vision encoder's features: weights identity, feature layer, CLS
     selection, dtype and preprocessing (size in px, mean, std). Loads no weights."""

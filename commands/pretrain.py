@@ -1,0 +1,47 @@
+"""``vlm pretrain``: stage 1, aligning the connectors on caption pairs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, rich_markup_mode="rich")
+
+
+@app.command()
+def pretrain(
+    recipe: Annotated[str, typer.Argument(help="Built-in recipe name (tiny-av) or a YAML path.")],
+    overrides: Annotated[Optional[list[str]], typer.Argument(
+        help="Recipe overrides KEY=VALUE, e.g. train.stage1.lr=2e-4.", show_default=False)] = None,
+    data: Annotated[Optional[Path], typer.Option(
+        help="Caption pairs (LLaVA JSON/JSONL) [default: recipe train.stage1.data].",
+        show_default=False)] = None,
+    media_root: Annotated[Optional[Path], typer.Option(
+        help="Media directory [default: recipe data.media_root, else the data's directory].",
+        show_default=False)] = None,
+    out: Annotated[Optional[Path], typer.Option(
+        help="Run directory [default: runs/<recipe>-stage1].", show_default=False)] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run from its last checkpoint.")]
+    = False,
+    workers: Annotated[int, typer.Option(min=1, help="Decoder processes for missing features.")]
+    = 2,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object.")]
+    = False,
+) -> None:
+    """Stage 1: train what the recipe's train.stage1.freeze leaves trainable (the connectors by
+    default) on caption pairs, reading frozen-encoder features from the cache (clips that are
+    missing are preprocessed first; the encoders are not loaded otherwise). AdamW with a cosine
+    schedule and warmup, gradient accumulation, clipping; checkpoints, metrics.jsonl and loss.png
+    in the run directory. Works under `accelerate launch` (DDP)."""
+    from vlm_cli.recipe import load_recipe
+    from vlm_cli.train.report import StageProgress, print_summary
+    from vlm_cli.train.stages import run_stage
+
+    resolved = load_recipe(recipe, overrides or [])
+    run_dir = out or Path("runs") / f"{resolved.name}-stage1"
+    with StageProgress("stage 1") as progress:
+        summary = run_stage(resolved, "stage1", run_dir, data=data, media_root=media_root,
+                            resume=resume, workers=workers, on_step=progress.update)
+    print_summary(summary, json_out)

@@ -1,0 +1,1 @@
+"""Training: datasets over cached features, the owned data order, the loop, checkpoints."""

@@ -1,0 +1,49 @@
+"""Progress and summaries of training stages on the terminal (stderr progress, stdout result)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from vlm_cli import console
+
+
+class StageProgress:
+    """A rich progress bar on stderr showing step, loss, lr, samples/s and ETA."""
+
+    def __init__(self, description: str) -> None:
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                   TimeRemainingColumn)
+
+        self.bar = Progress(TextColumn(description), BarColumn(), MofNCompleteColumn(),
+                            TextColumn("loss {task.fields[loss]:.4f} lr {task.fields[lr]:.2e} "
+                                       "{task.fields[rate]:.1f} samples/s ETA"),
+                            TimeRemainingColumn(), console=console.stderr)
+        self.task = None
+
+    def __enter__(self) -> StageProgress:
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.bar.__exit__(*exc)
+
+    def update(self, m: Any) -> None:
+        if self.task is None:
+            self.task = self.bar.add_task("", total=m.total, completed=m.step - 1, loss=m.loss,
+                                          lr=m.lr, rate=m.samples_per_s)
+        self.bar.update(self.task, completed=m.step, loss=m.loss, lr=m.lr, rate=m.samples_per_s)
+
+
+def print_summary(summary: Any, json_out: bool) -> None:
+    """The stage summary: one JSON object with ``--json``, else a few lines."""
+    if json_out:
+        console.print_json(dataclasses.asdict(summary))
+        return
+    s = summary
+    resumed = f", resumed at step {s.resumed_from}" if s.resumed_from else ""
+    console.stdout.print(
+        f"{s.stage}: {s.steps} steps of {s.total_steps}{resumed} on {s.samples} samples in "
+        f"{s.seconds:.1f} s ({s.samples_per_s:.1f} samples/s); final loss {s.final_loss:.4f}")
+    console.stdout.print(f"trained: {', '.join(s.trained)} ({s.trainable_params:,} parameters)")
+    console.stdout.print(f"run: {s.run_dir}")

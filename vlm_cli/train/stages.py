@@ -1,0 +1,150 @@
+"""Stages 1 and 2 end to end: data -> cached features -> model -> freeze / LoRA -> loop -> run dir.
+
+- Stage 1 (``vlm pretrain``): caption pairs; builds the model from the recipe and trains what the
+  stage's ``freeze`` leaves trainable (the connectors by default).
+- Stage 2 (``vlm tune --from RUN``): multi-turn instructions; rebuilds the model of a stage-1 run
+  and trains connectors + LLM, fully or through LoRA adapters (peft).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from vlm_cli.errors import UsageError
+from vlm_cli.recipe import Recipe, StageSpec
+
+
+@dataclasses.dataclass
+class StageSummary:
+    """What ``vlm pretrain`` / ``vlm tune`` print."""
+
+    run_dir: str
+    stage: str
+    samples: int
+    trained: list[str]
+    trainable_params: int
+    steps: int
+    total_steps: int
+    resumed_from: int
+    final_loss: float
+    seconds: float
+    samples_per_s: float
+
+
+def feature_dims(recipe: Recipe) -> dict[str, int]:
+    """Encoder feature width per modality of a recipe (no weights loaded)."""
+    from vlm_cli.model.fingerprint import encoder_hidden_size
+
+    dims = {}
+    if recipe.model.vision is not None:
+        dims["vision"] = encoder_hidden_size(recipe.model.vision)
+    if recipe.model.audio is not None:
+        dims["audio"] = encoder_hidden_size(recipe.model.audio)
+    return dims
+
+
+def _check_out(run_dir: Path, resume: bool) -> None:
+    if resume:
+        return
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise UsageError(f"{run_dir}: run directory exists; pass --resume to continue it or "
+                         "choose another --out")
+
+
+def _apply_lora(model: Any, stage: StageSpec) -> None:
+    from peft import LoraConfig, get_peft_model
+
+    lora = stage.lora
+    config = LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                        target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
+    model.llm = get_peft_model(model.llm, config)
+
+
+def run_stage(recipe: Recipe, stage_name: str, run_dir: Path, *, data: Path | None,
+              media_root: Path | None = None, from_run: Path | None = None,
+              resume: bool = False, workers: int = 2,
+              on_step: Callable[[Any], None] | None = None,
+              on_clip: Callable[[str, str], None] | None = None) -> StageSummary:
+    """Run stage ``stage1`` or ``stage2`` of ``recipe`` into ``run_dir``.
+
+    Args:
+        data: training data (overrides the stage's ``data``).
+        media_root: media directory (overrides ``data.media_root``; default: the data's folder).
+        from_run: stage 2: the stage-1 run whose model to continue (its ``model`` section is
+            used; ``recipe`` supplies the stage-2 settings).
+        resume: continue ``run_dir`` from its last checkpoint.
+
+    Raises:
+        UsageError: no data given, ``run_dir`` exists without ``resume``, bad freeze list.
+        DataError / VlmError: unreadable data or media (named).
+    """
+    import torch
+
+    from vlm_cli.cache import FeatureCache
+    from vlm_cli.data import load_records
+    from vlm_cli.features import FeatureStore
+    from vlm_cli.model.llm import build_llm
+    from vlm_cli.model.parts import set_trainable
+    from vlm_cli.model.run_dir import RunConfig, load_run, read_run, save_run
+    from vlm_cli.model.tokenizer import load_tokenizer
+    from vlm_cli.model.vlm import VideoLanguageModel
+    from vlm_cli.train.data import FeatureDataset, ensure_features
+    from vlm_cli.train.loop import make_accelerator, plot_loss, train_stage
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own progress goes to stderr; no per-shard bars
+    stage: StageSpec = getattr(recipe.train, stage_name)
+    data_path = data or (Path(stage.data) if stage.data else None)
+    if data_path is None:
+        raise UsageError(f"no training data: pass --data or set train.{stage_name}.data")
+    _check_out(run_dir, resume)
+    if from_run is not None:
+        parent_recipe, parent = read_run(from_run)
+        recipe = dataclasses.replace(recipe, model=parent_recipe.model, data=parent_recipe.data)
+    root = media_root or (Path(recipe.data.media_root) if recipe.data.media_root else None)
+    records = load_records(data_path, root)
+    accelerator = make_accelerator()
+    store = FeatureStore(recipe, FeatureCache(), device=str(accelerator.device))
+    if accelerator.is_main_process:
+        ensure_features(records, store, workers=workers, on_clip=on_clip)
+    accelerator.wait_for_everyone()
+
+    torch.manual_seed(stage.seed)  # connector initialisation
+    llm_weights = None
+    if from_run is not None:
+        _, model = load_run(from_run)
+        llm_weights = parent.llm_weights
+    else:
+        tokenizer = load_tokenizer(recipe.model.llm)
+        model = VideoLanguageModel(recipe.model, build_llm(recipe.model.llm, tokenizer),
+                                   tokenizer, feature_dims(recipe))
+    trained = set_trainable(model, stage.freeze, f"train.{stage_name}")
+    if stage.lora is not None:
+        _apply_lora(model, stage)
+        trained.append("lora")
+    if stage.gradient_checkpointing:
+        model.llm.gradient_checkpointing_enable()
+        model.llm.enable_input_require_grads()
+    dataset = FeatureDataset(records, model.tokenizer, store, stage.max_length)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    result = train_stage(model, dataset, stage, run_dir, resume=resume, accelerator=accelerator,
+                         on_step=on_step)
+    model = accelerator.unwrap_model(model)
+    if accelerator.is_main_process:
+        random_llm = recipe.model.llm.config is not None and llm_weights is None
+        config = RunConfig(stage=stage_name, recipe=recipe.name, feature_dims=model.feature_dims,
+                           llm_weights=llm_weights, adapter=stage.lora is not None,
+                           trained=trained,
+                           parent=str(from_run.resolve()) if from_run else None,
+                           steps=result.total_steps)
+        save_run(run_dir, recipe, model, config, save_llm="llm" in trained or random_llm)
+        plot_loss(run_dir)
+    accelerator.wait_for_everyone()
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return StageSummary(str(run_dir), stage_name, len(dataset), trained, trainable,
+                        result.steps, result.total_steps, result.resumed_from, result.final_loss,
+                        result.seconds, result.samples_per_s)
