@@ -117,6 +117,29 @@ class FeatureStore:
         loading tensors; corrupt entries are reported and removed)."""
         return {modality for modality, key in keys.items() if self.cache.verify(key)}
 
+    def media_input(self, path: str | Path) -> Any:
+        """The cached features of ``path`` as a :class:`vlm_cli.model.vlm.MediaInput`
+        (``audio`` is None when the file has no audio track).
+
+        Raises:
+            VlmError: a modality's features are not in the cache (run ``vlm preprocess``).
+        """
+        from vlm_cli.errors import VlmError
+        from vlm_cli.model.vlm import MediaInput
+
+        out = MediaInput()
+        for modality, key in self.keys(path, self.cache.file_digest(path)).items():
+            entry = self.cache.get(key)
+            if entry is None:
+                raise VlmError(f"{path}: no cached {modality} features; run `vlm preprocess` on "
+                               "this data with the same recipe")
+            tensors, _ = entry
+            if modality == VISION:
+                out.vision = tensors["features"]
+            elif "features" in tensors:  # an absent audio track gives no audio input
+                out.audio = tensors["features"]
+        return out
+
     def request(self, path: str | Path, modalities: list[str]) -> DecodeRequest:
         """The decode request producing the inputs of ``modalities`` for ``path``."""
         data = self.recipe.data

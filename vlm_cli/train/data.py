@@ -16,7 +16,7 @@ from typing import Any
 
 from vlm_cli.data.records import Record
 from vlm_cli.errors import DataError, VlmError
-from vlm_cli.features import AUDIO, VISION, FeatureStore
+from vlm_cli.features import FeatureStore
 from vlm_cli.model.chat import IGNORE_INDEX, MEDIA_TOKENS, encode_conversation
 from vlm_cli.model.vlm import MediaInput
 
@@ -64,7 +64,7 @@ class FeatureDataset:
                 raise DataError(f"record {record.id!r}: {placeholders} media placeholders "
                                 f"({', '.join(MEDIA_TOKENS)}) but {len(record.media)} media files")
             self.items.append((ids, labels, [ref.path for ref in record.media]))
-        self._features = functools.lru_cache(maxsize=memory_items)(self._load_features)
+        self._features = functools.lru_cache(maxsize=memory_items)(store.media_input)
 
     def __len__(self) -> int:
         return len(self.items)
@@ -72,21 +72,6 @@ class FeatureDataset:
     def targets(self, index: int) -> int:
         """Loss-carrying tokens of sample ``index`` (known without loading features)."""
         return sum(label != IGNORE_INDEX for label in self.items[index][1][1:])
-
-    def _load_features(self, path: Path) -> MediaInput:
-        digest = self.store.cache.file_digest(path)
-        out = MediaInput()
-        for modality, key in self.store.keys(path, digest).items():
-            entry = self.store.cache.get(key)
-            if entry is None:
-                raise VlmError(f"{path}: no cached {modality} features; run `vlm preprocess` on "
-                               "this data with the same recipe")
-            tensors, _ = entry
-            if modality == VISION:
-                out.vision = tensors["features"]
-            elif modality == AUDIO and "features" in tensors:  # absent track: no audio input
-                out.audio = tensors["features"]
-        return out
 
     def __getitem__(self, index: int) -> Sample:
         ids, labels, paths = self.items[index]

@@ -94,9 +94,6 @@ def run_stage(recipe: Recipe, stage_name: str, run_dir: Path, *, data: Path | No
     from vlm_cli.train.data import FeatureDataset, ensure_features
     from vlm_cli.train.loop import make_accelerator, plot_loss, train_stage
 
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # our own progress goes to stderr; no per-shard bars
     stage: StageSpec = getattr(recipe.train, stage_name)
     data_path = data or (Path(stage.data) if stage.data else None)
     if data_path is None:
@@ -135,6 +132,9 @@ def run_stage(recipe: Recipe, stage_name: str, run_dir: Path, *, data: Path | No
                          on_step=on_step)
     model = accelerator.unwrap_model(model)
     if accelerator.is_main_process:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
         random_llm = recipe.model.llm.config is not None and llm_weights is None
         config = RunConfig(stage=stage_name, recipe=recipe.name, feature_dims=model.feature_dims,
                            llm_weights=llm_weights, adapter=stage.lora is not None,

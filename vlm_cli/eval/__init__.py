@@ -1,0 +1,1 @@
+"""Evaluation: QA files, answer normalisation and scoring."""
