@@ -58,13 +58,16 @@ class StageResult:
 
 def make_accelerator() -> Any:
     """An ``accelerate.Accelerator``: bf16 autocast on GPUs that support it, fp32 on CPU; DDP
-    with unused parameters allowed (a batch without audio leaves the audio connector idle)."""
+    with unused parameters allowed (a batch without audio leaves the audio connector idle).
+
+    Without CUDA the accelerator is told ``cpu=True``, so that several processes started by
+    ``accelerate launch --multi_gpu --num_processes N`` or ``torchrun`` form a gloo
+    (MULTI_CPU) group instead of N independent runs."""
     from accelerate import Accelerator, DistributedDataParallelKwargs
 
-    precision = "no"
-    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
-        precision = "bf16"
-    return Accelerator(mixed_precision=precision, kwargs_handlers=[
+    cuda = torch.cuda.is_available()
+    precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "no"
+    return Accelerator(mixed_precision=precision, cpu=not cuda, kwargs_handlers=[
         DistributedDataParallelKwargs(find_unused_parameters=True)])
 
 

@@ -36,7 +36,10 @@ class StageProgress:
 
 
 def print_summary(summary: Any, json_out: bool) -> None:
-    """The stage summary: one JSON object with ``--json``, else a few lines."""
+    """The stage summary: one JSON object with ``--json``, else a few lines (nothing on the
+    non-main processes of a distributed run, which have no summary)."""
+    if summary is None:
+        return
     if json_out:
         console.print_json(dataclasses.asdict(summary))
         return

@@ -32,6 +32,7 @@ class StageSummary:
     final_loss: float
     seconds: float
     samples_per_s: float
+    processes: int = 1
 
 
 def feature_dims(recipe: Recipe) -> dict[str, int]:
@@ -67,7 +68,7 @@ def run_stage(recipe: Recipe, stage_name: str, run_dir: Path, *, data: Path | No
               media_root: Path | None = None, from_run: Path | None = None,
               resume: bool = False, workers: int = 2,
               on_step: Callable[[Any], None] | None = None,
-              on_clip: Callable[[str, str], None] | None = None) -> StageSummary:
+              on_clip: Callable[[str, str], None] | None = None) -> StageSummary | None:
     """Run stage ``stage1`` or ``stage2`` of ``recipe`` into ``run_dir``.
 
     Args:
@@ -76,6 +77,9 @@ def run_stage(recipe: Recipe, stage_name: str, run_dir: Path, *, data: Path | No
         from_run: stage 2: the stage-1 run whose model to continue (its ``model`` section is
             used; ``recipe`` supplies the stage-2 settings).
         resume: continue ``run_dir`` from its last checkpoint.
+
+    Returns:
+        The summary on the main process; None on the other processes of a distributed run.
 
     Raises:
         UsageError: no data given, ``run_dir`` exists without ``resume``, bad freeze list.
@@ -144,7 +148,9 @@ def run_stage(recipe: Recipe, stage_name: str, run_dir: Path, *, data: Path | No
         save_run(run_dir, recipe, model, config, save_llm="llm" in trained or random_llm)
         plot_loss(run_dir)
     accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        return None
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return StageSummary(str(run_dir), stage_name, len(dataset), trained, trainable,
                         result.steps, result.total_steps, result.resumed_from, result.final_loss,
-                        result.seconds, result.samples_per_s)
+                        result.seconds, result.samples_per_s, accelerator.num_processes)

@@ -1,0 +1,164 @@
+"""Stages 1 and 2 on a micro recipe: run directories, LoRA, resume after kill -9, 2 processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from vlm_cli.cli import run
+
+VLM = str(Path(sys.executable).with_name("vlm"))
+ACCELERATE = str(Path(sys.executable).with_name("accelerate"))
+
+MICRO = """
+name: micro
+model:
+  vision: {arch: clip, config: {hidden_size: 32, intermediate_size: 64, num_hidden_layers: 1,
+           num_attention_heads: 2, image_size: 32, patch_size: 16}, feature_layer: -1}
+  audio: {arch: ast, config: {hidden_size: 32, intermediate_size: 64, num_hidden_layers: 1,
+          num_attention_heads: 2, num_mel_bins: 128, max_length: 204, patch_size: 16,
+          frequency_stride: 32, time_stride: 32}}
+  video_connector: {type: qformer, num_query_tokens: 4, hidden_size: 32, num_layers: 1,
+                    num_heads: 2, dropout: 0.0}
+  audio_connector: {type: mlp}
+  llm: {config: {model_type: llama, hidden_size: 32, intermediate_size: 64, num_hidden_layers: 1,
+        num_attention_heads: 2, num_key_value_heads: 2, max_position_embeddings: 128},
+        tokenizer: toy-av}
+data: {frames: 4, audio_clips: 2}
+train:
+  stage1: {freeze: [vision, audio], lr: 1.0e-3, batch_size: 4, max_steps: 6, max_length: 128,
+           log_every: 1, warmup_ratio: 0.2}
+  stage2: {freeze: [vision, audio, llm], lora: {rank: 4, alpha: 8.0, dropout: 0.0}, lr: 1.0e-3,
+           batch_size: 4, max_steps: 4, max_length: 128, log_every: 1}
+"""
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A 12-clip toy-av set, preprocessed once under its own VLM_HOME, and the micro recipe."""
+    from vlm_cli.toyav import generate_toy_av
+
+    root = tmp_path_factory.mktemp("train")
+    generate_toy_av(root / "toy", clips=12, seed=1, workers=1)
+    (root / "micro.yaml").write_text(MICRO)
+    env = {**os.environ, "VLM_HOME": str(root / "home")}
+    subprocess.run([VLM, "preprocess", str(root / "toy" / "clips.jsonl"), "--recipe",
+                    str(root / "micro.yaml")], check=True, capture_output=True, env=env)
+    return root, env
+
+
+def pretrain_args(root: Path, out: Path, *extra: str) -> list[str]:
+    return ["pretrain", str(root / "micro.yaml"), "--data", str(root / "toy" / "stage1.json"),
+            "--out", str(out), "--json", *extra]
+
+
+def weights(run_dir: Path) -> dict:
+    out = {f"connectors.{k}": v for k, v in load_file(run_dir / "connectors.safetensors").items()}
+    if (run_dir / "llm" / "model.safetensors").exists():
+        out.update({f"llm.{k}": v for k, v in load_file(run_dir / "llm" / "model.safetensors")
+                    .items()})
+    return out
+
+
+def test_stage1_then_lora_stage2(world, tmp_path, monkeypatch, capsys):
+    root, env = world
+    monkeypatch.setenv("VLM_HOME", env["VLM_HOME"])
+    assert run(pretrain_args(root, tmp_path / "s1")) == 0
+    s1 = json.loads(capsys.readouterr().out)
+    assert s1["steps"] == 6 and s1["trained"] == ["video_connector", "audio_connector", "llm"]
+    rows = [json.loads(x) for x in (tmp_path / "s1" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert rows[0]["loss"] == pytest.approx(4.40, abs=0.15)  # pinned: ~ln(vocab) at init
+    assert rows[-1]["loss"] < rows[0]["loss"]
+    for name in ("recipe.yaml", "config.json", "tokenizer", "connectors.safetensors", "llm",
+                 "loss.png", "checkpoints"):
+        assert (tmp_path / "s1" / name).exists(), name
+
+    assert run(["tune", str(root / "micro.yaml"), "--from", str(tmp_path / "s1"), "--data",
+                str(root / "toy" / "stage2.json"), "--out", str(tmp_path / "s2"), "--json"]) == 0
+    s2 = json.loads(capsys.readouterr().out)
+    assert s2["trained"] == ["video_connector", "audio_connector", "lora"]
+    adapter = json.loads((tmp_path / "s2" / "adapter" / "adapter_config.json").read_text())
+    assert adapter["r"] == 4 and adapter["lora_alpha"] == 8 and adapter["peft_type"] == "LORA"
+    assert (tmp_path / "s2" / "adapter" / "adapter_model.safetensors").exists()
+    config = json.loads((tmp_path / "s2" / "config.json").read_text())
+    assert config["adapter"] and not (tmp_path / "s2" / "llm").exists()  # referenced, not copied
+    assert config["llm_weights"] == str((tmp_path / "s1" / "llm").resolve())
+
+    from vlm_cli.features import FeatureStore
+    from vlm_cli.cache import FeatureCache
+    from vlm_cli.eval.qa import load_qa, predict
+    from vlm_cli.model.run_dir import load_run
+
+    recipe, model = load_run(tmp_path / "s2")
+    items = load_qa(root / "toy" / "qa" / "test_questions.json")[:2]
+    preds = predict(model, FeatureStore(recipe, FeatureCache()), items, max_new_tokens=3)
+    assert set(preds) == {i.question_id for i in items}
+
+
+def test_existing_run_needs_resume(world, tmp_path, monkeypatch, capsys):
+    root, env = world
+    monkeypatch.setenv("VLM_HOME", env["VLM_HOME"])
+    assert run(pretrain_args(root, tmp_path / "r")) == 0
+    assert run(pretrain_args(root, tmp_path / "r")) == 2
+    assert "pass --resume" in capsys.readouterr().err
+    assert run(pretrain_args(tmp_path, tmp_path / "x")) == 2  # no such recipe file
+    assert run(pretrain_args(root, tmp_path / "r2", "train.stage1.freeze=[audio]")) == 2
+    assert "must include 'vision'" in capsys.readouterr().err
+
+
+def test_resume_after_kill_9_is_bit_exact(world, tmp_path):
+    root, env = world
+    steps = ["train.stage1.max_steps=150", "train.stage1.log_every=25"]
+    reference = subprocess.run([VLM, *pretrain_args(root, tmp_path / "ref", *steps)],
+                               capture_output=True, text=True, env=env)
+    assert reference.returncode == 0, reference.stderr
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([VLM, *pretrain_args(root, killed, *steps,
+                                                 "train.stage1.save_every=1")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        done = sorted((killed / "checkpoints").glob("step-*")) if killed.exists() else []
+        if len(done) >= 8:
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "config.json").exists()  # killed midway: no final artefacts
+    resumed = subprocess.run([VLM, *pretrain_args(root, killed, *steps, "--resume")],
+                             capture_output=True, text=True, env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    summary = json.loads(resumed.stdout)
+    assert 0 < summary["resumed_from"] < 150
+    ref, got = weights(tmp_path / "ref"), weights(killed)
+    assert ref.keys() == got.keys()
+    assert all((ref[k] == got[k]).all() for k in ref), "resumed weights differ"
+    steps_logged = [json.loads(x)["step"] for x in (killed / "metrics.jsonl").read_text()
+                    .splitlines()]
+    assert steps_logged == sorted(set(steps_logged))  # no duplicate lines after the resume
+
+
+def test_two_processes_match_one(world, tmp_path):
+    root, env = world
+    extra = ["train.stage1.max_steps=20"]
+    one = subprocess.run([VLM, *pretrain_args(root, tmp_path / "one", *extra)],
+                         capture_output=True, text=True, env=env)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2",
+                          "--main_process_port", "29517", "-m", "vlm_cli.cli",
+                          *pretrain_args(root, tmp_path / "two", *extra)],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert two.returncode == 0, two.stderr[-2000:]
+    assert json.loads(two.stdout.strip().splitlines()[-1])["processes"] == 2
+    a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
