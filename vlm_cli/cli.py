@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "preprocess": ("preprocess", "Decode clips, run the frozen encoders, fill the feature cache."),
     "pretrain": ("pretrain", "Stage 1: align the connectors on caption pairs."),
     "tune": ("tune", "Stage 2: instruction-tune connectors + LLM (full or LoRA)."),
+    "ask": ("ask", "Ask a trained model about a video, image or audio file."),
     "cache": ("cache", "List, measure, prune or clear the feature cache."),
 }
 

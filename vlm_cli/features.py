@@ -140,6 +140,56 @@ class FeatureStore:
                 out.audio = tensors["features"]
         return out
 
+    def fetch(self, path: str | Path, *, audio: bool = True) -> tuple[Any, dict[str, Any]]:
+        """Features of one file for inference: from the cache, else decoded and encoded here
+        (in this process) and cached, so a second question on the same file skips both.
+
+        Args:
+            path: the media file. audio: False to leave the audio features out (``--no-audio``).
+
+        Returns:
+            ``(media_input, info)``: a :class:`vlm_cli.model.vlm.MediaInput`, and ``info`` with
+            ``cache`` ("hit" or "miss"), ``frames`` (count and timestamps in s), ``audio``
+            ("used", "absent" or "disabled"), and ``decode_s`` / ``encode_s`` timings.
+
+        Raises:
+            MediaError: the file is missing or cannot be decoded.
+        """
+        import time
+
+        from vlm_cli.model.vlm import MediaInput
+
+        t0 = time.perf_counter()
+        digest = self.cache.file_digest(path)
+        keys = self.keys(path, digest)
+        if not audio:
+            keys.pop(AUDIO, None)
+        entries = {m: self.cache.get(k) for m, k in keys.items()}
+        missing = {m: keys[m] for m, e in entries.items() if e is None}
+        info: dict[str, Any] = {"cache": "miss" if missing else "hit", "decode_s": 0.0,
+                                "encode_s": 0.0}
+        if missing:
+            t1 = time.perf_counter()
+            decoded = decode_media(self.request(path, list(missing)))
+            t2 = time.perf_counter()
+            written = self.encode_and_store(path, digest, missing, decoded)
+            info["decode_s"], info["encode_s"] = t2 - t1, time.perf_counter() - t2
+            entries.update({m: (tensors, {}) for m, tensors in written.items()})
+        info["decode_s"] += 0.0 if missing else time.perf_counter() - t0  # cache read
+        out = MediaInput()
+        if VISION in entries:
+            tensors = entries[VISION][0]
+            out.vision = tensors["features"]
+            stamps = [round(float(t), 3) for t in tensors["timestamps"]]
+            info["frames"] = {"count": len(stamps), "timestamps": stamps}
+        if AUDIO in entries and "features" in entries[AUDIO][0]:
+            out.audio = entries[AUDIO][0]["features"]
+        if not audio or AUDIO not in self.fingerprints:
+            info["audio"] = "disabled"  # --no-audio, or a recipe without an audio branch
+        else:
+            info["audio"] = "used" if out.audio is not None else "absent"
+        return out, info
+
     def request(self, path: str | Path, modalities: list[str]) -> DecodeRequest:
         """The decode request producing the inputs of ``modalities`` for ``path``."""
         data = self.recipe.data

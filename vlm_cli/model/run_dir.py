@@ -121,9 +121,13 @@ def load_run(run_dir: Path, *, device: str = "cpu", dtype: Any = None) -> tuple[
     tokenizer = load_tokenizer(recipe.model.llm, source=run_dir / "tokenizer")
     llm = build_llm(recipe.model.llm, tokenizer, weights=config.llm_weights, dtype=dtype)
     if config.adapter:
+        import warnings
+
         from peft import PeftModel
 
-        llm = PeftModel.from_pretrained(llm, run_dir / "adapter")
+        with warnings.catch_warnings():  # peft calls a transformers attribute deprecated in v5
+            warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+            llm = PeftModel.from_pretrained(llm, run_dir / "adapter")
     model = VideoLanguageModel(recipe.model, llm, tokenizer, config.feature_dims)
     model.connectors.load_state_dict(load_file(run_dir / "connectors.safetensors"))
     return recipe, model.to(device).eval()
