@@ -21,8 +21,14 @@ def pretrain(
     media_root: Annotated[Optional[Path], typer.Option(
         help="Media directory [default: recipe data.media_root, else the data's directory].",
         show_default=False)] = None,
+    stage: Annotated[str, typer.Option(
+        help="stage1 (connectors on caption pairs), or encoders (align a recipe's own "
+             "encoders to caption views first: tiny-av).")] = "stage1",
+    encoders: Annotated[Optional[Path], typer.Option(
+        help="An encoders run (from --stage encoders) whose vision and audio encoders to use.",
+        show_default=False)] = None,
     out: Annotated[Optional[Path], typer.Option(
-        help="Run directory [default: runs/<recipe>-stage1].", show_default=False)] = None,
+        help="Run directory [default: runs/<recipe>-<stage>].", show_default=False)] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run from its last checkpoint.")]
     = False,
     workers: Annotated[int, typer.Option(min=1, help="Decoder processes for missing features.")]
@@ -31,16 +37,31 @@ def pretrain(
     = False,
 ) -> None:
     """Stage 1: train what the recipe's train.stage1.freeze leaves trainable (the connectors by
-    default) on caption pairs, reading frozen-encoder features from the cache (clips that are
+    default) on caption pairs (--stage encoders first aligns a recipe's own encoders), reading frozen-encoder features from the cache (clips that are
     missing are preprocessed first; the encoders are not loaded otherwise). AdamW with a cosine
     schedule and warmup, gradient accumulation, clipping; checkpoints, metrics.jsonl and loss.png
     in the run directory. Works under `accelerate launch` (DDP)."""
+    from vlm_cli.errors import UsageError
     from vlm_cli.recipe import load_recipe
     from vlm_cli.train.report import StageProgress, print_summary
     from vlm_cli.train.stages import run_stage
 
+    if stage not in ("stage1", "encoders"):
+        raise UsageError(f"--stage {stage!r}: expected stage1 or encoders")
     resolved = load_recipe(recipe, overrides or [])
-    run_dir = out or Path("runs") / f"{resolved.name}-stage1"
+    run_dir = out or Path("runs") / f"{resolved.name}-{stage}"
+    if stage == "encoders":
+        from vlm_cli.train.align import run_align
+
+        with StageProgress("encoders") as progress:
+            summary = run_align(resolved, run_dir, data=data, media_root=media_root,
+                                workers=workers, on_step=progress.update)
+        print_summary(summary, json_out)
+        return
+    if encoders is not None:
+        from vlm_cli.train.align import use_aligned_encoders
+
+        resolved = use_aligned_encoders(resolved, encoders)
     with StageProgress("stage 1") as progress:
         summary = run_stage(resolved, "stage1", run_dir, data=data, media_root=media_root,
                             resume=resume, workers=workers, on_step=progress.update)

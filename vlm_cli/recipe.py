@@ -32,25 +32,29 @@ class VisionEncoderSpec:
     """A frozen image encoder run per frame (Video-LLaMA §2.1; Video-LLaVA §3.1).
 
     Attributes:
-        arch: transformers class: ``clip`` (CLIPVisionModel) or ``siglip`` (SiglipVisionModel).
+        arch: transformers class: ``clip`` (CLIPVisionModel) or ``siglip`` (SiglipVisionModel),
+            run per frame; or ``vivit`` (VivitModel), run once per clip on tubelets spanning
+            several frames (a spatio-temporal encoder: motion is in its features).
         pretrained: hub repo id or local directory (``from_pretrained``); or None with ``config``.
         revision: hub revision (branch, tag or commit); None = the cached default branch.
         config: a transformers config dict for a randomly initialised encoder (tiny recipes).
         init_seed: torch seed for that random initialisation.
-        feature_layer: hidden-state index whose output is used (Video-LLaVA: -2).
-        select: ``patch`` drops the CLS token (Video-LLaVA), ``cls_patch`` keeps it.
+        feature_layer: hidden-state index whose output is used (Video-LLaVA: -2); -1 is the
+            model's final output (``last_hidden_state``, after ViViT's final layer norm).
+        select: ``patch`` drops the CLS token (Video-LLaVA), ``cls_patch`` keeps it, ``cls``
+            keeps only the CLS token (one vector per frame, or per clip for ``vivit``).
         image_size: input size in px (square); None = the config's ``image_size``.
-        image_mean, image_std: per-channel normalisation; None = CLIP's.
+        image_mean, image_std: per-channel normalisation of [0, 1] pixels; None = CLIP's.
         dtype: weights/compute dtype of the encoder.
     """
 
-    arch: Literal["clip", "siglip"] = "clip"
+    arch: Literal["clip", "siglip", "vivit"] = "clip"
     pretrained: str | None = None
     revision: str | None = None
     config: dict[str, Any] | None = None
     init_seed: int = 0
     feature_layer: int = -2
-    select: Literal["patch", "cls_patch"] = "patch"
+    select: Literal["patch", "cls_patch", "cls"] = "patch"
     image_size: int | None = None
     image_mean: list[float] | None = None
     image_std: list[float] | None = None
@@ -291,9 +295,65 @@ class StageSpec:
 
 
 @dataclasses.dataclass
-class TrainSpec:
-    """The training stages."""
+class ViewSpec:
+    """A caption view: one attribute that captions name with one of ``words``.
 
+    Attributes:
+        name: the view's name (``colour``, ``sound``, ...).
+        modality: the encoder that must predict it from its input (``vision`` or ``audio``).
+        words: the phrases captions use for it (``[red, green, ...]``), matched as whole words,
+            case-insensitively; a caption naming none of them leaves the view out of its loss.
+    """
+
+    name: str
+    modality: Literal["vision", "audio"]
+    words: list[str]
+
+
+@dataclasses.dataclass
+class AlignSpec:
+    """Encoder alignment, for recipes whose encoders the toolkit trains itself (tiny-av:
+    nothing pretrained can be downloaded). Each caption is split into views naming one attribute
+    at a time; the vision and audio encoders learn to predict the views of their modality from
+    their pooled output (a linear head per view over its words, and one per ``joint`` group over
+    the combinations). The aligned encoders are then frozen like any pretrained ones.
+
+    Attributes:
+        data: caption pairs (LLaVA JSON); ``--data`` overrides it.
+        views, joint: the views, and groups of vision views predicted jointly.
+        lr, weight_decay, max_grad_norm, schedule, warmup_ratio, batch_size, steps, seed,
+        log_every: optimisation settings as in :class:`StageSpec`.
+    """
+
+    data: str | None = None
+    views: list[ViewSpec] = dataclasses.field(default_factory=list)
+    joint: list[list[str]] = dataclasses.field(default_factory=list)
+    lr: float = 3e-3
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    schedule: Literal["cosine", "linear", "constant"] = "cosine"
+    warmup_ratio: float = 0.03
+    batch_size: int = 64
+    steps: int = 700
+    seed: int = 0
+    log_every: int = 50
+
+    def validate(self, prefix: str) -> None:
+        names = [v.name for v in self.views]
+        if not names:
+            raise RecipeError(f"recipe key '{prefix}.views': at least one view is required")
+        for group in self.joint:
+            unknown = [n for n in group if n not in names]
+            if unknown:
+                raise RecipeError(f"recipe key '{prefix}.joint': unknown view {unknown[0]!r}; "
+                                  f"views: {', '.join(names)}")
+
+
+@dataclasses.dataclass
+class TrainSpec:
+    """The training stages (``encoders`` only for recipes that train their own encoders)."""
+
+    encoders: AlignSpec | None = None
     stage1: StageSpec = dataclasses.field(default_factory=StageSpec)
     stage2: StageSpec = dataclasses.field(default_factory=lambda: StageSpec(
         freeze=["vision", "audio"], lr=2e-5))

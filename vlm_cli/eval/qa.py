@@ -106,7 +106,7 @@ def placeholder_for(path: Path) -> str:
 
 def predict(model: Any, store: Any, items: list[QAItem], *,
             max_new_tokens: int = 16) -> dict[str, str]:
-    """Greedy answers of ``model`` to ``items``, reading features from ``store``'s cache.
+    """Greedy answers of ``model`` to ``items`` (features from ``store``: cached, or computed and cached).
 
     The prompt is one user turn ``"<video>\n{question}"`` in the model's chat template.
     """
@@ -116,7 +116,7 @@ def predict(model: Any, store: Any, items: list[QAItem], *,
     out = {}
     for item in items:
         turns = [{"from": "human", "value": f"{placeholder_for(item.media)}\n{item.question}"}]
-        ids = model.generate(encode_prompt(tokenizer, turns), [store.media_input(item.media)],
+        ids = model.generate(encode_prompt(tokenizer, turns), [store.fetch(item.media)[0]],
                              max_new_tokens=max_new_tokens)
         out[item.question_id] = tokenizer.decode(ids, skip_special_tokens=True).strip()
     return out

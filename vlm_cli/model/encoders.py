@@ -23,12 +23,14 @@ from vlm_cli.recipe import AudioEncoderSpec, VisionEncoderSpec
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def _vision_classes(arch: str) -> tuple[type, type]:
+def vision_classes(arch: str) -> tuple[type, type]:
+    """(config class, model class) of a vision ``arch``."""
     from transformers import (CLIPVisionConfig, CLIPVisionModel, SiglipVisionConfig,
-                              SiglipVisionModel)
+                              SiglipVisionModel, VivitConfig, VivitModel)
 
     return {"clip": (CLIPVisionConfig, CLIPVisionModel),
-            "siglip": (SiglipVisionConfig, SiglipVisionModel)}[arch]
+            "siglip": (SiglipVisionConfig, SiglipVisionModel),
+            "vivit": (VivitConfig, VivitModel)}[arch]
 
 
 def _build(spec: VisionEncoderSpec | AudioEncoderSpec, config_cls: type, model_cls: type,
@@ -45,8 +47,10 @@ def _build(spec: VisionEncoderSpec | AudioEncoderSpec, config_cls: type, model_c
     return model.eval().requires_grad_(False)
 
 
+
 class VisionEncoder(nn.Module):
-    """Frozen image encoder applied to every sampled frame.
+    """Frozen image encoder applied to every sampled frame (CLIP, SigLIP), or video encoder
+    applied once per clip on tubelets spanning several frames (ViViT).
 
     Args:
         spec: the recipe's ``model.vision`` section.
@@ -60,10 +64,11 @@ class VisionEncoder(nn.Module):
         super().__init__()
         self.spec = spec
         self.fingerprint = vision_fingerprint(spec, digest)
-        self.model = _build(spec, *_vision_classes(spec.arch), digest)
+        self.model = _build(spec, *vision_classes(spec.arch), digest)
         pre = self.fingerprint["preprocess"]
         self.image_size = pre["size"]
-        self.has_cls = spec.arch == "clip"  # SigLIP's ViT has no CLS token
+        self.per_clip = spec.arch == "vivit"
+        self.has_cls = spec.arch in ("clip", "vivit")  # SigLIP's ViT has no CLS token
         self.register_buffer("mean", torch.tensor(pre["mean"]).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(pre["std"]).view(1, 3, 1, 1), persistent=False)
 
@@ -84,22 +89,46 @@ class VisionEncoder(nn.Module):
         x = x[:, :, top:top + s, left:left + s].clamp(0, 255) / 255.0
         return (x - self.mean) / self.std
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """Pixel values ``[T, 3, S, S]`` -> features ``[T, N, D]`` from ``feature_layer``.
+    def _select(self, hidden: torch.Tensor) -> torch.Tensor:
+        if not self.has_cls or self.spec.select == "cls_patch":
+            return hidden
+        return hidden[:, :1] if self.spec.select == "cls" else hidden[:, 1:]
 
-        N is the number of patches (plus one with ``select='cls_patch'`` on CLIP).
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Pixel values -> features ``[B, T', N, D]``.
+
+        Per-frame encoders take ``[T, 3, S, S]`` (one clip) and return ``[1, T, N, D]``;
+        ViViT takes ``[B, T, 3, S, S]`` (B clips of exactly ``num_frames`` frames) and returns
+        ``[B, T / tubelet_t, N, D]`` (or ``[B, 1, 1, D]`` with ``select: cls``). N counts the
+        patch tokens (plus the CLS token with ``cls_patch``). The hidden state is
+        ``feature_layer``'s; -1 is the final output (``last_hidden_state``).
+
+        Raises:
+            VlmError: a ViViT clip with another frame count than the model was built for.
         """
+        from vlm_cli.errors import VlmError
+
         pixel_values = pixel_values.to(self.model.device, self.model.dtype)
+        if self.per_clip and pixel_values.shape[1] != self.model.config.num_frames:
+            raise VlmError(f"the vivit vision encoder takes {self.model.config.num_frames} "
+                           f"frames per clip, got {pixel_values.shape[1]} (set data.frames)")
         out = self.model(pixel_values=pixel_values, output_hidden_states=True)
-        feats = out.hidden_states[self.spec.feature_layer]
-        if self.has_cls and self.spec.select == "patch":
-            feats = feats[:, 1:]
-        return feats
+        layer = self.spec.feature_layer
+        feats = self._select(out.last_hidden_state if layer == -1 else out.hidden_states[layer])
+        if not self.per_clip:
+            return feats[None]
+        b, n, d = feats.shape
+        if self.spec.select != "patch":  # CLS alone, or CLS + every tubelet token: one group
+            return feats.reshape(b, 1, n, d)
+        times = self.model.config.num_frames // self.model.config.tubelet_size[0]
+        return feats.reshape(b, times, n // times, d)
 
     @torch.no_grad()
     def encode_frames(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """Frames ``[T, H, W, 3] uint8`` -> features ``[T, N, D]`` on CPU in the encoder dtype."""
-        return self(self.preprocess(frames)).cpu()
+        """Frames ``[T, H, W, 3] uint8`` of one clip -> features ``[T', N, D]`` on CPU in the
+        encoder dtype (T' = T for per-frame encoders)."""
+        pixels = self.preprocess(frames)
+        return self(pixels[None] if self.per_clip else pixels)[0].cpu()
 
 
 class AudioEncoder(nn.Module):

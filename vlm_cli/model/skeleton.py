@@ -32,9 +32,7 @@ def parameter_counts(recipe: Recipe) -> dict[str, int]:
         VlmError: a pretrained part whose config is not available locally.
     """
     import torch
-    from transformers import (ASTConfig, ASTModel, AutoConfig, AutoModelForCausalLM,
-                              CLIPVisionConfig, CLIPVisionModel, SiglipVisionConfig,
-                              SiglipVisionModel)
+    from transformers import ASTConfig, ASTModel, AutoConfig, AutoModelForCausalLM
 
     from vlm_cli.model.connectors import build_connector
 
@@ -43,9 +41,9 @@ def parameter_counts(recipe: Recipe) -> dict[str, int]:
     dims: dict[str, int] = {}
     with torch.device("meta"):
         if spec.vision is not None:
-            config_cls, model_cls = {"clip": (CLIPVisionConfig, CLIPVisionModel),
-                                     "siglip": (SiglipVisionConfig, SiglipVisionModel)}[
-                spec.vision.arch]
+            from vlm_cli.model.encoders import vision_classes
+
+            config_cls, model_cls = vision_classes(spec.vision.arch)
             config = _config(config_cls, spec.vision)
             counts["vision"] = sum(p.numel() for p in model_cls(config).parameters())
             dims["vision"] = config.hidden_size

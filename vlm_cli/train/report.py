@@ -44,6 +44,12 @@ def print_summary(summary: Any, json_out: bool) -> None:
         console.print_json(dataclasses.asdict(summary))
         return
     s = summary
+    if s.stage == "encoders":
+        accuracy = ", ".join(f"{k} {v:.2f}" for k, v in s.train_accuracy.items())
+        console.stdout.print(f"encoders: {s.steps} steps on {s.samples} clips in {s.seconds:.1f} s;"
+                             f" final loss {s.final_loss:.4f}; train accuracy: {accuracy}")
+        console.stdout.print(f"run: {s.run_dir}")
+        return
     resumed = f", resumed at step {s.resumed_from}" if s.resumed_from else ""
     console.stdout.print(
         f"{s.stage}: {s.steps} steps of {s.total_steps}{resumed} on {s.samples} samples in "

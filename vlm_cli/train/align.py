@@ -1,0 +1,273 @@
+"""Encoder alignment (``vlm pretrain RECIPE --stage encoders``): train the vision and audio
+encoders of a recipe that has no pretrained ones (tiny-av) against caption views, then freeze them.
+
+Why: trained end to end through an untrained LLM, a tiny video encoder never learns shape or
+motion direction (the signal does not get back through two untrained attention stages);
+real systems align their encoders to language first (LanguageBind, ImageBind — the thesis of
+Video-LLaVA). Here each caption is split into *views* that name one attribute at a time (its
+colour, shape, motion direction, sound: :class:`vlm_cli.recipe.ViewSpec`); each encoder learns to
+predict the views of its modality from its pooled output. A spatio-temporal encoder (ViViT,
+tubelets spanning 2 frames) makes motion direction learnable at all.
+
+Inputs are decoded once (frames and fbank, in crash-isolated workers) and kept in the cache
+manager like features are, so a re-run does not decode again. The run directory gets
+``vision/`` and ``audio/`` (``save_pretrained``, safetensors), which later stages use with
+``--encoders RUN``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from vlm_cli.errors import DataError, UsageError, VlmError
+from vlm_cli.recipe import AlignSpec, Recipe, ViewSpec
+
+IGNORE = -100
+
+
+def view_labels(captions: Sequence[str], views: Sequence[ViewSpec]) -> dict[str, torch.Tensor]:
+    """Per view, the index in ``view.words`` that each caption names (-100 when none).
+
+    Words match whole-word and case-insensitively; the longest match wins ("rising chirp" over
+    "chirp"), so multi-word phrases work.
+    """
+    out = {}
+    for view in views:
+        order = sorted(range(len(view.words)), key=lambda i: -len(view.words[i]))
+        patterns = [(i, re.compile(rf"\b{re.escape(view.words[i].lower())}\b")) for i in order]
+        labels = []
+        for caption in captions:
+            text = caption.lower()
+            labels.append(next((i for i, pat in patterns if pat.search(text)), IGNORE))
+        out[view.name] = torch.tensor(labels)
+    return out
+
+
+def decoded_inputs(paths: Sequence[Path], store: Any, *, workers: int) -> dict[str, torch.Tensor]:
+    """Decoded encoder inputs of every file: ``frames [N, T, H, W, 3] uint8`` and
+    ``fbank [N, K, F, M] float32``, from the cache or decoded in workers and cached.
+
+    Raises:
+        VlmError: a file that cannot be decoded (named), or one without an audio track.
+    """
+    from vlm_cli.cache import feature_key
+    from vlm_cli.features import decode_media
+    from vlm_cli.workers import TaskFailure, run_isolated
+
+    request = store.request(paths[0], ["vision", "audio"])
+    fingerprint = {"modality": "decoded", "frames": request.frames, "audio": request.audio}
+    cache = store.cache
+    keys = [feature_key(cache.file_digest(p), fingerprint, {}) for p in paths]
+    entries: list[dict[str, torch.Tensor] | None] = []
+    for key in keys:
+        entry = cache.get(key)
+        entries.append(entry[0] if entry is not None else None)
+    todo = [i for i, e in enumerate(entries) if e is None]
+    requests = [store.request(paths[i], ["vision", "audio"]) for i in todo]
+    for j, result in (run_isolated(decode_media, requests, workers=workers) if todo else []):
+        i = todo[j]
+        if isinstance(result, TaskFailure):
+            raise VlmError(f"{paths[i]}: {result.reason}")
+        if "absent" in result["audio"]:
+            raise VlmError(f"{paths[i]}: no audio track (the audio encoder needs one to align)")
+        tensors = {"frames": torch.as_tensor(result["vision"]["frames"]),
+                   "fbank": torch.as_tensor(result["audio"]["fbank"])}
+        cache.put(keys[i], tensors, {"modality": "decoded", "media": str(paths[i])})
+        entries[i] = tensors
+    return {name: torch.stack([e[name] for e in entries]) for name in ("frames", "fbank")}
+
+
+class AlignmentModel(nn.Module):
+    """The two encoders (trainable) with one linear head per view and per joint group."""
+
+    def __init__(self, recipe: Recipe, spec: AlignSpec, digest: Callable[[Path], str]) -> None:
+        super().__init__()
+        from vlm_cli.model.encoders import AudioEncoder, VisionEncoder
+
+        self.vision = VisionEncoder(recipe.model.vision, digest)
+        self.audio = AudioEncoder(recipe.model.audio, digest)
+        self.vision.requires_grad_(True)
+        self.audio.requires_grad_(True)
+        widths = {"vision": self.vision.model.config.hidden_size,
+                  "audio": self.audio.model.config.hidden_size}
+        self.views = {v.name: v for v in spec.views}
+        self.heads = nn.ModuleDict({v.name: nn.Linear(widths[v.modality], len(v.words))
+                                    for v in spec.views})
+        self.joint = [list(group) for group in spec.joint]
+        self.joint_heads = nn.ModuleList(
+            nn.Linear(widths["vision"], math.prod(len(self.views[n].words) for n in group))
+            for group in self.joint)
+
+    def forward(self, frames: torch.Tensor, fbank: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``frames [B, T, H, W, 3] uint8``, ``fbank [B, K, F, M]`` -> logits per view name and
+        per joint group (``"a+b+c"``)."""
+        pixels = torch.stack([self.vision.preprocess(f) for f in frames])
+        if self.vision.per_clip:
+            v = self.vision(pixels).mean(dim=(1, 2))
+        else:
+            v = torch.stack([self.vision(p)[0].mean(dim=(0, 1)) for p in pixels])
+        b, k = fbank.shape[:2]
+        a = self.audio(fbank.flatten(0, 1)).reshape(b, k, -1, self.audio.model.config
+                                                    .hidden_size).mean(dim=(1, 2))
+        pooled = {"vision": v, "audio": a}
+        logits = {name: head(pooled[self.views[name].modality])
+                  for name, head in self.heads.items()}
+        for group, head in zip(self.joint, self.joint_heads):
+            logits["+".join(group)] = head(v)
+        return logits
+
+
+def joint_labels(labels: dict[str, torch.Tensor], group: list[str],
+                 sizes: dict[str, int]) -> torch.Tensor:
+    """Mixed-radix index of a joint group (-100 when any member is missing)."""
+    out = torch.zeros_like(labels[group[0]])
+    missing = torch.zeros_like(out, dtype=torch.bool)
+    for name in group:
+        out = out * sizes[name] + labels[name].clamp(min=0)
+        missing |= labels[name] == IGNORE
+    return out.masked_fill(missing, IGNORE)
+
+
+@dataclasses.dataclass
+class AlignSummary:
+    """What ``vlm pretrain --stage encoders`` prints."""
+
+    run_dir: str
+    stage: str
+    samples: int
+    steps: int
+    seconds: float
+    final_loss: float
+    train_accuracy: dict[str, float]
+
+
+def run_align(recipe: Recipe, run_dir: Path, *, data: Path | None, media_root: Path | None,
+              workers: int = 2, on_step: Callable[[Any], None] | None = None) -> AlignSummary:
+    """Align the recipe's encoders to caption views and save them into ``run_dir``.
+
+    Raises:
+        UsageError: the recipe has no ``train.encoders``, no vision + audio encoders built from
+            a config, no data, or ``run_dir`` is not empty.
+        DataError: a record without a caption, or no caption naming any view.
+    """
+    from transformers import get_scheduler
+
+    from vlm_cli.cache import FeatureCache
+    from vlm_cli.data import load_records
+    from vlm_cli.features import FeatureStore
+    from vlm_cli.train.loop import SCHEDULES, StepMetrics, plot_loss
+    from vlm_cli.train.order import global_batch
+
+    spec = recipe.train.encoders
+    if spec is None or recipe.model.vision is None or recipe.model.audio is None:
+        raise UsageError(f"recipe {recipe.name!r} has no train.encoders stage (or lacks a vision "
+                         "or audio encoder)")
+    data_path = data or (Path(spec.data) if spec.data else None)
+    if data_path is None:
+        raise UsageError("no caption data: pass --data or set train.encoders.data")
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise UsageError(f"{run_dir}: run directory exists; choose another --out")
+    root = media_root or (Path(recipe.data.media_root) if recipe.data.media_root else None)
+    records = [r for r in load_records(data_path, root) if r.media]
+    captions = []
+    for record in records:
+        answers = [t["value"] for t in record.conversations if t["from"] == "gpt"]
+        if not answers:
+            raise DataError(f"record {record.id!r}: no caption (gpt turn)")
+        captions.append(" ".join(answers))
+    labels = view_labels(captions, spec.views)
+    if all((labels[v.name] == IGNORE).all() for v in spec.views):
+        raise DataError(f"{data_path}: no caption names any of the views' words")
+    store = FeatureStore(recipe, FeatureCache())
+    inputs = decoded_inputs([r.media[0].path for r in records], store, workers=workers)
+    sizes = {v.name: len(v.words) for v in spec.views}
+    for group in spec.joint:
+        labels["+".join(group)] = joint_labels(labels, group, sizes)
+
+    torch.manual_seed(spec.seed)
+    model = AlignmentModel(recipe, spec, store.cache.file_digest)
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
+    scheduler = get_scheduler(SCHEDULES[spec.schedule], optimizer,
+                              num_warmup_steps=math.ceil(spec.warmup_ratio * spec.steps),
+                              num_training_steps=spec.steps)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    n, began, loss_value = len(records), time.monotonic(), float("nan")
+    hits: dict[str, list[float]] = {name: [] for name in labels}
+    for step in range(spec.steps):
+        idx = torch.tensor(global_batch(n, spec.batch_size, spec.seed, step))
+        logits = model(inputs["frames"][idx], inputs["fbank"][idx])
+        loss = torch.zeros(())
+        for name, out in logits.items():
+            target = labels[name][idx]
+            if (target != IGNORE).any():
+                loss = loss + nn.functional.cross_entropy(out, target, ignore_index=IGNORE)
+                keep = target != IGNORE
+                hits[name].append((out.argmax(-1)[keep] == target[keep]).float().mean().item())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if spec.max_grad_norm > 0:
+            nn.utils.clip_grad_norm_(params, spec.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        loss_value = loss.item()
+        elapsed = time.monotonic() - began
+        record = StepMetrics(step + 1, spec.steps, loss_value, scheduler.get_last_lr()[0],
+                             (step + 1) * spec.batch_size / elapsed, elapsed)
+        if on_step is not None:
+            on_step(record)
+        if (step + 1) % spec.log_every == 0 or step + 1 == spec.steps:
+            with open(run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(dataclasses.asdict(record)) + "\n")
+    seconds = time.monotonic() - began
+    _save(run_dir, recipe, model, spec, seconds)
+    plot_loss(run_dir)
+    window = max(1, min(20, spec.steps))
+    accuracy = {name: round(sum(h[-window:]) / len(h[-window:]), 4)
+                for name, h in hits.items() if h}
+    return AlignSummary(str(run_dir), "encoders", n, spec.steps, seconds, loss_value, accuracy)
+
+
+def _save(run_dir: Path, recipe: Recipe, model: AlignmentModel, spec: AlignSpec,
+          seconds: float) -> None:
+    import yaml
+
+    from vlm_cli.atomic import atomic_write_text
+
+    model.vision.model.save_pretrained(run_dir / "vision", safe_serialization=True)
+    model.audio.model.save_pretrained(run_dir / "audio", safe_serialization=True)
+    atomic_write_text(run_dir / "recipe.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+    atomic_write_text(run_dir / "config.json", json.dumps(
+        {"format": "vlm-encoders/1", "stage": "encoders", "recipe": recipe.name,
+         "steps": spec.steps, "seconds": round(seconds, 2)}, indent=2) + "\n")
+
+
+def use_aligned_encoders(recipe: Recipe, encoders_dir: Path) -> Recipe:
+    """``recipe`` with its vision and audio encoders loaded from an alignment run directory
+    (``RUN/vision``, ``RUN/audio``) instead of randomly initialised from their configs.
+
+    Raises:
+        UsageError: ``encoders_dir`` is not an alignment run directory.
+    """
+    for part in ("vision", "audio"):
+        if not (encoders_dir / part / "config.json").exists():
+            raise UsageError(f"--encoders {encoders_dir}: no {part}/ encoder (run "
+                             "`vlm pretrain RECIPE --stage encoders` first)")
+    model = recipe.model
+    vision = dataclasses.replace(model.vision, pretrained=str((encoders_dir / "vision").resolve()),
+                                 config=None, revision=None)
+    audio = dataclasses.replace(model.audio, pretrained=str((encoders_dir / "audio").resolve()),
+                                config=None, revision=None)
+    return dataclasses.replace(recipe, model=dataclasses.replace(model, vision=vision,
+                                                                 audio=audio))
