@@ -57,8 +57,10 @@ def test_fills_cache_then_computes_nothing(toy, home, capsys):
     assert meta["audio"]["audio"] == "present"
     assert Path(meta["vision"]["media"]).is_absolute()
     # A different sampling setting is a different key: nothing stale is reused.
-    code, third, _ = vlm_json(capsys, str(toy / "clips.jsonl"), "data.frames=4")
+    code, third, _ = vlm_json(capsys, str(toy / "clips.jsonl"), "model.vision.feature_layer=-2")
     assert third["computed"] == 12
+    code, _, err = vlm_json(capsys, str(toy / "clips.jsonl"), "data.frames=4")
+    assert code == 1 and "takes 8 frames per clip" in err  # ViViT's input length is fixed
 
 
 def test_features_have_the_recipe_shapes(toy, home, capsys):
@@ -67,8 +69,9 @@ def test_features_have_the_recipe_shapes(toy, home, capsys):
     by_modality = {}
     for e in entries(home):
         by_modality[e.metadata["modality"]] = cache.get(e.key)[0]
-    assert tuple(by_modality["vision"]["features"].shape) == (8, 16, 64)  # 8 frames, 4x4 patches
-    assert tuple(by_modality["audio"]["features"].shape) == (8, 64)  # 8 clips of 2 s, pooled
+    assert tuple(by_modality["vision"]["features"].shape) == (1, 1, 64)  # ViViT CLS per clip
+    assert tuple(by_modality["audio"]["features"].shape) == (1, 64)  # one 2 s clip, pooled
+    assert len(by_modality["vision"]["timestamps"]) == 8
     ts = by_modality["vision"]["timestamps"]
     assert ts[0] >= 0 and ts[-1] < 2.0 and bool((ts[1:] > ts[:-1]).all())
 

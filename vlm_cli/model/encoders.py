@@ -126,8 +126,11 @@ class VisionEncoder(nn.Module):
     @torch.no_grad()
     def encode_frames(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Frames ``[T, H, W, 3] uint8`` of one clip -> features ``[T', N, D]`` on CPU in the
-        encoder dtype (T' = T for per-frame encoders)."""
+        encoder dtype (T' = T for per-frame encoders). A still image (T = 1) given to a per-clip
+        encoder is a static clip: its frame is repeated ``num_frames`` times."""
         pixels = self.preprocess(frames)
+        if self.per_clip and pixels.shape[0] == 1:
+            pixels = pixels.expand(self.model.config.num_frames, -1, -1, -1)
         return self(pixels[None] if self.per_clip else pixels)[0].cpu()
 
 
