@@ -1,0 +1,115 @@
+"""Encoder alignment to caption views, and later stages using the aligned encoders."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from vlm_cli.recipe import ViewSpec
+from vlm_cli.train.align import IGNORE, joint_labels, view_labels
+
+VLM = str(Path(sys.executable).with_name("vlm"))
+
+MICRO_AV = """
+name: micro-av
+model:
+  vision: {arch: vivit, config: {image_size: 32, num_frames: 4, tubelet_size: [2, 16, 16],
+           hidden_size: 32, intermediate_size: 64, num_hidden_layers: 1,
+           num_attention_heads: 2}, feature_layer: -1, select: cls,
+           image_mean: [0.5, 0.5, 0.5], image_std: [0.25, 0.25, 0.25]}
+  audio: {arch: ast, config: {hidden_size: 32, intermediate_size: 64, num_hidden_layers: 1,
+          num_attention_heads: 2, num_mel_bins: 128, max_length: 204, patch_size: 16,
+          frequency_stride: 32, time_stride: 32}}
+  video_connector: {type: mlp}
+  audio_connector: {type: mlp}
+  llm: {config: {model_type: llama, hidden_size: 32, intermediate_size: 64, num_hidden_layers: 1,
+        num_attention_heads: 2, num_key_value_heads: 2, max_position_embeddings: 128},
+        tokenizer: toy-av}
+data: {frames: 4, audio_clips: 1}
+train:
+  encoders:
+    views:
+      - {name: colour, modality: vision, words: [red, green, blue, yellow]}
+      - {name: direction, modality: vision, words: [left, right, up, down]}
+      - {name: sound, modality: audio, words: [low tone, high tone, rising chirp, noise burst,
+                                               silence]}
+    joint: [[colour, direction]]
+    batch_size: 4
+    steps: 4
+  stage1: {freeze: [vision, audio], batch_size: 4, max_steps: 3, max_length: 128}
+"""
+
+
+def test_view_labels_match_whole_words_longest_first():
+    views = [ViewSpec("sound", "audio", ["tone", "low tone", "silence"]),
+             ViewSpec("dir", "vision", ["up", "down"])]
+    labels = view_labels(["A low tone plays while it moves up.", "Nothing here, upward.",
+                          "IN SILENCE it goes DOWN"], views)
+    assert labels["sound"].tolist() == [1, IGNORE, 2]
+    assert labels["dir"].tolist() == [0, IGNORE, 1]
+    joint = joint_labels(labels, ["sound", "dir"], {"sound": 3, "dir": 2})
+    assert joint.tolist() == [1 * 2 + 0, IGNORE, 2 * 2 + 1]
+
+
+@pytest.fixture(scope="module")
+def aligned(tmp_path_factory):
+    from vlm_cli.toyav import generate_toy_av
+
+    root = tmp_path_factory.mktemp("align")
+    generate_toy_av(root / "toy", clips=12, seed=2, workers=1)
+    (root / "micro.yaml").write_text(MICRO_AV)
+    env = {**os.environ, "VLM_HOME": str(root / "home")}
+    out = subprocess.run([VLM, "pretrain", str(root / "micro.yaml"), "--stage", "encoders",
+                          "--data", str(root / "toy" / "stage1.json"), "--out",
+                          str(root / "enc"), "--json"], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    return root, env, json.loads(out.stdout)
+
+
+def test_alignment_run_directory(aligned):
+    root, _, summary = aligned
+    assert summary["stage"] == "encoders" and summary["steps"] == 4
+    assert set(summary["train_accuracy"]) == {"colour", "direction", "sound", "colour+direction"}
+    for part in ("vision", "audio"):
+        assert (root / "enc" / part / "config.json").exists()
+        assert (root / "enc" / part / "model.safetensors").exists()
+    assert json.loads((root / "enc" / "config.json").read_text())["stage"] == "encoders"
+
+
+def test_stage1_with_aligned_encoders(aligned, tmp_path):
+    root, env, _ = aligned
+    out = subprocess.run([VLM, "pretrain", str(root / "micro.yaml"), "--encoders",
+                          str(root / "enc"), "--data", str(root / "toy" / "stage1.json"),
+                          "--out", str(tmp_path / "s1"), "--json"],
+                         capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    import yaml
+
+    saved = yaml.safe_load((tmp_path / "s1" / "recipe.yaml").read_text())
+    assert saved["model"]["vision"]["pretrained"] == str((root / "enc" / "vision").resolve())
+    assert saved["model"]["vision"]["config"] is None
+    # The cache keys of aligned features name the weights' content hash, not the random init.
+    from vlm_cli.cache import FeatureCache
+
+    sources = {json.dumps(e.metadata.get("encoder", {}).get("source"), sort_keys=True)
+               for e in FeatureCache(Path(env["VLM_HOME"])).entries()
+               if e.metadata.get("modality") == "vision"}
+    assert any("weights" in s for s in sources)
+
+
+def test_alignment_needs_a_fresh_directory_and_views(aligned, tmp_path):
+    root, env, _ = aligned
+    again = subprocess.run([VLM, "pretrain", str(root / "micro.yaml"), "--stage", "encoders",
+                            "--data", str(root / "toy" / "stage1.json"), "--out",
+                            str(root / "enc")], capture_output=True, text=True, env=env)
+    assert again.returncode == 2 and "run directory exists" in again.stderr
+    bad = subprocess.run([VLM, "pretrain", "tiny-av", "--encoders", str(tmp_path),
+                          "--data", str(root / "toy" / "stage1.json")],
+                         capture_output=True, text=True, env=env)
+    assert bad.returncode == 2 and "no vision/ encoder" in bad.stderr

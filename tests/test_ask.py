@@ -1,0 +1,120 @@
+"""`vlm ask`: answers, --json fields, cache hits, files without audio, audio-only files, chat."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from media_factory import SHARED_MEDIA, moving_frames, write_png, write_video
+from vlm_cli.cli import run
+
+VLM = str(Path(sys.executable).with_name("vlm"))
+
+MICRO = """
+name: micro
+model:
+  vision: {arch: clip, config: {hidden_size: 32, intermediate_size: 64, num_hidden_layers: 1,
+           num_attention_heads: 2, image_size: 32, patch_size: 16}, feature_layer: -1}
+  audio: {arch: ast, config: {hidden_size: 32, intermediate_size: 64, num_hidden_layers: 1,
+          num_attention_heads: 2, num_mel_bins: 128, max_length: 204, patch_size: 16,
+          frequency_stride: 32, time_stride: 32}}
+  video_connector: {type: mlp, tokens_per_frame: 1}
+  audio_connector: {type: mlp}
+  llm: {config: {model_type: llama, hidden_size: 32, intermediate_size: 64, num_hidden_layers: 1,
+        num_attention_heads: 2, num_key_value_heads: 2, max_position_embeddings: 256},
+        tokenizer: toy-av}
+data: {frames: 4, audio_clips: 2}
+train:
+  stage1: {freeze: [vision, audio], batch_size: 4, max_steps: 3, max_length: 128}
+"""
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from vlm_cli.toyav import generate_toy_av
+
+    root = tmp_path_factory.mktemp("ask")
+    generate_toy_av(root / "toy", clips=8, seed=4, workers=1)
+    (root / "micro.yaml").write_text(MICRO)
+    env = {**os.environ, "VLM_HOME": str(root / "home")}
+    out = subprocess.run([VLM, "pretrain", str(root / "micro.yaml"), "--data",
+                          str(root / "toy" / "stage1.json"), "--out", str(root / "run")],
+                         capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    return root
+
+
+@pytest.fixture
+def home(trained, tmp_path, monkeypatch):
+    monkeypatch.setenv("VLM_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("VLM_MODEL", raising=False)
+    return trained
+
+
+def ask_json(capsys, *args) -> tuple[int, dict, str]:
+    code = run(["ask", *args, "--json"])
+    out = capsys.readouterr()
+    return code, (json.loads(out.out) if out.out.strip() else {}), out.err
+
+
+def test_json_fields_and_cache_hit(home, capsys):
+    clip = str(home / "toy" / "media" / "toyav-00001.mp4")
+    model = ["--model", str(home / "run")]
+    code, first, _ = ask_json(capsys, clip, "What sound is playing?", *model)
+    assert code == 0
+    assert {"answer", "model", "media", "frames", "audio", "cache", "timings"} <= set(first)
+    assert first["frames"]["count"] == 4 and len(first["frames"]["timestamps"]) == 4
+    assert first["audio"] == "used" and first["cache"] == "miss"
+    assert {"decode", "encode", "prefill", "generate", "tokens_per_s"} <= set(first["timings"])
+    code, second, _ = ask_json(capsys, clip, "What colour is the shape?", *model)
+    assert second["cache"] == "hit"
+    spent = lambda r: r["timings"]["decode"] + r["timings"]["encode"]  # noqa: E731
+    assert spent(second) * 5 < spent(first)
+    code, third, _ = ask_json(capsys, clip, "What sound is playing?", *model, "--no-audio")
+    assert third["audio"] == "disabled"
+    # Greedy decoding is deterministic.
+    assert ask_json(capsys, clip, "What sound is playing?", *model)[1]["answer"] == first["answer"]
+
+
+def test_streams_plain_text(home, capsys):
+    clip = str(home / "toy" / "media" / "toyav-00002.mp4")
+    assert run(["ask", clip, "What shape is moving?", "--model", str(home / "run")]) == 0
+    out = capsys.readouterr().out
+    assert out.endswith("\n") and not out.startswith("{")
+
+
+def test_file_without_audio_and_images_and_audio_only(home, tmp_path, capsys):
+    write_video(tmp_path / "mute.mp4", moving_frames(12), fps=8)
+    write_png(tmp_path / "still.png", moving_frames(1)[0])
+    model = ["--model", str(home / "run")]
+    code, mute, err = ask_json(capsys, str(tmp_path / "mute.mp4"), "What do you hear?", *model)
+    assert code == 0 and mute["audio"] == "absent" and "no audio track" in err
+    code, still, _ = ask_json(capsys, str(tmp_path / "still.png"), "What shape?", *model)
+    assert code == 0 and still["frames"]["count"] == 1
+    code, wav, _ = ask_json(capsys, str(SHARED_MEDIA / "dog_audio.wav"), "What sound?", *model)
+    assert code == 0 and wav["audio"] == "used" and wav["frames"] is None
+
+
+def test_no_model_and_bad_media(home, tmp_path, capsys):
+    clip = str(home / "toy" / "media" / "toyav-00001.mp4")
+    assert run(["ask", clip, "What?"]) == 2
+    assert "make demo" in capsys.readouterr().err
+    assert run(["ask", str(tmp_path / "nope.mp4"), "What?", "--model", str(home / "run")]) == 1
+    err = capsys.readouterr().err
+    assert err.strip().startswith("error:") and "file not found" in err and "\n" not in err.strip()
+
+
+def test_chat_from_stdin(home, monkeypatch, capsys):
+    clip = str(home / "toy" / "media" / "toyav-00003.mp4")
+    monkeypatch.setattr(sys, "stdin", io.StringIO("What colour is the shape?\n/reset\n"
+                                                  "What sound is playing?\n/quit\nignored\n"))
+    assert run(["ask", clip, "--model", str(home / "run"), "--json"]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [x["question"] for x in lines] == ["What colour is the shape?",
+                                              "What sound is playing?"]
