@@ -33,6 +33,7 @@ bench: install
 	$(PY) bench/cli_help.py
 	$(PY) bench/toyav_generate.py
 	$(PY) bench/preprocess.py
+	$(PY) bench/tiny_av_train.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) build dist *.egg-info

@@ -78,7 +78,7 @@ def stage1_throughput(encoders: Path, toy: Path, steps: int = 40) -> tuple[float
     def recompute(path: Path) -> MediaInput:
         i = index[path]
         return MediaInput(vision=store.encoder(VISION).encode_frames(decoded["frames"][i]),
-                          audio=store.encoder(AUDIO).encode_clips(decoded["fbank"][i]))
+                          audio=store.encoder(AUDIO).encode_clips(decoded["spectrogram"][i]))
 
     rates = []
     for mode in ("cached", "recompute"):

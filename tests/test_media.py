@@ -158,7 +158,7 @@ def test_sample_mp3_in_mp4() -> None:
     assert isinstance(track, AudioTrack)
     assert track.duration == pytest.approx(60.0, abs=0.3)
     clips = audio_clip_fbanks(track)
-    assert clips.fbank.shape == (8, 204, 128)
+    assert clips.spectrogram.shape == (8, 204, 128)
     np.testing.assert_allclose(clips.starts, np.linspace(0, track.duration - 2.0, 8))
 
 
@@ -503,9 +503,9 @@ def test_audio_clip_fbanks_short_track_pads_fbank_not_samples() -> None:
     wave = torch.from_numpy(tone(440, 1.0, 16_000))
     track = AudioTrack(wave, 16_000, 1.0, 16_000, 1)
     clips = audio_clip_fbanks(track, num_clips=2)
-    assert clips.fbank.shape == (2, 204, 128) and clips.fbank.dtype == torch.float32
+    assert clips.spectrogram.shape == (2, 204, 128) and clips.spectrogram.dtype == torch.float32
     np.testing.assert_array_equal(clips.starts, [0.0, 0.0])
-    torch.testing.assert_close(clips.fbank[0], _reference_fbank(wave))  # ImageBind: real samples
+    torch.testing.assert_close(clips.spectrogram[0], _reference_fbank(wave))  # ImageBind: real samples
 
 
 # ------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from typing import Any
 
 from vlm_cli.cache import FeatureCache, feature_key
 from vlm_cli.media.kinds import media_kind
+from vlm_cli.model.fingerprint import audio_frontend
 from vlm_cli.recipe import Recipe
 
 VISION, AUDIO = "vision", "audio"
@@ -31,7 +32,8 @@ class DecodeRequest:
         path: the media file. kind: ``video``, ``image`` or ``audio``.
         frames: keyword arguments of :func:`vlm_cli.media.load_video` (``num_frames`` or
             ``fps`` + ``max_frames``), or None when vision features are not needed.
-        audio: keyword arguments of :func:`vlm_cli.media.audio_clip_fbanks`, or None.
+        audio: clip sampling and spectrogram settings (``frontend``: ``kaldi_fbank`` or
+            ``whisper_log_mel``, and that function's keyword arguments), or None.
     """
 
     path: str
@@ -45,13 +47,14 @@ def decode_media(request: DecodeRequest) -> dict[str, Any]:
 
     Returns:
         ``{"vision": {"frames": [T,H,W,3] uint8, "timestamps": [T] float64 s, "decoder": str,
-        "duration": s, "num_decodable": int}, "audio": {"fbank": [K,F,M] float32, "starts": [K]
+        "duration": s, "num_decodable": int}, "audio": {"spectrogram": [K,F,M] or [K,M,F] float32, "starts": [K]
         float64 s, "duration": s} | {"absent": reason}}``, with only the requested modalities.
 
     Raises:
         MediaError: the file is missing or cannot be decoded.
     """
-    from vlm_cli.media import NoAudio, audio_clip_fbanks, load_audio, load_video
+    from vlm_cli.media import (NoAudio, audio_clip_fbanks, audio_clip_log_mels, load_audio,
+                               load_video)
 
     out: dict[str, Any] = {}
     if request.frames is not None:
@@ -64,8 +67,11 @@ def decode_media(request: DecodeRequest) -> dict[str, Any]:
         if isinstance(track, NoAudio):
             out[AUDIO] = {"absent": track.reason}
         else:
-            clips = audio_clip_fbanks(track, **request.audio)
-            out[AUDIO] = {"fbank": clips.fbank.numpy(), "starts": clips.starts,
+            settings = dict(request.audio)
+            frontend = {"kaldi_fbank": audio_clip_fbanks,
+                        "whisper_log_mel": audio_clip_log_mels}[settings.pop("frontend")]
+            clips = frontend(track, **settings)
+            out[AUDIO] = {"spectrogram": clips.spectrogram.numpy(), "starts": clips.starts,
                           "duration": track.duration}
     return out
 
@@ -199,10 +205,8 @@ class FeatureStore:
                       if data.sampling == "fps" else {"num_frames": data.frames})
         audio = None
         if AUDIO in modalities:
-            spec = self.recipe.model.audio
             audio = {"num_clips": data.audio_clips, "clip_seconds": data.clip_seconds,
-                     "num_mel_bins": spec.num_mel_bins, "target_frames": spec.target_frames,
-                     "mean": spec.fbank_mean, "std": spec.fbank_std}
+                     **audio_frontend(self.recipe.model.audio)}
         return DecodeRequest(str(path), media_kind(path), frames, audio)
 
     def encoder(self, modality: str):
@@ -216,7 +220,8 @@ class FeatureStore:
                 import torch
 
                 self.device = "cuda" if torch.cuda.is_available() else "cpu"
-            self._encoders[modality] = cls(spec, self.cache.file_digest).to(self.device)
+            extra = {"clip_seconds": self.recipe.data.clip_seconds} if modality == AUDIO else {}
+            self._encoders[modality] = cls(spec, self.cache.file_digest, **extra).to(self.device)
         return self._encoders[modality]
 
     def encode_and_store(self, path: str | Path, media_sha256: str, keys: dict[str, str],
@@ -248,7 +253,7 @@ class FeatureStore:
                 tensors = {}
                 provenance.update(audio="absent", reason=item["absent"])
             else:
-                tensors = {"features": self.encoder(AUDIO).encode_clips(item["fbank"]),
+                tensors = {"features": self.encoder(AUDIO).encode_clips(item["spectrogram"]),
                            "starts": torch.as_tensor(item["starts"], dtype=torch.float64)}
                 provenance.update(audio="present", duration=item["duration"])
             self.cache.put(keys[modality], tensors, provenance)

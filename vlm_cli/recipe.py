@@ -66,22 +66,26 @@ class VisionEncoderSpec:
 
 @dataclasses.dataclass
 class AudioEncoderSpec:
-    """A frozen audio encoder run on 2 s clips (Video-LLaMA §2.1), fed Kaldi fbank features.
+    """A frozen audio encoder run on 2 s clips (Video-LLaMA §2.1).
 
     Attributes:
-        arch: ``ast`` (transformers ASTModel; the 128-mel fbank front end of AST and ImageBind).
+        arch: ``ast`` (transformers ASTModel, fed the 128-mel Kaldi fbank of AST and ImageBind),
+            or ``whisper`` (the encoder of a transformers Whisper model, fed Whisper's log-mel;
+            ``fbank_mean`` / ``fbank_std`` do not apply).
         pretrained, revision, config, init_seed, dtype: as for :class:`VisionEncoderSpec`.
         feature_layer: hidden-state index used when ``select`` is ``all`` (-1 = last).
         select: ``pooled`` gives one vector per clip (AST's pooler: mean of CLS and distillation
             tokens, like ImageBind's one embedding per clip); ``all`` keeps every token.
-        num_mel_bins: fbank mel bins (128). target_frames: fbank frames per clip after padding or
-            cropping (204 for 2 s at a 10 ms shift, as ImageBind; AST's 10 s checkpoints use 1024).
+        num_mel_bins: mel bins (AST: 128; Whisper: its config's, 80 or 128). target_frames:
+            spectrogram frames per clip after padding or cropping, at a 10 ms shift (AST /
+            ImageBind 2 s clips: 204; AST's 10 s checkpoints: 1024; Whisper: twice its
+            ``max_source_positions``, 3000 for the released checkpoints).
         fbank_mean, fbank_std: normalisation ``(fbank - mean) / std``. ImageBind: -4.268 / 9.138.
             AST checkpoints divide by twice AudioSet's std (transformers' ASTFeatureExtractor:
             ``(fbank - mean) / (2 * std)``), so for them use -4.2677393 / 9.1379948.
     """
 
-    arch: Literal["ast"] = "ast"
+    arch: Literal["ast", "whisper"] = "ast"
     pretrained: str | None = None
     revision: str | None = None
     config: dict[str, Any] | None = None

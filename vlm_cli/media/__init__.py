@@ -22,7 +22,9 @@ from vlm_cli.media.kinds import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, VIDEO_EXTENS
 _LAZY = {
     **dict.fromkeys(("AST_FBANK_MEAN", "AST_FBANK_STD", "IMAGEBIND_FBANK_MEAN",
                      "IMAGEBIND_FBANK_STD", "SAMPLE_RATE", "AudioClips", "AudioTrack", "NoAudio",
-                     "audio_clip_fbanks", "kaldi_fbank", "load_audio", "sample_audio_clips"),
+                     "audio_clip_fbanks",
+    "audio_clip_log_mels", "audio_clip_log_mels", "kaldi_fbank", "load_audio",
+                     "sample_audio_clips", "whisper_log_mel"),
                     "vlm_cli.media.audio"),
     **dict.fromkeys(("MediaInfo", "probe_media"), "vlm_cli.media.probe"),
     **dict.fromkeys(("VideoFrames", "fps_frame_indices", "load_video", "sample_frame_indices"),
@@ -53,6 +55,7 @@ __all__ = [
     "NoAudio",
     "VideoFrames",
     "audio_clip_fbanks",
+    "audio_clip_log_mels",
     "fps_frame_indices",
     "kaldi_fbank",
     "load_audio",
@@ -60,4 +63,5 @@ __all__ = [
     "probe_media",
     "sample_audio_clips",
     "sample_frame_indices",
+    "whisper_log_mel",
 ]

@@ -76,14 +76,16 @@ class NoAudio:
 
 @dataclass(frozen=True, eq=False)
 class AudioClips:
-    """Kaldi fbank features of clips sampled from one audio track.
+    """Spectrograms of clips sampled from one audio track.
 
     Attributes:
-        fbank: ``[K, target_frames, num_mel_bins] float32``, normalised.
+        spectrogram: ``[K, target_frames, num_mel_bins] float32`` normalised Kaldi fbank
+            (:func:`audio_clip_fbanks`), or ``[K, num_mel_bins, target_frames] float32`` Whisper
+            log-mel (:func:`audio_clip_log_mels`), as each encoder expects.
         starts: ``[K] float64`` seconds, start time of each clip in the track.
     """
 
-    fbank: torch.Tensor
+    spectrogram: torch.Tensor
     starts: np.ndarray
 
 
@@ -314,7 +316,7 @@ def audio_clip_fbanks(
     ``target_frames`` before normalisation (:func:`kaldi_fbank`).
 
     Returns:
-        :class:`AudioClips` with ``fbank [K, target_frames, num_mel_bins] float32`` and
+        :class:`AudioClips` with ``spectrogram [K, target_frames, num_mel_bins] float32`` and
         ``starts [K] float64`` seconds.
 
     Raises:
@@ -338,4 +340,60 @@ def audio_clip_fbanks(
         )
         for s in first.tolist()
     ]
-    return AudioClips(fbank=torch.stack(feats), starts=starts)
+    return AudioClips(spectrogram=torch.stack(feats), starts=starts)
+
+
+def whisper_log_mel(
+    clip: torch.Tensor, *, sample_rate: int = SAMPLE_RATE, num_mel_bins: int = 80,
+    target_frames: int = 3000,
+) -> torch.Tensor:
+    """Whisper's input: a log-mel spectrogram ``[num_mel_bins, target_frames] float32``.
+
+    Computed by transformers' ``WhisperFeatureExtractor`` (25 ms Hann window, 10 ms hop, Slaney
+    mel filters, log10, floor at max - 8, then ``(x + 4) / 4``) on the clip zero-padded (or cut)
+    to ``target_frames / 100`` seconds: Whisper pads every input to 30 s (3000 frames); a tiny
+    encoder built with ``max_source_positions = P`` takes ``2 P`` frames.
+
+    Args:
+        clip: ``[S] float32`` mono at ``sample_rate`` Hz (16 kHz).
+
+    Raises:
+        ValueError: ``target_frames`` is not a positive even number (Whisper's convolution
+            stem halves the frame count).
+    """
+    from transformers import WhisperFeatureExtractor
+
+    if target_frames < 2 or target_frames % 2:
+        raise ValueError(f"target_frames must be a positive even number, got {target_frames}")
+    extractor = WhisperFeatureExtractor(feature_size=num_mel_bins, sampling_rate=sample_rate,
+                                        hop_length=sample_rate // 100, n_fft=400,
+                                        chunk_length=1)
+    extractor.n_samples = target_frames * extractor.hop_length
+    extractor.nb_max_frames = target_frames
+    feats = extractor(np.asarray(clip, dtype=np.float32), sampling_rate=sample_rate,
+                      padding="max_length", return_tensors="np")["input_features"][0]
+    return torch.from_numpy(np.ascontiguousarray(feats[:, :target_frames], dtype=np.float32))
+
+
+def audio_clip_log_mels(
+    track: AudioTrack | NoAudio, *, num_clips: int = 8, clip_seconds: float = 2.0,
+    num_mel_bins: int = 80, target_frames: int = 3000,
+) -> AudioClips:
+    """Whisper log-mel spectrograms of ``num_clips`` clips of ``clip_seconds`` (clip starts as
+    :func:`sample_audio_clips`; each clip's real samples only, padded by :func:`whisper_log_mel`).
+
+    Returns:
+        :class:`AudioClips` with ``spectrogram [K, num_mel_bins, target_frames] float32``.
+
+    Raises:
+        MediaError: ``track`` is :class:`NoAudio`.
+    """
+    if isinstance(track, NoAudio):
+        raise MediaError(track.path, track.reason)
+    wave = track.waveform
+    starts, first, clip_samples = _clip_layout(wave.numel(), num_clips, clip_seconds,
+                                               track.sample_rate)
+    feats = [whisper_log_mel(wave[s: s + clip_samples], sample_rate=track.sample_rate,
+                             num_mel_bins=num_mel_bins, target_frames=target_frames)
+             for s in first.tolist()]
+    return AudioClips(spectrogram=torch.stack(feats), starts=starts)

@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -135,34 +137,68 @@ class VisionEncoder(nn.Module):
 
 
 class AudioEncoder(nn.Module):
-    """Frozen audio encoder (AST) applied to each 2 s clip's fbank.
+    """Frozen audio encoder applied to each 2 s clip's spectrogram: AST on Kaldi fbank, or the
+    encoder of a Whisper model on Whisper's log-mel.
 
     Args:
         spec: the recipe's ``model.audio`` section.
         digest: file sha256 function used to fingerprint local weights.
+        clip_seconds: length of the clips (Whisper: only the encoder positions covering the clip,
+            not its padding to ``target_frames``, are pooled / kept).
 
     Raises:
-        VlmError: pretrained weights not found locally.
+        VlmError: pretrained weights not found locally, or a Whisper encoder whose input length
+            (2 × ``max_source_positions``) differs from ``target_frames``.
     """
 
-    def __init__(self, spec: AudioEncoderSpec, digest: Callable[[Path], str]) -> None:
+    def __init__(self, spec: AudioEncoderSpec, digest: Callable[[Path], str],
+                 clip_seconds: float = 2.0) -> None:
         super().__init__()
-        from transformers import ASTConfig, ASTModel
+        from vlm_cli.errors import VlmError
 
         self.spec = spec
         self.fingerprint = audio_fingerprint(spec, digest)
-        self.model = _build(spec, ASTConfig, ASTModel, digest)
+        if spec.arch == "ast":
+            from transformers import ASTConfig, ASTModel
 
-    def forward(self, fbank: torch.Tensor) -> torch.Tensor:
-        """Fbank ``[K, target_frames, num_mel_bins] float32`` -> ``[K, D]`` (pooled) or
-        ``[K, N, D]`` (``select='all'``, from ``feature_layer``)."""
-        fbank = fbank.to(self.model.device, self.model.dtype)
-        if self.spec.select == "pooled":
-            return self.model(input_values=fbank).pooler_output
-        out = self.model(input_values=fbank, output_hidden_states=True)
-        return out.hidden_states[self.spec.feature_layer]
+            self.model = _build(spec, ASTConfig, ASTModel, digest)
+            self.positions = None
+            return
+        from transformers import WhisperConfig, WhisperModel
+        from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+        directory, _ = resolve_source(spec, digest)
+        if directory is None:
+            self.model = _build(spec, WhisperConfig, WhisperEncoder, digest)
+        else:  # a released checkpoint holds the whole model; keep its encoder
+            self.model = WhisperModel.from_pretrained(directory, dtype=DTYPES[spec.dtype]) \
+                .get_encoder().eval().requires_grad_(False)
+        expected = 2 * self.model.config.max_source_positions
+        if spec.target_frames != expected:
+            raise VlmError(f"recipe key 'model.audio.target_frames': this Whisper encoder takes "
+                           f"{expected} frames (2 x max_source_positions), not "
+                           f"{spec.target_frames}")
+        self.positions = min(self.model.config.max_source_positions,
+                             max(1, math.ceil(clip_seconds * 50)))  # 100 frames/s, stride 2
+
+    def forward(self, spectrogram: torch.Tensor) -> torch.Tensor:
+        """AST: fbank ``[K, target_frames, num_mel_bins]``; Whisper: log-mel ``[K, num_mel_bins,
+        target_frames]`` -> ``[K, D]`` (``select: pooled``) or ``[K, N, D]`` (``all``, from
+        ``feature_layer``; -1 = the final output). AST pools as its pooler (mean of the CLS and
+        distillation tokens); Whisper averages the positions that cover the clip."""
+        x = spectrogram.to(self.model.device, self.model.dtype)
+        if self.positions is None:
+            if self.spec.select == "pooled":
+                return self.model(input_values=x).pooler_output
+            out = self.model(input_values=x, output_hidden_states=True)
+            return out.hidden_states[self.spec.feature_layer]
+        out = self.model(input_features=x, output_hidden_states=True)
+        layer = self.spec.feature_layer
+        hidden = (out.last_hidden_state if layer == -1 else out.hidden_states[layer])
+        hidden = hidden[:, : self.positions]
+        return hidden.mean(dim=1) if self.spec.select == "pooled" else hidden
 
     @torch.no_grad()
-    def encode_clips(self, fbank: np.ndarray | torch.Tensor) -> torch.Tensor:
-        """Fbank ``[K, F, M]`` -> features on CPU in the encoder dtype."""
-        return self(torch.as_tensor(np.asarray(fbank))).cpu()
+    def encode_clips(self, spectrogram: np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Spectrograms of K clips -> features on CPU in the encoder dtype."""
+        return self(torch.as_tensor(np.asarray(spectrogram))).cpu()

@@ -68,7 +68,7 @@ def encoder_hidden_size(spec: VisionEncoderSpec | AudioEncoderSpec) -> int:
     import json
 
     if spec.config is not None:
-        return int(spec.config.get("hidden_size", DEFAULT_HIDDEN_SIZE))
+        return _width(spec.config)
     from vlm_cli.model.hub import resolve_snapshot
 
     directory = Path(spec.pretrained)
@@ -78,7 +78,12 @@ def encoder_hidden_size(spec: VisionEncoderSpec | AudioEncoderSpec) -> int:
         config = json.loads((directory / "config.json").read_text())
     except (OSError, ValueError) as err:
         raise VlmError(f"{directory}: cannot read config.json ({err})") from err
-    return int((config.get("vision_config") or config).get("hidden_size", DEFAULT_HIDDEN_SIZE))
+    return _width(config.get("vision_config") or config)
+
+
+def _width(config: dict[str, Any]) -> int:
+    """Hidden size of a config dict (Whisper calls it ``d_model``)."""
+    return int(config.get("hidden_size", config.get("d_model", DEFAULT_HIDDEN_SIZE)))
 
 
 def vision_fingerprint(spec: VisionEncoderSpec, digest: Callable[[Path], str]) -> dict[str, Any]:
@@ -100,13 +105,22 @@ def vision_fingerprint(spec: VisionEncoderSpec, digest: Callable[[Path], str]) -
     }
 
 
+def audio_frontend(spec: AudioEncoderSpec) -> dict[str, Any]:
+    """The spectrogram front end of an audio encoder: Kaldi fbank (AST, ImageBind) or Whisper's
+    log-mel, with its settings (the keyword arguments of the matching ``vlm_cli.media``
+    function, plus ``frontend``)."""
+    if spec.arch == "whisper":
+        return {"frontend": "whisper_log_mel", "num_mel_bins": spec.num_mel_bins,
+                "target_frames": spec.target_frames}
+    return {"frontend": "kaldi_fbank", "num_mel_bins": spec.num_mel_bins,
+            "target_frames": spec.target_frames, "mean": spec.fbank_mean, "std": spec.fbank_std}
+
+
 def audio_fingerprint(spec: AudioEncoderSpec, digest: Callable[[Path], str]) -> dict[str, Any]:
     """Everything that changes an audio encoder's features, fbank front end included."""
     _, source = resolve_source(spec, digest)
     return {
         "modality": "audio", "arch": spec.arch, "source": source,
         "feature_layer": spec.feature_layer, "select": spec.select, "dtype": spec.dtype,
-        "preprocess": {"fbank": "kaldi", "num_mel_bins": spec.num_mel_bins,
-                       "target_frames": spec.target_frames, "mean": spec.fbank_mean,
-                       "std": spec.fbank_std, "sample_rate": 16000},
+        "preprocess": audio_frontend(spec) | {"sample_rate": 16000},
     }

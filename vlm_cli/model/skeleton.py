@@ -48,9 +48,17 @@ def parameter_counts(recipe: Recipe) -> dict[str, int]:
             counts["vision"] = sum(p.numel() for p in model_cls(config).parameters())
             dims["vision"] = config.hidden_size
         if spec.audio is not None:
-            config = _config(ASTConfig, spec.audio)
-            counts["audio"] = sum(p.numel() for p in ASTModel(config).parameters())
-            dims["audio"] = config.hidden_size
+            if spec.audio.arch == "whisper":
+                from transformers import WhisperConfig
+                from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+                config = _config(WhisperConfig, spec.audio)
+                counts["audio"] = sum(p.numel() for p in WhisperEncoder(config).parameters())
+                dims["audio"] = config.d_model
+            else:
+                config = _config(ASTConfig, spec.audio)
+                counts["audio"] = sum(p.numel() for p in ASTModel(config).parameters())
+                dims["audio"] = config.hidden_size
         width = None
         if spec.llm is not None:
             if spec.llm.config is not None:

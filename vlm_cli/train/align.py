@@ -55,7 +55,7 @@ def view_labels(captions: Sequence[str], views: Sequence[ViewSpec]) -> dict[str,
 
 def decoded_inputs(paths: Sequence[Path], store: Any, *, workers: int) -> dict[str, torch.Tensor]:
     """Decoded encoder inputs of every file: ``frames [N, T, H, W, 3] uint8`` and
-    ``fbank [N, K, F, M] float32``, from the cache or decoded in workers and cached.
+    ``spectrogram [N, K, ...] float32``, from the cache or decoded in workers and cached.
 
     Raises:
         VlmError: a file that cannot be decoded (named), or one without an audio track.
@@ -81,10 +81,10 @@ def decoded_inputs(paths: Sequence[Path], store: Any, *, workers: int) -> dict[s
         if "absent" in result["audio"]:
             raise VlmError(f"{paths[i]}: no audio track (the audio encoder needs one to align)")
         tensors = {"frames": torch.as_tensor(result["vision"]["frames"]),
-                   "fbank": torch.as_tensor(result["audio"]["fbank"])}
+                   "spectrogram": torch.as_tensor(result["audio"]["spectrogram"])}
         cache.put(keys[i], tensors, {"modality": "decoded", "media": str(paths[i])})
         entries[i] = tensors
-    return {name: torch.stack([e[name] for e in entries]) for name in ("frames", "fbank")}
+    return {name: torch.stack([e[name] for e in entries]) for name in ("frames", "spectrogram")}
 
 
 class AlignmentModel(nn.Module):
@@ -95,11 +95,13 @@ class AlignmentModel(nn.Module):
         from vlm_cli.model.encoders import AudioEncoder, VisionEncoder
 
         self.vision = VisionEncoder(recipe.model.vision, digest)
-        self.audio = AudioEncoder(recipe.model.audio, digest)
+        self.audio = AudioEncoder(recipe.model.audio, digest, recipe.data.clip_seconds)
         self.vision.requires_grad_(True)
         self.audio.requires_grad_(True)
-        widths = {"vision": self.vision.model.config.hidden_size,
-                  "audio": self.audio.model.config.hidden_size}
+        from vlm_cli.model.fingerprint import encoder_hidden_size
+
+        widths = {"vision": encoder_hidden_size(recipe.model.vision),
+                  "audio": encoder_hidden_size(recipe.model.audio)}
         self.views = {v.name: v for v in spec.views}
         self.heads = nn.ModuleDict({v.name: nn.Linear(widths[v.modality], len(v.words))
                                     for v in spec.views})
@@ -108,17 +110,18 @@ class AlignmentModel(nn.Module):
             nn.Linear(widths["vision"], math.prod(len(self.views[n].words) for n in group))
             for group in self.joint)
 
-    def forward(self, frames: torch.Tensor, fbank: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``frames [B, T, H, W, 3] uint8``, ``fbank [B, K, F, M]`` -> logits per view name and
-        per joint group (``"a+b+c"``)."""
+    def forward(self, frames: torch.Tensor, spectrogram: torch.Tensor
+                ) -> dict[str, torch.Tensor]:
+        """``frames [B, T, H, W, 3] uint8``, ``spectrogram [B, K, ...]`` -> logits per view name
+        and per joint group (``"a+b+c"``)."""
         pixels = torch.stack([self.vision.preprocess(f) for f in frames])
         if self.vision.per_clip:
             v = self.vision(pixels).mean(dim=(1, 2))
         else:
             v = torch.stack([self.vision(p)[0].mean(dim=(0, 1)) for p in pixels])
-        b, k = fbank.shape[:2]
-        a = self.audio(fbank.flatten(0, 1)).reshape(b, k, -1, self.audio.model.config
-                                                    .hidden_size).mean(dim=(1, 2))
+        b, k = spectrogram.shape[:2]
+        a = self.audio(spectrogram.flatten(0, 1))
+        a = a.reshape(b, k, -1, a.shape[-1]).mean(dim=(1, 2))
         pooled = {"vision": v, "audio": a}
         logits = {name: head(pooled[self.views[name].modality])
                   for name, head in self.heads.items()}
@@ -207,7 +210,7 @@ def run_align(recipe: Recipe, run_dir: Path, *, data: Path | None, media_root: P
     hits: dict[str, list[float]] = {name: [] for name in labels}
     for step in range(spec.steps):
         idx = torch.tensor(global_batch(n, spec.batch_size, spec.seed, step))
-        logits = model(inputs["frames"][idx], inputs["fbank"][idx])
+        logits = model(inputs["frames"][idx], inputs["spectrogram"][idx])
         loss = torch.zeros(())
         for name, out in logits.items():
             target = labels[name][idx]
