@@ -162,3 +162,30 @@ def test_two_processes_match_one(world, tmp_path):
     assert json.loads(two.stdout.strip().splitlines()[-1])["processes"] == 2
     a, b = weights(tmp_path / "one"), weights(tmp_path / "two")
     assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+
+
+def test_gradient_checkpointing_gives_the_same_step(world, tmp_path, monkeypatch, capsys):
+    root, env = world
+    monkeypatch.setenv("VLM_HOME", env["VLM_HOME"])
+    extra = ["train.stage1.max_steps=2", "train.stage1.log_every=1"]
+    assert run(pretrain_args(root, tmp_path / "plain", *extra)) == 0
+    assert run(pretrain_args(root, tmp_path / "ckpt", *extra,
+                             "train.stage1.gradient_checkpointing=true")) == 0
+    capsys.readouterr()
+    a, b = weights(tmp_path / "plain"), weights(tmp_path / "ckpt")
+    assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5
+
+
+def test_siglip_vision_encoder(tmp_path):
+    import numpy as np
+
+    from vlm_cli.cache import FeatureCache
+    from vlm_cli.model.encoders import VisionEncoder
+    from vlm_cli.recipe import VisionEncoderSpec
+
+    spec = VisionEncoderSpec(arch="siglip", config={
+        "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+        "num_attention_heads": 2, "image_size": 32, "patch_size": 16})
+    encoder = VisionEncoder(spec, FeatureCache(tmp_path).file_digest)
+    frames = np.random.default_rng(0).integers(0, 255, (3, 40, 60, 3), dtype=np.uint8)
+    assert tuple(encoder.encode_frames(frames).shape) == (3, 4, 32)  # no CLS token to drop
