@@ -118,3 +118,38 @@ def test_chat_from_stdin(home, monkeypatch, capsys):
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert [x["question"] for x in lines] == ["What colour is the shape?",
                                               "What sound is playing?"]
+
+
+def eval_args(home: Path, out: Path, *extra: str) -> list[str]:
+    return ["eval", "--model", str(home / "run"), "--data",
+            str(home / "toy" / "qa" / "test_questions.json"), "--out", str(out), "--json",
+            "--batch-size", "3", *extra]
+
+
+def test_eval_report_resume_and_two_processes(home, tmp_path, capsys):
+    assert run(eval_args(home, tmp_path / "one")) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["n"] == report["questions"] == 4  # 1 test clip (8-clip set) x 4 types
+    assert set(report["accuracy"]) == {"all", "sound", "colour", "shape", "direction"}
+    for key in ("model", "data_sha256", "frames", "audio", "prompt", "chat_template_sha256",
+                "decoding"):
+        assert key in report, key
+    assert report["decoding"] == {"strategy": "greedy", "max_new_tokens": 16}
+    lines = (tmp_path / "one" / "predictions.jsonl").read_text().splitlines()
+    assert len(lines) == 4 and {"question_id", "question", "answer", "pred"} <= set(
+        json.loads(lines[0]))
+
+    # Interrupted: 3 answers written, the 4th cut mid-line. The re-run completes the rest.
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    (resumed / "predictions.rank0.jsonl").write_text("\n".join(lines[:3]) + "\n" + lines[3][:20])
+    assert run(eval_args(home, resumed)) == 0
+    assert json.loads(capsys.readouterr().out)["accuracy"] == report["accuracy"]
+    assert (resumed / "predictions.jsonl").read_text().splitlines() == lines
+
+    two = subprocess.run([str(Path(sys.executable).with_name("accelerate")), "launch",
+                          "--multi_gpu", "--num_processes", "2", "--main_process_port", "29533",
+                          "-m", "vlm_cli.cli", *eval_args(home, tmp_path / "two")],
+                         capture_output=True, text=True, env=dict(os.environ), timeout=300)
+    assert two.returncode == 0, two.stderr[-2000:]
+    assert (tmp_path / "two" / "predictions.jsonl").read_text().splitlines() == lines

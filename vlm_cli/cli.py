@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pretrain": ("pretrain", "Stage 1: align the connectors on caption pairs."),
     "tune": ("tune", "Stage 2: instruction-tune connectors + LLM (full or LoRA)."),
     "ask": ("ask", "Ask a trained model about a video, image or audio file."),
+    "eval": ("eval", "Score a model on a video QA set (MSVD-QA style); predictions + report."),
     "cache": ("cache", "List, measure, prune or clear the feature cache."),
 }
 

@@ -179,6 +179,23 @@ class VideoLanguageModel(nn.Module):
         return loss, (shift_labels != IGNORE_INDEX).sum()
 
     @torch.no_grad()
+    def generate_batch(self, input_ids: Sequence[Sequence[int]],
+                       media: Sequence[Sequence[MediaInput]], *,
+                       max_new_tokens: int = 32) -> list[list[int]]:
+        """Greedy answers for several prompts at once (left-padded; the same tokens as
+        :meth:`generate` one by one). Returns each answer's ids without end-of-sequence."""
+        embeds, mask, _ = self.embed(input_ids, media, padding_side="left")
+        out = self.llm.generate(inputs_embeds=embeds, attention_mask=mask,
+                                max_new_tokens=max_new_tokens, do_sample=False,
+                                eos_token_id=self.tokenizer.eos_token_id,
+                                pad_token_id=self.tokenizer.pad_token_id)
+        answers = []
+        for row in out.tolist():
+            eos = self.tokenizer.eos_token_id
+            answers.append(row[: row.index(eos)] if eos in row else row)
+        return answers
+
+    @torch.no_grad()
     def generate(self, input_ids: Sequence[int], media: Sequence[MediaInput], *,
                  max_new_tokens: int = 32, temperature: float = 0.0, top_p: float = 1.0,
                  streamer: Any = None) -> list[int]:

@@ -1,0 +1,107 @@
+"""``vlm eval``: accuracy of a model on an open-ended video QA set (MSVD-QA style)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, rich_markup_mode="rich")
+
+
+@app.command("eval")
+def evaluate(
+    data: Annotated[Path, typer.Option(
+        help="Questions in the Video-ChatGPT layout (video_name, question, question_id, type).")],
+    model: Annotated[Optional[str], typer.Option(
+        help="A run directory [default: $VLM_MODEL, else $VLM_HOME/models/tiny-av].",
+        show_default=False)] = None,
+    answers: Annotated[Optional[Path], typer.Option(
+        help="Answers file [default: DATA with 'questions' replaced by 'answers'].",
+        show_default=False)] = None,
+    media_root: Annotated[Optional[Path], typer.Option(
+        help="Video directory [default: media/ beside DATA's folder, else DATA's folder].",
+        show_default=False)] = None,
+    out: Annotated[Optional[Path], typer.Option(
+        help="Output directory [default: eval/<model>-<data>].", show_default=False)] = None,
+    limit: Annotated[Optional[int], typer.Option(min=1, help="Only the first N questions.",
+                                                 show_default=False)] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="Questions answered at once.")] = 16,
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="Answer length limit.")] = 16,
+    workers: Annotated[int, typer.Option(min=1, help="Decoder processes for missing features.")]
+    = 2,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the report as one JSON object.")]
+    = False,
+) -> None:
+    """Answer every question greedily, write predictions.jsonl (question_id, question, answer,
+    pred) and report.json (normalised exact-match and contains-match accuracy, per question
+    type, with every setting that affects the score), and print a table. Resumable: a re-run
+    skips answered ids. Under `accelerate launch` the questions are split over processes and
+    merged by question id."""
+    import hashlib
+
+    from accelerate import PartialState
+
+    from vlm_cli import console
+    from vlm_cli.ask import resolve_model_dir
+    from vlm_cli.cache import FeatureCache
+    from vlm_cli.eval.qa import load_qa
+    from vlm_cli.eval.run import (PROMPT, EvalSettings, answer_items, merge_predictions,
+                                  model_identity, write_report, _read_predictions)
+    from vlm_cli.features import FeatureStore
+    from vlm_cli.model.fingerprint import audio_frontend
+    from vlm_cli.model.llm import resolve_dtype
+    from vlm_cli.model.run_dir import load_run, read_run
+    from vlm_cli.preprocess import preprocess
+
+    state = PartialState(cpu=not __import__("torch").cuda.is_available())
+    model_dir = resolve_model_dir(model)
+    items = load_qa(data, answers, media_root)[:limit]
+    out_dir = out or Path("eval") / f"{model_dir.name}-{data.stem}"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = str(state.device)
+    base, _ = read_run(model_dir)
+    recipe, vlm = load_run(model_dir, device=device,
+                           dtype=resolve_dtype(base.model.llm.dtype, device))
+    store = FeatureStore(recipe, FeatureCache(), device=device)
+    if state.is_main_process:  # decode + encode what is missing, in crash-isolated workers
+        preprocess(list(dict.fromkeys(i.media for i in items)), recipe, store.cache,
+                   workers=workers, device=device)
+    state.wait_for_everyone()
+    skip = set(_read_predictions(out_dir / "predictions.jsonl")) if state.num_processes > 1 \
+        else set()
+    mine = items[state.process_index::state.num_processes]
+    with console.progress_bar("questions") as bar:
+        task = bar.add_task("eval", total=len(mine))
+        answer_items(vlm, store, mine, out_dir / f"predictions.rank{state.process_index}.jsonl",
+                     batch_size=batch_size, max_new_tokens=max_new_tokens, skip=skip,
+                     on_done=lambda n: bar.advance(task, n))
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        return
+    predictions = merge_predictions(out_dir, items)
+    answers_path = answers or data.with_name(data.name.replace("questions", "answers"))
+    digest = hashlib.sha256(data.read_bytes() + answers_path.read_bytes()).hexdigest()
+    settings = EvalSettings(
+        data=str(data.resolve()), data_sha256=digest, frames=recipe.data.frame_sampling(),
+        audio={**recipe.data.audio_sampling(), **(audio_frontend(recipe.model.audio)
+                                                  if recipe.model.audio else {})},
+        prompt=PROMPT, chat_template_sha256=hashlib.sha256(
+            (vlm.tokenizer.chat_template or "").encode()).hexdigest(),
+        decoding={"strategy": "greedy", "max_new_tokens": max_new_tokens})
+    import dataclasses
+
+    report = write_report(out_dir, items, predictions,
+                          {"model": model_identity(model_dir), **dataclasses.asdict(settings)})
+    if json_out:
+        console.print_json(report)
+        return
+    from rich.table import Table
+
+    table = Table("type", "n", "exact", "contains", title=f"{model_dir.name} on {data.name}")
+    for name, row in report["accuracy"].items():
+        table.add_row(name, str(row["n"]), f"{row['exact']:.3f}", f"{row['contains']:.3f}")
+    console.stdout.print(table)
+    console.stdout.print(f"predictions: {out_dir / 'predictions.jsonl'}  report: "
+                         f"{out_dir / 'report.json'}")
