@@ -7,6 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from vlm_cli.commands.options import Json, Workers
+
 app = typer.Typer(add_completion=False, rich_markup_mode="rich")
 
 
@@ -29,10 +31,8 @@ def evaluate(
                                                  show_default=False)] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Questions answered at once.")] = 16,
     max_new_tokens: Annotated[int, typer.Option(min=1, help="Answer length limit.")] = 16,
-    workers: Annotated[int, typer.Option(min=1, help="Decoder processes for missing features.")]
-    = 2,
-    json_out: Annotated[bool, typer.Option("--json", help="Print the report as one JSON object.")]
-    = False,
+    workers: Workers = 2,
+    json_out: Json = False,
 ) -> None:
     """Answer every question greedily, write predictions.jsonl (question_id, question, answer,
     pred) and report.json (normalised exact-match and contains-match accuracy, per question

@@ -7,6 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from vlm_cli.commands.options import Encoders, Json, MediaRoot, Overrides, Workers
+
 app = typer.Typer(add_completion=False, rich_markup_mode="rich")
 
 
@@ -14,14 +16,12 @@ app = typer.Typer(add_completion=False, rich_markup_mode="rich")
 def preprocess(
     data: Annotated[Path, typer.Argument(help="LLaVA / Video-LLaVA JSON or JSONL, a Video-ChatGPT "
                                          "QA file, or a single media file.")],
-    overrides: Annotated[Optional[list[str]], typer.Argument(
-        help="Recipe overrides KEY=VALUE, e.g. data.frames=16.", show_default=False)] = None,
+    overrides: Overrides = None,
     recipe: Annotated[str, typer.Option(help="Built-in recipe name (tiny-av) or a YAML path.")]
     = "tiny-av",
-    media_root: Annotated[Optional[Path], typer.Option(
-        help="Directory media paths are relative to [default: recipe data.media_root, else the "
-             "data file's directory].", show_default=False)] = None,
-    workers: Annotated[int, typer.Option(min=1, help="Decoder processes.")] = 2,
+    encoders: Encoders = None,
+    media_root: MediaRoot = None,
+    workers: Workers = 2,
     shard: Annotated[str, typer.Option(help="Process shard I of N (I/N), e.g. 0/4.")] = "0/1",
     on_error: Annotated[str, typer.Option(
         help="skip: report failed clips and go on (exit 0 unless every clip failed); fail: exit 1 "
@@ -32,8 +32,7 @@ def preprocess(
     timeout: Annotated[float, typer.Option(min=1, help="Per-clip decode limit in seconds.")] = 300,
     device: Annotated[str, typer.Option(help="Encoder device: auto, cpu, cuda, cuda:1, ...")]
     = "auto",
-    json_out: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object.")]
-    = False,
+    json_out: Json = False,
 ) -> None:
     """Decode every referenced clip, run the recipe's frozen encoders and fill the feature cache.
 
@@ -54,6 +53,10 @@ def preprocess(
         raise UsageError(f"--on-error {on_error!r}: expected skip or fail")
     shard_index = parse_shard(shard)
     resolved = load_recipe(recipe, overrides or [])
+    if encoders is not None:
+        from vlm_cli.train.align import use_aligned_encoders
+
+        resolved = use_aligned_encoders(resolved, encoders)
     root = media_root or (Path(resolved.data.media_root) if resolved.data.media_root else None)
     single = data.suffix.lower() in MEDIA_EXTENSIONS
     refs = unique_media(load_records(data, root))

@@ -7,37 +7,32 @@ from typing import Annotated, Optional
 
 import typer
 
+from vlm_cli.commands.options import Encoders, Json, MediaRoot, Overrides, Resume, Workers
+
 app = typer.Typer(add_completion=False, rich_markup_mode="rich")
 
 
 @app.command()
 def pretrain(
     recipe: Annotated[str, typer.Argument(help="Built-in recipe name (tiny-av) or a YAML path.")],
-    overrides: Annotated[Optional[list[str]], typer.Argument(
-        help="Recipe overrides KEY=VALUE, e.g. train.stage1.lr=2e-4.", show_default=False)] = None,
+    overrides: Overrides = None,
     data: Annotated[Optional[Path], typer.Option(
         help="Caption pairs (LLaVA JSON/JSONL) [default: recipe train.stage1.data].",
         show_default=False)] = None,
-    media_root: Annotated[Optional[Path], typer.Option(
-        help="Media directory [default: recipe data.media_root, else the data's directory].",
-        show_default=False)] = None,
+    media_root: MediaRoot = None,
     stage: Annotated[str, typer.Option(
         help="stage1 (connectors on caption pairs), or encoders (align a recipe's own "
              "encoders to caption views first: tiny-av).")] = "stage1",
-    encoders: Annotated[Optional[Path], typer.Option(
-        help="An encoders run (from --stage encoders) whose vision and audio encoders to use.",
-        show_default=False)] = None,
+    encoders: Encoders = None,
     out: Annotated[Optional[Path], typer.Option(
         help="Run directory [default: runs/<recipe>-<stage>].", show_default=False)] = None,
-    resume: Annotated[bool, typer.Option(help="Continue the run from its last checkpoint.")]
-    = False,
-    workers: Annotated[int, typer.Option(min=1, help="Decoder processes for missing features.")]
-    = 2,
-    json_out: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object.")]
-    = False,
+    resume: Resume = False,
+    workers: Workers = 2,
+    json_out: Json = False,
 ) -> None:
     """Stage 1: train what the recipe's train.stage1.freeze leaves trainable (the connectors by
-    default) on caption pairs (--stage encoders first aligns a recipe's own encoders), reading frozen-encoder features from the cache (clips that are
+    default) on caption pairs (--stage encoders first aligns a recipe's own encoders), reading
+    frozen-encoder features from the cache (clips that are
     missing are preprocessed first; the encoders are not loaded otherwise). AdamW with a cosine
     schedule and warmup, gradient accumulation, clipping; checkpoints, metrics.jsonl and loss.png
     in the run directory. Works under `accelerate launch` (DDP)."""

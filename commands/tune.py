@@ -7,30 +7,26 @@ from typing import Annotated, Optional
 
 import typer
 
+from vlm_cli.commands.options import Json, MediaRoot, Overrides, Resume, Workers
+
 app = typer.Typer(add_completion=False, rich_markup_mode="rich")
 
 
 @app.command()
 def tune(
     recipe: Annotated[str, typer.Argument(help="Built-in recipe name (tiny-av) or a YAML path.")],
-    overrides: Annotated[Optional[list[str]], typer.Argument(
-        help="Recipe overrides KEY=VALUE, e.g. train.stage2.lora.rank=16.",
-        show_default=False)] = None,
+    overrides: Overrides = None,
     from_run: Annotated[Path, typer.Option("--from", help="The stage-1 run to continue.")]
     = Path("runs/tiny-av-stage1"),
     data: Annotated[Optional[Path], typer.Option(
         help="Multi-turn instructions (LLaVA JSON/JSONL) [default: recipe train.stage2.data].",
         show_default=False)] = None,
-    media_root: Annotated[Optional[Path], typer.Option(
-        help="Media directory [default: the data's directory].", show_default=False)] = None,
+    media_root: MediaRoot = None,
     out: Annotated[Optional[Path], typer.Option(
         help="Run directory [default: runs/<recipe>-stage2].", show_default=False)] = None,
-    resume: Annotated[bool, typer.Option(help="Continue the run from its last checkpoint.")]
-    = False,
-    workers: Annotated[int, typer.Option(min=1, help="Decoder processes for missing features.")]
-    = 2,
-    json_out: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object.")]
-    = False,
+    resume: Resume = False,
+    workers: Workers = 2,
+    json_out: Json = False,
 ) -> None:
     """Stage 2: instruction-tune connectors + LLM on multi-turn conversations, fully or with
     LoRA (train.stage2.lora: rank, alpha, dropout, target modules), starting from a stage-1 run.

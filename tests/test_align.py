@@ -9,31 +9,14 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
+from micro import VISION_VIVIT, micro_recipe
 from vlm_cli.recipe import ViewSpec
 from vlm_cli.train.align import IGNORE, joint_labels, view_labels
 
 VLM = str(Path(sys.executable).with_name("vlm"))
 
-MICRO_AV = """
-name: micro-av
-model:
-  vision: {arch: vivit, config: {image_size: 32, num_frames: 4, tubelet_size: [2, 16, 16],
-           hidden_size: 32, intermediate_size: 64, num_hidden_layers: 1,
-           num_attention_heads: 2}, feature_layer: -1, select: cls,
-           image_mean: [0.5, 0.5, 0.5], image_std: [0.25, 0.25, 0.25]}
-  audio: {arch: ast, config: {hidden_size: 32, intermediate_size: 64, num_hidden_layers: 1,
-          num_attention_heads: 2, num_mel_bins: 128, max_length: 204, patch_size: 16,
-          frequency_stride: 32, time_stride: 32}}
-  video_connector: {type: mlp}
-  audio_connector: {type: mlp}
-  llm: {config: {model_type: llama, hidden_size: 32, intermediate_size: 64, num_hidden_layers: 1,
-        num_attention_heads: 2, num_key_value_heads: 2, max_position_embeddings: 128},
-        tokenizer: toy-av}
-data: {frames: 4, audio_clips: 1}
-train:
-  encoders:
+MICRO_AV = micro_recipe(vision=VISION_VIVIT, audio_clips=1, train="""  encoders:
     views:
       - {name: colour, modality: vision, words: [red, green, blue, yellow]}
       - {name: direction, modality: vision, words: [left, right, up, down]}
@@ -42,8 +25,7 @@ train:
     joint: [[colour, direction]]
     batch_size: 4
     steps: 4
-  stage1: {freeze: [vision, audio], batch_size: 4, max_steps: 3, max_length: 128}
-"""
+  stage1: {freeze: [vision, audio], batch_size: 4, max_steps: 3, max_length: 128}""")
 
 
 def test_view_labels_match_whole_words_longest_first():

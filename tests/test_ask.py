@@ -12,27 +12,14 @@ from pathlib import Path
 import pytest
 
 from media_factory import SHARED_MEDIA, moving_frames, write_png, write_video
+from micro import micro_recipe
 from vlm_cli.cli import run
 
 VLM = str(Path(sys.executable).with_name("vlm"))
 
-MICRO = """
-name: micro
-model:
-  vision: {arch: clip, config: {hidden_size: 32, intermediate_size: 64, num_hidden_layers: 1,
-           num_attention_heads: 2, image_size: 32, patch_size: 16}, feature_layer: -1}
-  audio: {arch: ast, config: {hidden_size: 32, intermediate_size: 64, num_hidden_layers: 1,
-          num_attention_heads: 2, num_mel_bins: 128, max_length: 204, patch_size: 16,
-          frequency_stride: 32, time_stride: 32}}
-  video_connector: {type: mlp, tokens_per_frame: 1}
-  audio_connector: {type: mlp}
-  llm: {config: {model_type: llama, hidden_size: 32, intermediate_size: 64, num_hidden_layers: 1,
-        num_attention_heads: 2, num_key_value_heads: 2, max_position_embeddings: 256},
-        tokenizer: toy-av}
-data: {frames: 4, audio_clips: 2}
-train:
-  stage1: {freeze: [vision, audio], batch_size: 4, max_steps: 3, max_length: 128}
-"""
+MICRO = micro_recipe(
+    video_connector="{type: mlp, tokens_per_frame: 1}",
+    train="  stage1: {freeze: [vision, audio], batch_size: 4, max_steps: 3, max_length: 128}")
 
 
 @pytest.fixture(scope="module")

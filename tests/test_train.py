@@ -13,32 +13,19 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
+from micro import micro_recipe
 from vlm_cli.cli import run
 
 VLM = str(Path(sys.executable).with_name("vlm"))
 ACCELERATE = str(Path(sys.executable).with_name("accelerate"))
 
-MICRO = """
-name: micro
-model:
-  vision: {arch: clip, config: {hidden_size: 32, intermediate_size: 64, num_hidden_layers: 1,
-           num_attention_heads: 2, image_size: 32, patch_size: 16}, feature_layer: -1}
-  audio: {arch: ast, config: {hidden_size: 32, intermediate_size: 64, num_hidden_layers: 1,
-          num_attention_heads: 2, num_mel_bins: 128, max_length: 204, patch_size: 16,
-          frequency_stride: 32, time_stride: 32}}
-  video_connector: {type: qformer, num_query_tokens: 4, hidden_size: 32, num_layers: 1,
-                    num_heads: 2, dropout: 0.0}
-  audio_connector: {type: mlp}
-  llm: {config: {model_type: llama, hidden_size: 32, intermediate_size: 64, num_hidden_layers: 1,
-        num_attention_heads: 2, num_key_value_heads: 2, max_position_embeddings: 128},
-        tokenizer: toy-av}
-data: {frames: 4, audio_clips: 2}
-train:
-  stage1: {freeze: [vision, audio], lr: 1.0e-3, batch_size: 4, max_steps: 6, max_length: 128,
-           log_every: 1, warmup_ratio: 0.2}
+MICRO = micro_recipe(
+    video_connector="{type: qformer, num_query_tokens: 4, hidden_size: 32, num_layers: 1, "
+                    "num_heads: 2, dropout: 0.0}",
+    train="""  stage1: {freeze: [vision, audio], lr: 1.0e-3, batch_size: 4, max_steps: 6,
+           max_length: 128, log_every: 1, warmup_ratio: 0.2}
   stage2: {freeze: [vision, audio, llm], lora: {rank: 4, alpha: 8.0, dropout: 0.0}, lr: 1.0e-3,
-           batch_size: 4, max_steps: 4, max_length: 128, log_every: 1}
-"""
+           batch_size: 4, max_steps: 4, max_length: 128, log_every: 1}""")
 
 
 @pytest.fixture(scope="module")

@@ -15,23 +15,18 @@ from typing import Any
 
 from vlm_cli.errors import UsageError
 from vlm_cli.recipe import Recipe, StageSpec
+from vlm_cli.train.loop import StageResult
 
 
 @dataclasses.dataclass
-class StageSummary:
-    """What ``vlm pretrain`` / ``vlm tune`` print."""
+class StageSummary(StageResult):
+    """What ``vlm pretrain`` / ``vlm tune`` print: the loop's result and what was trained."""
 
-    run_dir: str
-    stage: str
-    samples: int
-    trained: list[str]
-    trainable_params: int
-    steps: int
-    total_steps: int
-    resumed_from: int
-    final_loss: float
-    seconds: float
-    samples_per_s: float
+    run_dir: str = ""
+    stage: str = ""
+    samples: int = 0
+    trained: list[str] = dataclasses.field(default_factory=list)
+    trainable_params: int = 0
     processes: int = 1
 
 
@@ -151,6 +146,6 @@ def run_stage(recipe: Recipe, stage_name: str, run_dir: Path, *, data: Path | No
     if not accelerator.is_main_process:
         return None
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return StageSummary(str(run_dir), stage_name, len(dataset), trained, trainable,
-                        result.steps, result.total_steps, result.resumed_from, result.final_loss,
-                        result.seconds, result.samples_per_s, accelerator.num_processes)
+    return StageSummary(**dataclasses.asdict(result), run_dir=str(run_dir), stage=stage_name,
+                        samples=len(dataset), trained=trained, trainable_params=trainable,
+                        processes=accelerator.num_processes)

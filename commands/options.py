@@ -1,0 +1,21 @@
+"""Command-line options shared by several commands (typer ``Annotated`` aliases)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+Json = Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")]
+Workers = Annotated[int, typer.Option(min=1, help="Decoder processes for missing features.")]
+Resume = Annotated[bool, typer.Option(help="Continue the run from its last checkpoint.")]
+Overrides = Annotated[Optional[list[str]], typer.Argument(
+    help="Recipe overrides KEY=VALUE, e.g. train.stage1.lr=2e-4 data.frames=16.",
+    show_default=False)]
+MediaRoot = Annotated[Optional[Path], typer.Option(
+    help="Media directory [default: recipe data.media_root, else the data file's directory].",
+    show_default=False)]
+Encoders = Annotated[Optional[Path], typer.Option(
+    help="An encoders run (vlm pretrain --stage encoders) whose encoders to use.",
+    show_default=False)]
