@@ -39,8 +39,10 @@ def evaluate(
     type, with every setting that affects the score), and print a table. Resumable: a re-run
     skips answered ids. Under `accelerate launch` the questions are split over processes and
     merged by question id."""
+    import dataclasses
     import hashlib
 
+    import torch
     from accelerate import PartialState
 
     from vlm_cli import console
@@ -48,14 +50,14 @@ def evaluate(
     from vlm_cli.cache import FeatureCache
     from vlm_cli.eval.qa import load_qa
     from vlm_cli.eval.run import (PROMPT, EvalSettings, answer_items, merge_predictions,
-                                  model_identity, write_report, _read_predictions)
+                                  model_identity, read_predictions, write_report)
     from vlm_cli.features import FeatureStore
     from vlm_cli.model.fingerprint import audio_frontend
     from vlm_cli.model.llm import resolve_dtype
     from vlm_cli.model.run_dir import load_run, read_run
     from vlm_cli.preprocess import preprocess
 
-    state = PartialState(cpu=not __import__("torch").cuda.is_available())
+    state = PartialState(cpu=not torch.cuda.is_available())
     model_dir = resolve_model_dir(model)
     items = load_qa(data, answers, media_root)[:limit]
     out_dir = out or Path("eval") / f"{model_dir.name}-{data.stem}"
@@ -69,7 +71,7 @@ def evaluate(
         preprocess(list(dict.fromkeys(i.media for i in items)), recipe, store.cache,
                    workers=workers, device=device)
     state.wait_for_everyone()
-    skip = set(_read_predictions(out_dir / "predictions.jsonl")) if state.num_processes > 1 \
+    skip = set(read_predictions(out_dir / "predictions.jsonl")) if state.num_processes > 1 \
         else set()
     mine = items[state.process_index::state.num_processes]
     with console.progress_bar("questions") as bar:
@@ -90,8 +92,6 @@ def evaluate(
         prompt=PROMPT, chat_template_sha256=hashlib.sha256(
             (vlm.tokenizer.chat_template or "").encode()).hexdigest(),
         decoding={"strategy": "greedy", "max_new_tokens": max_new_tokens})
-    import dataclasses
-
     report = write_report(out_dir, items, predictions,
                           {"model": model_identity(model_dir), **dataclasses.asdict(settings)})
     if json_out:

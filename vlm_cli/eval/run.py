@@ -24,7 +24,7 @@ from vlm_cli.eval.qa import QAItem, placeholder_for, score
 PROMPT = "{placeholder}\n{question}"
 
 
-def _read_predictions(path: Path) -> dict[str, dict[str, Any]]:
+def read_predictions(path: Path) -> dict[str, dict[str, Any]]:
     """Predictions already made (by id); a truncated last line is ignored (and rewritten)."""
     done: dict[str, dict[str, Any]] = {}
     if not path.exists():
@@ -52,7 +52,7 @@ def answer_items(model: Any, store: Any, items: list[QAItem], out: Path, *, batc
     """
     from vlm_cli.model.chat import encode_prompt
 
-    done = _read_predictions(out)
+    done = read_predictions(out)
     todo = [item for item in items if item.question_id not in done and item.question_id not in skip]
     tokenizer = model.tokenizer
     with open(out, "a") as f:
@@ -77,10 +77,10 @@ def answer_items(model: Any, store: Any, items: list[QAItem], out: Path, *, batc
 def merge_predictions(out_dir: Path, items: list[QAItem]) -> dict[str, dict]:
     """Merge ``predictions.jsonl`` and every per-process file into ``predictions.jsonl``, in
     question order, by question id; the per-process files are then removed."""
-    merged = _read_predictions(out_dir / "predictions.jsonl")
+    merged = read_predictions(out_dir / "predictions.jsonl")
     parts = sorted(out_dir.glob("predictions.rank*.jsonl"))
     for part in parts:
-        merged.update(_read_predictions(part))
+        merged.update(read_predictions(part))
     rows = [merged[i.question_id] for i in items if i.question_id in merged]
     atomic_write_text(out_dir / "predictions.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     for part in parts:
