@@ -176,3 +176,36 @@ def test_siglip_vision_encoder(tmp_path):
     encoder = VisionEncoder(spec, FeatureCache(tmp_path).file_digest)
     frames = np.random.default_rng(0).integers(0, 255, (3, 40, 60, 3), dtype=np.uint8)
     assert tuple(encoder.encode_frames(frames).shape) == (3, 4, 32)  # no CLS token to drop
+
+
+def test_merge_lora_is_self_contained_and_matches(world, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    root, env = world
+    monkeypatch.setenv("VLM_HOME", env["VLM_HOME"])
+    assert run(pretrain_args(root, tmp_path / "s1")) == 0
+    assert run(["tune", str(root / "micro.yaml"), "--from", str(tmp_path / "s1"), "--data",
+                str(root / "toy" / "stage2.json"), "--out", str(tmp_path / "s2")]) == 0
+    assert run(["merge-lora", str(tmp_path / "s1"), "--out", str(tmp_path / "x")]) == 2
+    capsys.readouterr()
+    assert run(["merge-lora", str(tmp_path / "s2"), "--out", str(tmp_path / "merged"),
+                "--verify", "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["max_abs_logit_diff_fp32"] < 1e-4 and not summary["skipped"]
+    assert run(["merge-lora", str(tmp_path / "s2"), "--out", str(tmp_path / "merged"),
+                "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["skipped"]  # a second merge is a no-op
+    merged = tmp_path / "merged"
+    assert not (merged / "adapter").exists() and (merged / "README.md").exists()
+    assert json.loads((merged / "config.json").read_text())["llm_weights"] == "llm"
+    moved = tmp_path / "elsewhere" / "model"
+    shutil.copytree(merged, moved)  # self-contained: works after a move
+    questions = str(root / "toy" / "qa" / "test_questions.json")
+    preds = {}
+    for name, model in (("adapter", tmp_path / "s2"), ("merged", moved)):
+        assert run(["eval", "--model", str(model), "--data", questions, "--out",
+                    str(tmp_path / f"eval-{name}"), "--json"]) == 0
+        capsys.readouterr()
+        preds[name] = [json.loads(x)["pred"] for x in
+                       (tmp_path / f"eval-{name}" / "predictions.jsonl").read_text().splitlines()]
+    assert preds["adapter"] == preds["merged"]

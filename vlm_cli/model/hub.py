@@ -29,7 +29,7 @@ def resolve_pretrained(name: str, revision: str | None,
         ``(directory, fingerprint)``: the directory to pass to ``from_pretrained``, and a dict that
         pins the weights: the resolved commit hash for a hub id (huggingface_hub's
         ``snapshot_download(local_files_only=True)``), or the sha256 of every weight file of a
-        local directory.
+        local directory (not its path, so a moved copy has the same fingerprint).
 
     Raises:
         VlmError: the directory has no weight files, or the hub id/revision is not cached.
@@ -39,8 +39,8 @@ def resolve_pretrained(name: str, revision: str | None,
         files = sorted(p for p in local.rglob("*") if p.suffix in WEIGHT_SUFFIXES and p.is_file())
         if not files:
             raise VlmError(f"{name}: no weight files ({', '.join(WEIGHT_SUFFIXES)}) in directory")
-        return local, {"path": str(local.resolve()),
-                       "weights": {str(p.relative_to(local)): digest(p) for p in files}}
+        # Content only, not the path: a copied or moved model keeps its cache entries.
+        return local, {"weights": {str(p.relative_to(local)): digest(p) for p in files}}
     snapshot = resolve_snapshot(name, revision)
     return snapshot, {"repo_id": name, "revision": snapshot.name}
 

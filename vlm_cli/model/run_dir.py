@@ -43,6 +43,7 @@ class RunConfig:
         adapter: True when ``RUN/adapter`` holds a LoRA adapter to apply on top.
         trained: the parts this stage trained. parent: the run this one started from.
         steps: optimizer steps done.
+        merged_from: for a ``vlm merge-lora`` output: the run, base and adapter hash merged.
     """
 
     stage: str
@@ -54,6 +55,7 @@ class RunConfig:
     trained: list[str] = dataclasses.field(default_factory=list)
     parent: str | None = None
     steps: int = 0
+    merged_from: dict[str, Any] | None = None
     format: str = FORMAT
 
 
@@ -102,7 +104,16 @@ def read_run(run_dir: Path) -> tuple[Recipe, RunConfig]:
                          ) from err
     if raw.get("format") != FORMAT:
         raise UsageError(f"{run_dir}: unsupported run format {raw.get('format')!r}")
-    return schema_from_dict(Recipe, recipe_data), RunConfig(**raw)
+    recipe, config = schema_from_dict(Recipe, recipe_data), RunConfig(**raw)
+    # Paths inside a self-contained directory (vlm merge-lora) are relative to it.
+    if config.llm_weights and not Path(config.llm_weights).is_absolute():
+        config.llm_weights = str((run_dir / config.llm_weights).resolve())
+    for part in ("vision", "audio"):
+        spec = getattr(recipe.model, part)
+        if spec is not None and spec.pretrained and (run_dir / spec.pretrained).is_dir() \
+                and not Path(spec.pretrained).is_absolute():
+            spec.pretrained = str((run_dir / spec.pretrained).resolve())
+    return recipe, config
 
 
 def load_run(run_dir: Path, *, device: str = "cpu", dtype: Any = None) -> tuple[Recipe, Any]:

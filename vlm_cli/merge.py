@@ -1,0 +1,166 @@
+"""``vlm merge-lora``: fold a run's LoRA adapter into its LLM and write a self-contained model.
+
+The base LLM is the one the run records (an earlier run's ``llm/`` or the recipe's hub id and
+revision), so nothing has to be repeated. The merge is done in fp32 (peft's
+``merge_and_unload``), then the weights are cast to the output dtype. The output directory is a
+run directory with no adapter and nothing referenced outside it: ``llm/`` (sharded safetensors +
+index), ``tokenizer/``, ``connectors.safetensors``, local encoders copied under ``encoders/``,
+``recipe.yaml``, ``config.json`` and a model card (``README.md``) with the provenance. It is
+written under a temporary name and renamed, so an interrupted merge leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from vlm_cli.atomic import atomic_write_text
+from vlm_cli.errors import UsageError, VlmError
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def adapter_sha256(run_dir: Path) -> str:
+    """sha256 of the run's adapter weights and config (what a merge is "of")."""
+    h = hashlib.sha256()
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        h.update((run_dir / "adapter" / name).read_bytes())
+    return h.hexdigest()
+
+
+def probe_logits(model: Any) -> Any:
+    """Logits ``[1, L, V] float32`` of a fixed probe: one question about seeded random media
+    features (the same for every model with these feature widths)."""
+    import torch
+
+    from vlm_cli.model.chat import encode_prompt
+    from vlm_cli.model.vlm import MediaInput
+
+    generator = torch.Generator().manual_seed(0)
+    dims = model.feature_dims
+    media = MediaInput(
+        vision=torch.randn(1, 1, dims["vision"], generator=generator) if "vision" in dims and
+        "video" in model.connectors else None,
+        audio=torch.randn(1, dims["audio"], generator=generator) if "audio" in dims and
+        "audio" in model.connectors else None)
+    ids = encode_prompt(model.tokenizer, [{"from": "human",
+                                           "value": "<video>\nWhat sound is playing?"}])
+    with torch.no_grad():
+        embeds, mask, _ = model.embed([ids], [[media]])
+        return model.llm(inputs_embeds=embeds, attention_mask=mask).logits.float()
+
+
+def _copy_local_encoders(recipe: Any, out: Path) -> None:
+    """Copy encoders loaded from local directories into ``out/encoders/<part>`` and point the
+    recipe there (relative paths); hub ids stay references into the hub cache."""
+    for part in ("vision", "audio"):
+        spec = getattr(recipe.model, part)
+        if spec is not None and spec.pretrained and Path(spec.pretrained).is_dir():
+            shutil.copytree(spec.pretrained, out / "encoders" / part)
+            spec.pretrained = f"encoders/{part}"
+
+
+def merge_lora(run_dir: Path, out: Path, *, dtype: str | None = None, verify: bool = False,
+               tolerance: float = 1e-4, max_shard_size: str = "2GB") -> dict[str, Any]:
+    """Merge ``run_dir``'s adapter into its base LLM and write ``out``.
+
+    Args:
+        dtype: output weights dtype (``float32``, ``bfloat16``, ``float16``); default: the
+            recipe's LLM dtype, or float32 when that is ``auto``.
+        verify: compare the probe logits of the merged model with base + adapter (fp32 before
+            the cast; in the output dtype after it) and fail above ``tolerance``.
+
+    Returns:
+        A summary: out, base, dtype, adapter sha256, skipped (a second merge of the same
+        adapter into ``out`` is a no-op), and with ``verify`` the max abs logit difference.
+
+    Raises:
+        UsageError: the run has no adapter, ``out`` holds something else, or a bad dtype.
+        VlmError: the base LLM is missing, or verification exceeds the tolerance.
+    """
+    import torch
+    import yaml
+    from safetensors.torch import save
+
+    from vlm_cli.atomic import atomic_write_bytes
+    from vlm_cli.model.run_dir import RunConfig, load_run, read_run
+
+    recipe, config = read_run(run_dir)
+    if not config.adapter:
+        raise UsageError(f"{run_dir}: the run has no LoRA adapter to merge")
+    if dtype is not None and dtype not in DTYPES:
+        raise UsageError(f"--dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
+    target = dtype or (recipe.model.llm.dtype if recipe.model.llm.dtype != "auto" else "float32")
+    source = adapter_sha256(run_dir)
+    base = config.llm_weights or f"{recipe.model.llm.pretrained}@{recipe.model.llm.revision}"
+    summary = {"out": str(out), "run": str(run_dir), "base": base, "dtype": target,
+               "adapter_sha256": source, "skipped": False}
+    if (out / "config.json").exists():
+        previous = json.loads((out / "config.json").read_text())
+        if previous.get("merged_from", {}).get("adapter_sha256") == source:
+            return {**summary, "skipped": True}
+        raise UsageError(f"{out}: exists and holds another model; choose another --out")
+    if out.exists() and any(out.iterdir()):
+        raise UsageError(f"{out}: exists and is not empty; choose another --out")
+
+    _, model = load_run(run_dir, dtype=torch.float32)
+    reference = probe_logits(model) if verify else None
+    model.llm = model.llm.merge_and_unload()
+    if verify:
+        diff = (probe_logits(model) - reference).abs().max().item()
+        summary["max_abs_logit_diff_fp32"] = diff
+        if diff > tolerance:
+            raise VlmError(f"merge verification failed: max |logit difference| {diff:.2e} > "
+                           f"tolerance {tolerance:.0e}")
+    model.llm.to(getattr(torch, target))
+
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        model.llm.save_pretrained(tmp / "llm", safe_serialization=True,
+                                  max_shard_size=max_shard_size)
+        model.tokenizer.save_pretrained(tmp / "tokenizer")
+        state = {k: v.detach().contiguous().cpu() for k, v in model.connectors.state_dict()
+                 .items()}
+        atomic_write_bytes(tmp / "connectors.safetensors", save(state))
+        _copy_local_encoders(recipe, tmp)
+        recipe.model.llm.dtype = target
+        atomic_write_text(tmp / "recipe.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+        merged = dataclasses.asdict(RunConfig(
+            stage=config.stage, recipe=config.recipe, feature_dims=config.feature_dims,
+            llm_weights="llm", llm_revision=config.llm_revision, adapter=False,
+            trained=config.trained, parent=str(run_dir.resolve()), steps=config.steps,
+            merged_from={"run": str(run_dir.resolve()), "base": base, "adapter_sha256": source,
+                         "dtype": target}))
+        atomic_write_text(tmp / "config.json", json.dumps(merged, indent=2) + "\n")
+        atomic_write_text(tmp / "README.md", _model_card(recipe.name, run_dir, base, source,
+                                                         target))
+        if verify:
+            _, reloaded = load_run(tmp, dtype=getattr(torch, target))
+            diff = (probe_logits(reloaded) - probe_logits(model)).abs().max().item()
+            summary["max_abs_logit_diff_saved"] = diff
+            if diff > tolerance:
+                raise VlmError(f"merge verification failed after saving: max |logit "
+                               f"difference| {diff:.2e} > tolerance {tolerance:.0e}")
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return summary
+
+
+def _model_card(name: str, run_dir: Path, base: str, adapter: str, dtype: str) -> str:
+    return (f"# {name} (merged)\n\n"
+            "A self-contained vlm model: the LoRA adapter of a stage-2 run folded into its LLM "
+            "(`vlm merge-lora`). Use it with `vlm ask --model <this directory>`.\n\n"
+            "| provenance | |\n| --- | --- |\n"
+            f"| run | `{run_dir.resolve()}` |\n| base LLM | `{base}` |\n"
+            f"| adapter sha256 | `{adapter}` |\n| dtype | {dtype} |\n")
