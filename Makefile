@@ -26,31 +26,45 @@ test: install
 
 # The main job, end to end on the embedded default data. Each step is a file target, so a
 # re-run skips what is done: generate toy-av, align the tiny encoders to the captions, cache
-# the features, stage 1, stage 2, evaluate on the test and probe splits, ask about a test clip.
+# the features, stage 1, stage 2 (LoRA), merge the adapter (verified) and install the model as
+# the default ($VLM_HOME/models/tiny-av), evaluate it on the test and probe splits, and ask it
+# about a test clip. DEMO_OVERRIDES (recipe KEY=VALUE) shrinks the chain for the test suite.
 RUNS := $(DEMO_DIR)/runs
 TOY := $(DEMO_DIR)/toy-av
+DEMO_RECIPE ?= tiny-av
+DEMO_OVERRIDES ?=
 
-demo: install $(RUNS)/stage2/config.json
-	$(VLM) eval --model $(RUNS)/stage2 --data $(TOY)/qa/test_questions.json --out $(DEMO_DIR)/eval-test
-	$(VLM) eval --model $(RUNS)/stage2 --data $(TOY)/qa/probe_questions.json --out $(DEMO_DIR)/eval-probe
-	@echo 'vlm ask $(TOY)/media/toyav-00070.mp4 "what sound is playing?"'
-	@$(VLM) ask --model $(RUNS)/stage2 $(TOY)/media/toyav-00070.mp4 "what sound is playing?"
+demo: install $(RUNS)/installed
+	$(VLM) eval --data $(TOY)/qa/test_questions.json --out $(DEMO_DIR)/eval-test
+	$(VLM) eval --data $(TOY)/qa/probe_questions.json --out $(DEMO_DIR)/eval-probe
+	@clip=$(TOY)/$$($(PY) -c 'import json, sys; print(next(r["video"] for r in map(json.loads, open(sys.argv[1])) if r["split"] == "test"))' $(TOY)/clips.jsonl) && \
+	  echo "vlm ask $$clip \"what sound is playing?\"" && $(VLM) ask $$clip "what sound is playing?"
 
 $(TOY)/toy-av.json: | install
 	$(VLM) download toy-av --out $(TOY) --clips $(DEMO_CLIPS)
 
 $(RUNS)/encoders/config.json: $(TOY)/toy-av.json
 	rm -rf $(RUNS)/encoders
-	$(VLM) pretrain tiny-av --stage encoders --data $(TOY)/stage1.json --out $(RUNS)/encoders
+	$(VLM) pretrain $(DEMO_RECIPE) $(DEMO_OVERRIDES) --stage encoders --data $(TOY)/stage1.json --out $(RUNS)/encoders
 
 $(RUNS)/stage1/config.json: $(RUNS)/encoders/config.json
-	$(VLM) preprocess $(TOY)/clips.jsonl --recipe tiny-av --encoders $(RUNS)/encoders
+	$(VLM) preprocess $(TOY)/clips.jsonl $(DEMO_OVERRIDES) --recipe $(DEMO_RECIPE) --encoders $(RUNS)/encoders
 	rm -rf $(RUNS)/stage1
-	$(VLM) pretrain tiny-av --encoders $(RUNS)/encoders --data $(TOY)/stage1.json --out $(RUNS)/stage1
+	$(VLM) pretrain $(DEMO_RECIPE) $(DEMO_OVERRIDES) --encoders $(RUNS)/encoders --data $(TOY)/stage1.json --out $(RUNS)/stage1
 
 $(RUNS)/stage2/config.json: $(RUNS)/stage1/config.json
 	rm -rf $(RUNS)/stage2
-	$(VLM) tune tiny-av --from $(RUNS)/stage1 --data $(TOY)/stage2.json --out $(RUNS)/stage2
+	$(VLM) tune $(DEMO_RECIPE) $(DEMO_OVERRIDES) --from $(RUNS)/stage1 --data $(TOY)/stage2.json --out $(RUNS)/stage2
+
+# Merge into the run folder, then install a copy under $VLM_HOME/models/tiny-av (rename into
+# place, so an interrupted install never leaves half a model there).
+$(RUNS)/installed: $(RUNS)/stage2/config.json
+	rm -rf $(RUNS)/merged
+	$(VLM) merge-lora $(RUNS)/stage2 --out $(RUNS)/merged --verify
+	home=$$($(PY) -c 'from vlm_cli.cache import cache_root; print(cache_root() / "models")') && \
+	  mkdir -p "$$home" && rm -rf "$$home/.tiny-av.tmp" && cp -r $(RUNS)/merged "$$home/.tiny-av.tmp" && \
+	  rm -rf "$$home/tiny-av" && mv "$$home/.tiny-av.tmp" "$$home/tiny-av" && echo "installed $$home/tiny-av"
+	touch $(RUNS)/installed
 
 bench: install
 	$(PY) bench/cli_help.py
