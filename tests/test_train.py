@@ -209,3 +209,25 @@ def test_merge_lora_is_self_contained_and_matches(world, tmp_path, monkeypatch, 
         preds[name] = [json.loads(x)["pred"] for x in
                        (tmp_path / f"eval-{name}" / "predictions.jsonl").read_text().splitlines()]
     assert preds["adapter"] == preds["merged"]
+
+
+def test_merge_refuses_a_changed_base(world, tmp_path, monkeypatch, capsys):
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    root, env = world
+    monkeypatch.setenv("VLM_HOME", env["VLM_HOME"])
+    assert run(pretrain_args(root, tmp_path / "s1")) == 0
+    assert run(["tune", str(root / "micro.yaml"), "--from", str(tmp_path / "s1"), "--data",
+                str(root / "toy" / "stage2.json"), "--out", str(tmp_path / "s2")]) == 0
+    config = json.loads((tmp_path / "s2" / "config.json").read_text())
+    assert set(config["llm_sha256"]) == {"model.safetensors"}
+    weights = tmp_path / "s1" / "llm" / "model.safetensors"
+    state = load_file(weights)
+    first = next(iter(state))
+    state[first] = state[first] + torch.ones_like(state[first])  # the base changes afterwards
+    save_file(state, weights, metadata={"format": "pt"})
+    capsys.readouterr()
+    assert run(["merge-lora", str(tmp_path / "s2"), "--out", str(tmp_path / "m")]) == 2
+    assert "not the one the adapter was trained on" in capsys.readouterr().err
+    assert not (tmp_path / "m").exists()

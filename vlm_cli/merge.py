@@ -96,6 +96,7 @@ def merge_lora(run_dir: Path, out: Path, *, dtype: str | None = None, verify: bo
     if dtype is not None and dtype not in DTYPES:
         raise UsageError(f"--dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
     target = dtype or (recipe.model.llm.dtype if recipe.model.llm.dtype != "auto" else "float32")
+    _check_base(run_dir, recipe, config)
     source = adapter_sha256(run_dir)
     base = config.llm_weights or f"{recipe.model.llm.pretrained}@{recipe.model.llm.revision}"
     summary = {"out": str(out), "run": str(run_dir), "base": base, "dtype": target,
@@ -155,6 +156,25 @@ def merge_lora(run_dir: Path, out: Path, *, dtype: str | None = None, verify: bo
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return summary
+
+
+def _check_base(run_dir: Path, recipe: Any, config: Any) -> None:
+    """Refuse to merge onto a base other than the one the adapter was trained on.
+
+    Raises:
+        UsageError: the recorded base weights (local files' sha256, or hub commit) differ now.
+    """
+    from vlm_cli.cache import FeatureCache
+    from vlm_cli.model.run_dir import base_identity
+
+    if config.llm_sha256 is None and config.llm_revision is None:
+        return  # a randomly initialised base: nothing but its config to pin
+    revision, files = base_identity(config, recipe, FeatureCache().file_digest)
+    if (files or None) != config.llm_sha256 or (config.llm_sha256 is None
+                                                 and revision != config.llm_revision):
+        where = config.llm_weights or recipe.model.llm.pretrained
+        raise UsageError(f"{run_dir}: the base LLM at {where} is not the one the adapter was "
+                         "trained on (its weights changed); refusing to merge onto another base")
 
 
 def _model_card(name: str, run_dir: Path, base: str, adapter: str, dtype: str) -> str:

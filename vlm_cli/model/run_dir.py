@@ -43,6 +43,8 @@ class RunConfig:
         adapter: True when ``RUN/adapter`` holds a LoRA adapter to apply on top.
         trained: the parts this stage trained. parent: the run this one started from.
         steps: optimizer steps done.
+        llm_sha256: sha256 of each weight file of a local base LLM (``llm_weights``), recorded
+            when an adapter is trained on it, so a merge onto changed weights is refused.
         merged_from: for a ``vlm merge-lora`` output: the run, base and adapter hash merged.
     """
 
@@ -55,8 +57,27 @@ class RunConfig:
     trained: list[str] = dataclasses.field(default_factory=list)
     parent: str | None = None
     steps: int = 0
+    llm_sha256: dict[str, str] | None = None
     merged_from: dict[str, Any] | None = None
     format: str = FORMAT
+
+
+def base_identity(config: RunConfig, recipe: Recipe,
+                  digest: Any) -> tuple[str | None, dict[str, str] | None]:
+    """What pins a run's base LLM: ``(hub commit, None)`` for a hub id, ``(None, {file: sha256})``
+    for local weights (``config.llm_weights``), ``(None, None)`` for a seeded random init.
+
+    Raises:
+        VlmError: a hub base that is not in the local cache.
+    """
+    if config.llm_weights:
+        files = sorted(Path(config.llm_weights).glob("*.safetensors"))
+        return None, {p.name: digest(p) for p in files}
+    if recipe.model.llm.pretrained:
+        from vlm_cli.model.hub import resolve_snapshot
+
+        return resolve_snapshot(recipe.model.llm.pretrained, recipe.model.llm.revision).name, None
+    return None, None
 
 
 def save_run(run_dir: Path, recipe: Recipe, model: Any, config: RunConfig,

@@ -87,7 +87,7 @@ def run_stage(recipe: Recipe, stage_name: str, run_dir: Path, *, data: Path | No
     from vlm_cli.features import FeatureStore
     from vlm_cli.model.llm import build_llm
     from vlm_cli.model.parts import set_trainable
-    from vlm_cli.model.run_dir import RunConfig, load_run, read_run, save_run
+    from vlm_cli.model.run_dir import RunConfig, base_identity, load_run, read_run, save_run
     from vlm_cli.model.tokenizer import load_tokenizer
     from vlm_cli.model.vlm import VideoLanguageModel
     from vlm_cli.train.data import FeatureDataset, ensure_features
@@ -140,6 +140,9 @@ def run_stage(recipe: Recipe, stage_name: str, run_dir: Path, *, data: Path | No
                            trained=trained,
                            parent=str(from_run.resolve()) if from_run else None,
                            steps=result.total_steps)
+        if stage.lora is not None:  # pin the base the adapter belongs to (checked by merges)
+            config.llm_revision, config.llm_sha256 = base_identity(config, recipe,
+                                                                   store.cache.file_digest)
         save_run(run_dir, recipe, model, config, save_llm="llm" in trained or random_llm)
         plot_loss(run_dir)
     accelerator.wait_for_everyone()
