@@ -71,6 +71,7 @@ bench: install
 	$(PY) bench/toyav_generate.py
 	$(PY) bench/preprocess.py
 	$(PY) bench/tiny_av_train.py
+	$(PY) bench/demo_steps.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) build dist *.egg-info
