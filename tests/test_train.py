@@ -178,14 +178,20 @@ def test_siglip_vision_encoder(tmp_path):
     assert tuple(encoder.encode_frames(frames).shape) == (3, 4, 32)  # no CLS token to drop
 
 
+def lora_run(root: Path, tmp_path: Path) -> Path:
+    """Stage 1 into tmp_path/s1, then a LoRA stage 2 into tmp_path/s2 (returned)."""
+    assert run(pretrain_args(root, tmp_path / "s1")) == 0
+    assert run(["tune", str(root / "micro.yaml"), "--from", str(tmp_path / "s1"), "--data",
+                str(root / "toy" / "stage2.json"), "--out", str(tmp_path / "s2")]) == 0
+    return tmp_path / "s2"
+
+
 def test_merge_lora_is_self_contained_and_matches(world, tmp_path, monkeypatch, capsys):
     import shutil
 
     root, env = world
     monkeypatch.setenv("VLM_HOME", env["VLM_HOME"])
-    assert run(pretrain_args(root, tmp_path / "s1")) == 0
-    assert run(["tune", str(root / "micro.yaml"), "--from", str(tmp_path / "s1"), "--data",
-                str(root / "toy" / "stage2.json"), "--out", str(tmp_path / "s2")]) == 0
+    lora_run(root, tmp_path)
     assert run(["merge-lora", str(tmp_path / "s1"), "--out", str(tmp_path / "x")]) == 2
     capsys.readouterr()
     assert run(["merge-lora", str(tmp_path / "s2"), "--out", str(tmp_path / "merged"),
@@ -217,9 +223,7 @@ def test_merge_refuses_a_changed_base(world, tmp_path, monkeypatch, capsys):
 
     root, env = world
     monkeypatch.setenv("VLM_HOME", env["VLM_HOME"])
-    assert run(pretrain_args(root, tmp_path / "s1")) == 0
-    assert run(["tune", str(root / "micro.yaml"), "--from", str(tmp_path / "s1"), "--data",
-                str(root / "toy" / "stage2.json"), "--out", str(tmp_path / "s2")]) == 0
+    lora_run(root, tmp_path)
     config = json.loads((tmp_path / "s2" / "config.json").read_text())
     assert set(config["llm_sha256"]) == {"model.safetensors"}
     weights = tmp_path / "s1" / "llm" / "model.safetensors"
