@@ -50,6 +50,7 @@ def ask(
     from vlm_cli.errors import MediaError
     from vlm_cli.eval.qa import placeholder_for
     from vlm_cli.features import FeatureStore
+    from vlm_cli.media.kinds import media_kind
 
     if not media.exists():
         raise MediaError(media, "file not found")
@@ -71,8 +72,7 @@ def ask(
     load_s = time.perf_counter() - started
     store = FeatureStore(recipe, FeatureCache(), device=device)
     features, info = store.fetch(media, audio=not no_audio)
-    if info["audio"] == "absent" and media.suffix.lower() not in {".jpg", ".jpeg", ".png",
-                                                                  ".webp", ".bmp"}:
+    if info["audio"] == "absent" and media_kind(media) != "image":
         console.warn(f"{media}: no audio track; answering from the picture only")
     session = ChatSession(vlm, features, placeholder_for(media))
     if seed is not None:

@@ -26,9 +26,8 @@ ENCODER_PARTS = ("vision", "audio")
 def part_module(model: nn.Module, part: str) -> nn.Module | None:
     """The module of ``part`` in ``model``, or None if the model has no such part."""
     module: nn.Module | None = model
-    for name in PART_MODULES[part].split("."):
-        module = getattr(module, name, None) if not isinstance(module, nn.ModuleDict) else (
-            module[name] if name in module else None)
+    for name in PART_MODULES[part].split("."):  # ModuleDict entries are attributes too
+        module = getattr(module, name, None)
         if module is None:
             return None
     return module
