@@ -31,6 +31,12 @@ def evaluate(
                                                  show_default=False)] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Questions answered at once.")] = 16,
     max_new_tokens: Annotated[int, typer.Option(min=1, help="Answer length limit.")] = 16,
+    judge: Annotated[Optional[str], typer.Option(
+        help="Also score each prediction with this local chat LLM (a run directory, a local "
+             "directory or a cached hub id): yes/no + 0-5 as in Video-ChatGPT, greedy, strict "
+             "JSON verdicts; recorded in the report.", show_default=False)] = None,
+    judge_revision: Annotated[Optional[str], typer.Option(
+        help="Hub revision of --judge.", show_default=False)] = None,
     workers: Workers = 2,
     json_out: Json = False,
 ) -> None:
@@ -38,7 +44,8 @@ def evaluate(
     pred) and report.json (normalised exact-match and contains-match accuracy, per question
     type, with every setting that affects the score), and print a table. Resumable: a re-run
     skips answered ids. Under `accelerate launch` the questions are split over processes and
-    merged by question id."""
+    merged by question id. With --judge, judgements.jsonl holds each verdict and the report
+    a 'judge' section (the judge's identity, prompt hash, yes-rate and mean score per type)."""
     import dataclasses
     import hashlib
 
@@ -67,6 +74,12 @@ def evaluate(
     recipe, vlm = load_run(model_dir, device=device,
                            dtype=resolve_dtype(base.model.llm.dtype, device))
     store = FeatureStore(recipe, FeatureCache(), device=device)
+    judge_model = None
+    if judge is not None and state.is_main_process:  # fail before answering, not after
+        from vlm_cli.eval.judge import Judge
+
+        judge_model = Judge(judge, judge_revision, device=device,
+                            dtype=resolve_dtype("auto", device))
     if state.is_main_process:  # decode + encode what is missing, in crash-isolated workers
         preprocess(list(dict.fromkeys(i.media for i in items)), recipe, store.cache,
                    workers=workers, device=device)
@@ -92,16 +105,47 @@ def evaluate(
         prompt=PROMPT, chat_template_sha256=hashlib.sha256(
             (vlm.tokenizer.chat_template or "").encode()).hexdigest(),
         decoding={"strategy": "greedy", "max_new_tokens": max_new_tokens})
-    report = write_report(out_dir, items, predictions,
-                          {"model": model_identity(model_dir), **dataclasses.asdict(settings)})
+    extra = {"model": model_identity(model_dir), **dataclasses.asdict(settings)}
+    if judge_model is not None:
+        extra["judge"] = run_judge(judge_model, items, predictions, out_dir,
+                                   batch_size=batch_size)
+    report = write_report(out_dir, items, predictions, extra)
     if json_out:
         console.print_json(report)
         return
     from rich.table import Table
 
-    table = Table("type", "n", "exact", "contains", title=f"{model_dir.name} on {data.name}")
+    judged = report.get("judge", {}).get("accuracy", {})
+    columns = ["type", "n", "exact", "contains"] + (["judge yes", "judge score", "invalid"]
+                                                    if judged else [])
+    table = Table(*columns, title=f"{model_dir.name} on {data.name}")
     for name, row in report["accuracy"].items():
-        table.add_row(name, str(row["n"]), f"{row['exact']:.3f}", f"{row['contains']:.3f}")
+        cells = [name, str(row["n"]), f"{row['exact']:.3f}", f"{row['contains']:.3f}"]
+        if judged:
+            j = judged.get(name, {})
+            cells += ["-" if j.get("yes") is None else f"{j['yes']:.3f}",
+                      "-" if j.get("score") is None else f"{j['score']:.2f}",
+                      str(j.get("invalid", "-"))]
+        table.add_row(*cells)
     console.stdout.print(table)
     console.stdout.print(f"predictions: {out_dir / 'predictions.jsonl'}  report: "
                          f"{out_dir / 'report.json'}")
+
+
+def run_judge(judge, items: list, predictions: dict, out_dir: Path, *,
+              batch_size: int) -> dict:
+    """Judge the predictions with a loaded :class:`vlm_cli.eval.judge.Judge`; the report's
+    ``judge`` section."""
+    from vlm_cli import console
+    from vlm_cli.eval.judge import judge_predictions, judge_summary
+
+    with console.progress_bar("answers") as bar:
+        task = bar.add_task("judge", total=len(predictions))
+        judgements = judge_predictions(judge, items, predictions,
+                                       out_dir / "judgements.jsonl", batch_size=batch_size,
+                                       on_done=lambda n: bar.advance(task, n))
+    summary = judge_summary(items, judgements)
+    if summary.get("all", {}).get("invalid"):
+        console.warn(f"judge {judge.identity['name']}: {summary['all']['invalid']} of {summary['all']['n']} "
+                     "replies were not a valid JSON verdict (see judgements.jsonl)")
+    return {"model": judge.identity, **judge.settings, "accuracy": summary}

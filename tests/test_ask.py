@@ -140,3 +140,34 @@ def test_eval_report_resume_and_two_processes(home, tmp_path, capsys):
                          capture_output=True, text=True, env=dict(os.environ), timeout=300)
     assert two.returncode == 0, two.stderr[-2000:]
     assert (tmp_path / "two" / "predictions.jsonl").read_text().splitlines() == lines
+
+
+def test_eval_with_judge(home, tmp_path, capsys):
+    from judge_factory import YES, make_constant_judge, make_random_judge
+
+    judge = make_constant_judge(tmp_path / "judge", YES)
+    assert run(eval_args(home, tmp_path / "judged", "--judge", str(judge))) == 0
+    report = json.loads(capsys.readouterr().out)
+    section = report["judge"]
+    assert section["model"]["name"] == str(judge) and section["model"]["weights"]
+    assert section["decoding"] == {"strategy": "greedy", "max_new_tokens": 32}
+    assert len(section["prompt_sha256"]) == 64
+    assert section["accuracy"]["all"] == {"n": 4, "invalid": 0, "yes": 1.0, "score": 5.0}
+    preds = {json.loads(x)["question_id"]: json.loads(x)["pred"]
+             for x in (tmp_path / "judged" / "predictions.jsonl").read_text().splitlines()}
+    verdicts = [json.loads(x) for x in
+                (tmp_path / "judged" / "judgements.jsonl").read_text().splitlines()]
+    assert {v["question_id"]: v["pred"] for v in verdicts} == preds
+
+    # Replies that are not JSON verdicts: counted as invalid, with a warning.
+    noisy = make_random_judge(tmp_path / "noisy")
+    assert run(eval_args(home, tmp_path / "judged", "--judge", str(noisy))) == 0
+    out = capsys.readouterr()
+    assert json.loads(out.out)["judge"]["accuracy"]["all"]["invalid"] == 4
+    assert "not a valid JSON verdict" in out.err
+
+    # A judge without a chat template: one line, exit 2.
+    plain = make_random_judge(tmp_path / "plain", chat_template=False)
+    assert run(eval_args(home, tmp_path / "judged", "--judge", str(plain))) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no chat template" in err[0]

@@ -62,8 +62,8 @@ class VideoLanguageModel(nn.Module):
         if spec.audio_connector is not None:
             self.connectors["audio"] = build_connector(spec.audio_connector,
                                                        feature_dims["audio"], width)
-        vocab = tokenizer.get_vocab()
-        self.media_token_ids = {vocab[t]: t for t in MEDIA_TOKENS}
+        vocab = tokenizer.get_vocab()  # a text-only LLM (an eval judge) may have none of them
+        self.media_token_ids = {vocab[t]: t for t in MEDIA_TOKENS if t in vocab}
 
     # --- soft prompts --------------------------------------------------------------------------
 
