@@ -7,6 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from vlm_cli.commands.options import Download, allow_downloads
+
 app = typer.Typer(add_completion=False, rich_markup_mode="rich")
 
 
@@ -18,10 +20,11 @@ def ask(
              "questions piped on stdin, one per line; /reset, /quit).", show_default=False)]
     = None,
     model: Annotated[Optional[str], typer.Option(
-        help="A run directory (stage 1 or 2) [default: $VLM_MODEL, else "
+        help="A run directory (stage 1 or 2), a merged model, a Video-LLaVA-hf checkpoint, or "
+             "a hub id in the Hugging Face cache \\[default: $VLM_MODEL, else "
              "$VLM_HOME/models/tiny-av].", show_default=False)] = None,
     frames: Annotated[Optional[int], typer.Option(
-        min=1, help="Frames sampled uniformly [default: the model's recipe].",
+        min=1, help="Frames sampled uniformly \\[default: the model's recipe].",
         show_default=False)] = None,
     fps: Annotated[Optional[float], typer.Option(
         min=0.01, help="Sample frames at this rate instead (capped by --frames if given).",
@@ -34,6 +37,9 @@ def ask(
     top_p: Annotated[float, typer.Option(min=0.0, max=1.0, help="Nucleus sampling mass.")] = 1.0,
     seed: Annotated[Optional[int], typer.Option(help="Random seed for sampling.",
                                                 show_default=False)] = None,
+    revision: Annotated[Optional[str], typer.Option(
+        help="Hub revision of --model when it is a hub id.", show_default=False)] = None,
+    download: Download = False,
     json_out: Annotated[bool, typer.Option(
         "--json", help="Print one JSON object per answer (answer, frames, audio, cache, "
                        "timings) instead of streaming text.")] = False,
@@ -41,6 +47,7 @@ def ask(
     """Answer questions about MEDIA, streaming the answer to stdout token by token (greedy by
     default). Features are cached: a second question on the same file skips decoding and
     encoding. A file without an audio track is answered from the picture, with a note."""
+    allow_downloads(download)
     import sys
     import time
 
@@ -54,7 +61,7 @@ def ask(
 
     if not media.exists():
         raise MediaError(media, "file not found")
-    model_dir = resolve_model_dir(model)
+    model_dir = resolve_model_dir(model, revision)
     started = time.perf_counter()
     import torch
 

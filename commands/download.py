@@ -1,4 +1,5 @@
-"""``vlm download``: fetch a dataset. Today: the built-in toy-av world, generated locally."""
+"""``vlm download``: a Hugging Face hub repository (or every part of a recipe) into the hub cache,
+or the built-in toy-av dataset, generated locally."""
 
 from __future__ import annotations
 
@@ -9,35 +10,104 @@ import typer
 
 app = typer.Typer(add_completion=False, rich_markup_mode="rich")
 
-DATASETS = ("toy-av",)
+TOY_DATASETS = ("toy-av",)
 
 
 @app.command()
 def download(
-    name: Annotated[str, typer.Argument(help="What to fetch: toy-av (the built-in synthetic "
-                                        "audio-visual dataset, generated offline).")],
-    out: Annotated[Path, typer.Option(help="Directory to create.")] = Path("toy-av"),
-    clips: Annotated[int, typer.Option(min=1, help="Number of clips.")] = 1000,
-    seed: Annotated[int, typer.Option(min=0, help="Random seed (same seed, same bytes).")] = 0,
-    size: Annotated[int, typer.Option(help="Frame width and height in px.")] = 64,
-    fps: Annotated[int, typer.Option(help="Frames per second.")] = 8,
-    seconds: Annotated[float, typer.Option(help="Clip length in seconds.")] = 2.0,
+    name: Annotated[Optional[str], typer.Argument(
+        help="A hub repository id (org/name), or toy-av (the built-in synthetic audio-visual "
+             "dataset, generated offline).", show_default=False)] = None,
+    revision: Annotated[Optional[str], typer.Option(
+        help="Branch, tag or commit \\[default: the default branch].", show_default=False)] = None,
+    include: Annotated[Optional[list[str]], typer.Option(
+        help="Only files matching this glob (repeatable); replaces the default selection.",
+        show_default=False)] = None,
+    exclude: Annotated[Optional[list[str]], typer.Option(
+        help="Skip files matching this glob (repeatable).", show_default=False)] = None,
+    repo_type: Annotated[str, typer.Option(help="model or dataset.")] = "model",
+    recipe: Annotated[Optional[str], typer.Option(
+        help="Fetch every hub part this recipe references (encoders, LLM, tokenizer).",
+        show_default=False)] = None,
+    out: Annotated[Path, typer.Option(help="toy-av: directory to create.")] = Path("toy-av"),
+    clips: Annotated[int, typer.Option(min=1, help="toy-av: number of clips.")] = 1000,
+    seed: Annotated[int, typer.Option(min=0, help="toy-av: random seed (same seed, same "
+                                      "bytes).")] = 0,
+    size: Annotated[int, typer.Option(help="toy-av: frame width and height in px.")] = 64,
+    fps: Annotated[int, typer.Option(help="toy-av: frames per second.")] = 8,
+    seconds: Annotated[float, typer.Option(help="toy-av: clip length in seconds.")] = 2.0,
     workers: Annotated[Optional[int], typer.Option(
-        min=1, help="Render processes [default: CPU count].", show_default=False)] = None,
+        min=1, help="toy-av: render processes \\[default: CPU count].", show_default=False)]
+    = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object.")]
     = False,
 ) -> None:
-    """Generate the toy-av dataset: mp4 clips (h264 + AAC) of a coloured shape moving in one of
-    4 directions with one of 5 sounds, plus stage-1 captions, stage-2 instructions and QA files
-    for the train / val / test / probe splits. Deterministic for a seed; re-running with the same
-    settings is a no-op."""
-    from vlm_cli import console
+    """Download a Hugging Face hub repository into the standard hub cache (HF_HOME /
+    HF_HUB_CACHE; no second copy) and print the commit it resolved to and its local path. By
+    default a model repository gives only what the model needs: every non-weight file and one
+    format of weights (safetensors over .bin; the shards its index names). Honours HF_TOKEN,
+    HF_ENDPOINT (mirrors) and HF_HUB_OFFLINE (then it resolves from the cache only). Interrupted
+    transfers continue where they stopped.
+
+    [bold]vlm download toy-av[/] generates the toy-av dataset instead: mp4 clips (h264 + AAC) of a
+    coloured shape moving in one of 4 directions with one of 5 sounds, plus stage-1 captions,
+    stage-2 instructions and QA files for the train / val / test / probe splits; deterministic
+    for a seed, a re-run with the same settings is a no-op."""
     from vlm_cli.errors import UsageError
+
+    if (name is None) == (recipe is None):
+        raise UsageError("vlm download: give a repository id, toy-av, or --recipe NAME")
+    if name in TOY_DATASETS:
+        _toy_av(name, out, clips=clips, seed=seed, size=size, fps=fps, seconds=seconds,
+                workers=workers, json_out=json_out)
+        return
+    if repo_type not in ("model", "dataset"):
+        raise UsageError(f"--repo-type {repo_type}: expected model or dataset")
+    _hub(name, recipe, revision=revision, include=include, exclude=exclude,
+         repo_type=repo_type, json_out=json_out)
+
+
+def _hub(name: Optional[str], recipe: Optional[str], *, revision: Optional[str],
+         include: Optional[list[str]], exclude: Optional[list[str]], repo_type: str,
+         json_out: bool) -> None:
+    """Download one repository, or every repository a recipe references."""
+    import dataclasses
+
+    from vlm_cli import console
+    from vlm_cli.download import download as fetch
+    from vlm_cli.download import recipe_repos
+
+    if recipe is not None:
+        from vlm_cli.recipe import load_recipe
+
+        targets = recipe_repos(load_recipe(recipe))
+        if not targets:
+            console.info(f"{recipe}: references no hub repository; nothing to download")
+    else:
+        targets = [(name, revision)]
+    results = []
+    for repo_id, rev in targets:
+        got = fetch(repo_id, revision=rev, repo_type=repo_type,
+                    include=include if recipe is None else None,
+                    exclude=exclude if recipe is None else None)
+        results.append(got)
+        if got.offline:
+            console.info(f"{repo_id}: HF_HUB_OFFLINE is set: resolved from the cache only")
+        if not json_out:
+            size = "" if got.bytes is None else f", {got.bytes / 1e6:.1f} MB"
+            console.stdout.print(f"{repo_id} @ {got.commit} ({len(got.files)} files{size})")
+            console.stdout.print(f"  {got.path}")
+    if json_out:
+        rows = [dataclasses.asdict(r) for r in results]
+        console.print_json(rows[0] if recipe is None else {"recipe": recipe, "repos": rows})
+
+
+def _toy_av(name: str, out: Path, *, clips: int, seed: int, size: int, fps: int,
+            seconds: float, workers: Optional[int], json_out: bool) -> None:
+    """Generate the toy-av dataset."""
+    from vlm_cli import console
     from vlm_cli.toyav import generate_toy_av
 
-    if name not in DATASETS:
-        raise UsageError(f"vlm download {name!r}: unknown dataset; available: "
-                         f"{', '.join(DATASETS)}")
     with console.progress_bar("clips") as bar:
         task = bar.add_task(f"generate {name}", total=clips)
         summary = generate_toy_av(out, clips=clips, seed=seed, size=size, fps=fps,

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from vlm_cli.commands.options import Json, Workers
+from vlm_cli.commands.options import Download, Json, Workers, allow_downloads
 
 app = typer.Typer(add_completion=False, rich_markup_mode="rich")
 
@@ -17,16 +17,17 @@ def evaluate(
     data: Annotated[Path, typer.Option(
         help="Questions in the Video-ChatGPT layout (video_name, question, question_id, type).")],
     model: Annotated[Optional[str], typer.Option(
-        help="A run directory [default: $VLM_MODEL, else $VLM_HOME/models/tiny-av].",
+        help="A run directory, merged model, Video-LLaVA-hf checkpoint or cached hub id "
+             "\\[default: $VLM_MODEL, else $VLM_HOME/models/tiny-av].",
         show_default=False)] = None,
     answers: Annotated[Optional[Path], typer.Option(
-        help="Answers file [default: DATA with 'questions' replaced by 'answers'].",
+        help="Answers file \\[default: DATA with 'questions' replaced by 'answers'].",
         show_default=False)] = None,
     media_root: Annotated[Optional[Path], typer.Option(
-        help="Video directory [default: media/ beside DATA's folder, else DATA's folder].",
+        help="Video directory \\[default: media/ beside DATA's folder, else DATA's folder].",
         show_default=False)] = None,
     out: Annotated[Optional[Path], typer.Option(
-        help="Output directory [default: eval/<model>-<data>].", show_default=False)] = None,
+        help="Output directory \\[default: eval/<model>-<data>].", show_default=False)] = None,
     limit: Annotated[Optional[int], typer.Option(min=1, help="Only the first N questions.",
                                                  show_default=False)] = None,
     batch_size: Annotated[int, typer.Option(min=1, help="Questions answered at once.")] = 16,
@@ -38,6 +39,9 @@ def evaluate(
     judge_revision: Annotated[Optional[str], typer.Option(
         help="Hub revision of --judge.", show_default=False)] = None,
     workers: Workers = 2,
+    revision: Annotated[Optional[str], typer.Option(
+        help="Hub revision of --model when it is a hub id.", show_default=False)] = None,
+    download: Download = False,
     json_out: Json = False,
 ) -> None:
     """Answer every question greedily, write predictions.jsonl (question_id, question, answer,
@@ -46,6 +50,7 @@ def evaluate(
     skips answered ids. Under `accelerate launch` the questions are split over processes and
     merged by question id. With --judge, judgements.jsonl holds each verdict and the report
     a 'judge' section (the judge's identity, prompt hash, yes-rate and mean score per type)."""
+    allow_downloads(download)
     import dataclasses
     import hashlib
 
@@ -65,7 +70,7 @@ def evaluate(
     from vlm_cli.preprocess import preprocess
 
     state = PartialState(cpu=not torch.cuda.is_available())
-    model_dir = resolve_model_dir(model)
+    model_dir = resolve_model_dir(model, revision)
     items = load_qa(data, answers, media_root)[:limit]
     out_dir = out or Path("eval") / f"{model_dir.name}-{data.stem}"
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,7 @@ def merge_lora(
     run: Annotated[Path, typer.Argument(help="A stage-2 run directory with a LoRA adapter.")],
     out: Annotated[Path, typer.Option(help="Directory to write the merged model to.")],
     dtype: Annotated[Optional[str], typer.Option(
-        help="float32, bfloat16 or float16 [default: the recipe's LLM dtype, fp32 for auto].",
+        help="float32, bfloat16 or float16 \\[default: the recipe's LLM dtype, fp32 for auto].",
         show_default=False)] = None,
     verify: Annotated[bool, typer.Option(
         help="Compare merged vs base + adapter logits on a probe input; fail above "

@@ -14,8 +14,19 @@ Overrides = Annotated[Optional[list[str]], typer.Argument(
     help="Recipe overrides KEY=VALUE, e.g. train.stage1.lr=2e-4 data.frames=16.",
     show_default=False)]
 MediaRoot = Annotated[Optional[Path], typer.Option(
-    help="Media directory [default: recipe data.media_root, else the data file's directory].",
+    help="Media directory \\[default: recipe data.media_root, else the data file's directory].",
     show_default=False)]
 Encoders = Annotated[Optional[Path], typer.Option(
     help="An encoders run (vlm pretrain --stage encoders) whose encoders to use.",
     show_default=False)]
+Download = Annotated[bool, typer.Option(
+    "--download", help="Fetch hub parts missing from the Hugging Face cache (as `vlm download` "
+    "would) instead of stopping with the `vlm download` command to run.")]
+
+
+def allow_downloads(download: bool) -> None:
+    """Apply ``--download`` for this process (before anything resolves a hub id)."""
+    if download:
+        from vlm_cli.model.hub import allow_downloads as allow
+
+        allow(True)

@@ -7,7 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from vlm_cli.commands.options import Encoders, Json, MediaRoot, Overrides, Workers
+from vlm_cli.commands.options import (Download, Encoders, Json, MediaRoot, Overrides, Workers,
+                                     allow_downloads)
 
 app = typer.Typer(add_completion=False, rich_markup_mode="rich")
 
@@ -27,11 +28,12 @@ def preprocess(
         help="skip: report failed clips and go on (exit 0 unless every clip failed); fail: exit 1 "
              "at the end if any clip failed.")] = "skip",
     error_log: Annotated[Optional[Path], typer.Option(
-        help="Where to write failed clips as JSONL [default: $VLM_HOME/logs/...].",
+        help="Where to write failed clips as JSONL \\[default: $VLM_HOME/logs/...].",
         show_default=False)] = None,
     timeout: Annotated[float, typer.Option(min=1, help="Per-clip decode limit in seconds.")] = 300,
     device: Annotated[str, typer.Option(help="Encoder device: auto, cpu, cuda, cuda:1, ...")]
     = "auto",
+    download: Download = False,
     json_out: Json = False,
 ) -> None:
     """Decode every referenced clip, run the recipe's frozen encoders and fill the feature cache.
@@ -39,6 +41,7 @@ def preprocess(
     Idempotent: a second run computes nothing. Failed clips are listed with path and reason and
     written to a JSONL error log; nothing is ever substituted for them.
     """
+    allow_downloads(download)
     import time
 
     from vlm_cli import console

@@ -7,7 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from vlm_cli.commands.options import Encoders, Json, MediaRoot, Overrides, Resume, Workers
+from vlm_cli.commands.options import (Download, Encoders, Json, MediaRoot, Overrides, Resume,
+                                     Workers, allow_downloads)
 
 app = typer.Typer(add_completion=False, rich_markup_mode="rich")
 
@@ -17,7 +18,7 @@ def pretrain(
     recipe: Annotated[str, typer.Argument(help="Built-in recipe name (tiny-av) or a YAML path.")],
     overrides: Overrides = None,
     data: Annotated[Optional[Path], typer.Option(
-        help="Caption pairs (LLaVA JSON/JSONL) [default: recipe train.stage1.data].",
+        help="Caption pairs (LLaVA JSON/JSONL) \\[default: recipe train.stage1.data].",
         show_default=False)] = None,
     media_root: MediaRoot = None,
     stage: Annotated[str, typer.Option(
@@ -25,9 +26,10 @@ def pretrain(
              "encoders to caption views first: tiny-av).")] = "stage1",
     encoders: Encoders = None,
     out: Annotated[Optional[Path], typer.Option(
-        help="Run directory [default: runs/<recipe>-<stage>].", show_default=False)] = None,
+        help="Run directory \\[default: runs/<recipe>-<stage>].", show_default=False)] = None,
     resume: Resume = False,
     workers: Workers = 2,
+    download: Download = False,
     json_out: Json = False,
 ) -> None:
     """Stage 1: train what the recipe's train.stage1.freeze leaves trainable (the connectors by
@@ -36,6 +38,7 @@ def pretrain(
     missing are preprocessed first; the encoders are not loaded otherwise). AdamW with a cosine
     schedule and warmup, gradient accumulation, clipping; checkpoints, metrics.jsonl and loss.png
     in the run directory. Works under `accelerate launch` (DDP)."""
+    allow_downloads(download)
     from vlm_cli.errors import UsageError
     from vlm_cli.recipe import load_recipe
     from vlm_cli.train.report import StageProgress, print_summary

@@ -7,7 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from vlm_cli.commands.options import Json, MediaRoot, Overrides, Resume, Workers
+from vlm_cli.commands.options import (Download, Json, MediaRoot, Overrides, Resume, Workers,
+                                     allow_downloads)
 
 app = typer.Typer(add_completion=False, rich_markup_mode="rich")
 
@@ -19,18 +20,20 @@ def tune(
     from_run: Annotated[Path, typer.Option("--from", help="The stage-1 run to continue.")]
     = Path("runs/tiny-av-stage1"),
     data: Annotated[Optional[Path], typer.Option(
-        help="Multi-turn instructions (LLaVA JSON/JSONL) [default: recipe train.stage2.data].",
+        help="Multi-turn instructions (LLaVA JSON/JSONL) \\[default: recipe train.stage2.data].",
         show_default=False)] = None,
     media_root: MediaRoot = None,
     out: Annotated[Optional[Path], typer.Option(
-        help="Run directory [default: runs/<recipe>-stage2].", show_default=False)] = None,
+        help="Run directory \\[default: runs/<recipe>-stage2].", show_default=False)] = None,
     resume: Resume = False,
     workers: Workers = 2,
+    download: Download = False,
     json_out: Json = False,
 ) -> None:
     """Stage 2: instruction-tune connectors + LLM on multi-turn conversations, fully or with
     LoRA (train.stage2.lora: rank, alpha, dropout, target modules), starting from a stage-1 run.
     The model comes from the --from run; the training settings from RECIPE."""
+    allow_downloads(download)
     from vlm_cli.recipe import load_recipe
     from vlm_cli.train.report import StageProgress, print_summary
     from vlm_cli.train.stages import run_stage

@@ -66,4 +66,4 @@ def test_download_toy_av_cli(tmp_path, capsys):
     assert again["existing"]
     assert run(["download", "toy-av", "--out", str(out), "--clips", "9"]) == 2
     assert str(out) in capsys.readouterr().err
-    assert run(["download", "nope"]) == 2
+    assert run(["download"]) == 2  # neither a repository id, toy-av nor --recipe

@@ -22,19 +22,28 @@ NO_MODEL = ("no model: pass --model RUN_DIR, set VLM_MODEL, or run `make demo` t
             "install the toy-av model under $VLM_HOME/models/tiny-av")
 
 
-def resolve_model_dir(model: str | None) -> Path:
-    """``--model``, else ``$VLM_MODEL``, else ``$VLM_HOME/models/tiny-av``.
+def resolve_model_dir(model: str | None, revision: str | None = None) -> Path:
+    """``--model`` (a directory, or a hub id ``org/name`` in the Hugging Face cache), else
+    ``$VLM_MODEL``, else ``$VLM_HOME/models/tiny-av``.
 
     Raises:
         UsageError (exit 2): none of them exists; the message says how to get a model.
+        VlmError: a hub id that is not (completely) in the cache; the message names the
+            ``vlm download`` to run.
     """
+    import re
+
     from vlm_cli.cache import cache_root
 
     if model:
         path = Path(model).expanduser()
-        if not path.is_dir():
-            raise UsageError(f"--model {model}: no such model directory")
-        return path
+        if path.is_dir():
+            return path
+        if re.fullmatch(r"[\w.-]+/[\w.-]+", model) and not path.exists():
+            from vlm_cli.model.hub import resolve_snapshot
+
+            return resolve_snapshot(model, revision)
+        raise UsageError(f"--model {model}: no such model directory")
     if os.environ.get("VLM_MODEL"):
         path = Path(os.environ["VLM_MODEL"]).expanduser()
         if not path.is_dir():

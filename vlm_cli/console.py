@@ -24,6 +24,11 @@ def warn(message: str) -> None:
     stderr.print(f"[yellow]warning:[/] {message}", markup=True)
 
 
+def info(message: str) -> None:
+    """One informational line on stderr (what the toolkit chose or did, e.g. the device)."""
+    stderr.print(message, markup=False)
+
+
 def print_json(obj: Any) -> None:
     """One JSON object on stdout (no colour codes, one line, for scripts)."""
     sys.stdout.write(json.dumps(obj, default=str) + "\n")

@@ -1,8 +1,10 @@
 """Resolving pretrained weights without hidden downloads.
 
 Weights stay in the Hugging Face hub cache (HF_HOME / HF_HUB_CACHE) or in a local directory; they
-are never copied into the vlm cache. Nothing here downloads: a hub id that is not in the cache is an
-error that names the ``vlm download`` command to run.
+are never copied into the vlm cache. Nothing here downloads unless the user asked for it (the
+``--download`` flag of ``ask``, ``eval``, ``pretrain``, ``tune`` and ``preprocess`` calls
+:func:`allow_downloads`): a hub id that is not in the cache is an error that names the
+``vlm download`` command to run.
 """
 
 from __future__ import annotations
@@ -13,6 +15,13 @@ from pathlib import Path
 from vlm_cli.errors import VlmError
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth")
+_DOWNLOADS = {"allowed": False}
+
+
+def allow_downloads(allowed: bool = True) -> None:
+    """Let :func:`resolve_snapshot` fetch what is missing (``vlm download``'s default file
+    selection) instead of failing; set by a command's ``--download`` flag, for this process."""
+    _DOWNLOADS["allowed"] = allowed
 
 
 def resolve_pretrained(name: str, revision: str | None,
@@ -46,17 +55,64 @@ def resolve_pretrained(name: str, revision: str | None,
 
 
 def resolve_snapshot(name: str, revision: str | None) -> Path:
-    """The local snapshot directory of hub repo ``name`` at ``revision`` (no download).
+    """The local snapshot directory of hub repo ``name`` at ``revision``, complete: every
+    non-weight file of the cached listing, and the weights (every shard a weight index names, or
+    at least one weight file). Downloads only after :func:`allow_downloads`.
 
     Raises:
-        VlmError: not in the Hugging Face cache; the message names the ``vlm download`` to run.
+        VlmError: not in the Hugging Face cache, or only partly (an interrupted download); the
+            message names the ``vlm download`` to run.
     """
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
-    try:
-        return Path(snapshot_download(name, revision=revision, local_files_only=True))
+    from vlm_cli.download import WEIGHT_GLOBS
+
+    rev = f" --revision {revision}" if revision else ""
+    label = f"{name}{'@' + revision if revision else ''}"
+    try:  # non-weight files: all of those in the cached listing (vlm download fetches them all)
+        path = Path(snapshot_download(name, revision=revision, local_files_only=True,
+                                      ignore_patterns=list(WEIGHT_GLOBS)))
+        missing = _missing_weights(path)
     except (LocalEntryNotFoundError, OSError, ValueError) as err:
-        rev = f" --revision {revision}" if revision else ""
-        raise VlmError(f"{name}{'@' + revision if revision else ''}: not found locally nor in the "
-                       f"Hugging Face cache; run `vlm download {name}{rev}` first") from err
+        if _DOWNLOADS["allowed"] and not _offline():
+            return _fetch(name, revision)
+        offline = " (HF_HUB_OFFLINE is set)" if _offline() else ""
+        raise VlmError(f"{label}: not found locally nor in the Hugging Face cache{offline}; run "
+                       f"`vlm download {name}{rev}` first (or pass --download)") from err
+    if missing:
+        if _DOWNLOADS["allowed"] and not _offline():
+            return _fetch(name, revision)
+        raise VlmError(f"{label}: incomplete in the Hugging Face cache ({missing}); run "
+                       f"`vlm download {name}{rev}` to complete it (or pass --download)")
+    return path
+
+
+def _offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def _missing_weights(path: Path) -> str | None:
+    """What is missing from the weights of a snapshot directory, or None when they are whole."""
+    import json
+
+    indexes = sorted(path.rglob("*.index.json"))
+    for index in indexes:
+        shards = set(json.loads(index.read_text()).get("weight_map", {}).values())
+        absent = sorted(s for s in shards if not (index.parent / s).is_file())
+        if absent:
+            return f"{len(absent)} weight shard(s) missing, e.g. {absent[0]}"
+    if not indexes and (path / "config.json").is_file() and not any(
+            p.suffix in WEIGHT_SUFFIXES and p.is_file() for p in path.rglob("*")):
+        return "no weight files"
+    return None
+
+
+def _fetch(name: str, revision: str | None) -> Path:
+    from vlm_cli import console
+    from vlm_cli.download import download
+
+    console.info(f"--download: fetching {name}{'@' + revision if revision else ''}")
+    return Path(download(name, revision=revision).path)

@@ -1,0 +1,219 @@
+"""``vlm download REPO_ID``: a snapshot of a Hugging Face hub repository into the standard hub cache.
+
+huggingface_hub does the transfer (``snapshot_download``): files land once in ``HF_HUB_CACHE``
+(``$HF_HOME/hub``), blobs shared between revisions; ``HF_TOKEN``, ``HF_ENDPOINT`` (a mirror) and
+``HF_HUB_OFFLINE`` are its own settings. What we add is the choice of files: a model repository
+often ships the same weights several times (safetensors and pickled ``.bin``, sharded and
+``consolidated``, TensorFlow / Flax / ONNX / GGUF exports), and a model needs one copy.
+:func:`select_files` keeps every non-weight file and one format of weights: safetensors when there
+are any, else PyTorch ``.bin``; when a weight index (``*.safetensors.index.json``) names the shards,
+only those shards. The commit reported is that of the snapshot directory the files went to.
+
+Interrupted transfers: huggingface_hub retries a dropped connection itself and continues a large
+file with an HTTP Range request; files already complete are kept, so running the command again
+fetches only what is missing. A file whose size does not match the server's is discarded, never
+left in the snapshot.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fnmatch
+import json
+from pathlib import PurePosixPath
+from typing import Any
+
+from vlm_cli.errors import VlmError
+
+#: Weight files in every format a hub model repository may ship.
+WEIGHT_GLOBS = ("*.safetensors", "*.bin", "*.pt", "*.pth", "*.ckpt", "*.h5", "*.msgpack",
+                "*.onnx", "*.onnx_data", "*.gguf", "*.ot", "*.tflite", "*.mlmodel", "*.npz")
+#: Pickled training-state side files: not weights, and never needed to run a model.
+_NOT_WEIGHTS = ("training_args.bin", "optimizer.bin", "scheduler.bin")
+
+
+def is_weight_file(name: str) -> bool:
+    """Whether ``name`` (a repository path) holds model weights, in any format."""
+    base = PurePosixPath(name).name
+    return base not in _NOT_WEIGHTS and any(fnmatch.fnmatch(base, g) for g in WEIGHT_GLOBS)
+
+
+def select_files(files: list[str], index_text: dict[str, str] | None = None) -> list[str]:
+    """The files a model needs from a repository listing: all non-weight files, plus one format
+    of weights (safetensors, else PyTorch ``.bin``), restricted to the shards named by weight
+    index files when there are any.
+
+    Args:
+        files: every path in the repository (forward slashes).
+        index_text: contents of the weight index files (``*.index.json``) by path, when known;
+            shards not named by an index in the same folder are left out (e.g. a
+            ``consolidated.safetensors`` beside ``model-0000x-of-0000n.safetensors``).
+
+    Returns:
+        The selected paths, sorted. Only non-weight files when the repository has no safetensors
+        or ``.bin`` weights (the caller decides whether that is an error).
+    """
+    weights = [f for f in files if is_weight_file(f)]
+    fmt = ".safetensors" if any(f.endswith(".safetensors") for f in weights) else ".bin"
+    chosen = [f for f in weights if f.endswith(fmt)]
+    named: dict[str, set[str]] = {}  # folder -> shards its index names
+    for path, text in (index_text or {}).items():
+        if not path.endswith(fmt + ".index.json"):
+            continue
+        try:
+            weight_map = json.loads(text).get("weight_map", {})
+        except (ValueError, AttributeError):
+            continue
+        folder = PurePosixPath(path).parent
+        named.setdefault(str(folder), set()).update(str(folder / s) for s in weight_map.values())
+    chosen = [f for f in chosen if str(PurePosixPath(f).parent) not in named
+              or str(PurePosixPath(f)) in named[str(PurePosixPath(f).parent)]]
+    other_index = [f for f in files if f.endswith(".index.json") and not f.endswith(
+        fmt + ".index.json") and is_weight_file(f[: -len(".index.json")])]
+    keep = [f for f in files if not is_weight_file(f) and f not in other_index
+            and PurePosixPath(f).name not in _NOT_WEIGHTS]  # pickled training state: unneeded
+    return sorted(keep + chosen)
+
+
+@dataclasses.dataclass
+class Downloaded:
+    """What ``vlm download`` fetched: the repository, the commit it resolved to, the snapshot
+    directory in the hub cache, the selected files and their size in bytes (None when offline)."""
+
+    repo_id: str
+    repo_type: str
+    revision: str | None
+    commit: str
+    path: str
+    files: list[str]
+    bytes: int | None
+    offline: bool
+
+
+def download(repo_id: str, *, revision: str | None = None, repo_type: str = "model",
+             include: list[str] | None = None, exclude: list[str] | None = None) -> Downloaded:
+    """Download a snapshot of ``repo_id`` into the Hugging Face hub cache.
+
+    Args:
+        repo_id: ``org/name``. revision: branch, tag or commit (None = the default branch).
+        repo_type: ``model`` or ``dataset``.
+        include, exclude: glob patterns (huggingface_hub's ``allow_patterns`` /
+            ``ignore_patterns``); with ``include`` the default file selection
+            (:func:`select_files`, models only) is replaced by it.
+
+    Returns:
+        A :class:`Downloaded`. With ``HF_HUB_OFFLINE=1`` nothing is fetched: the snapshot is
+        resolved from the cache (``offline`` True).
+
+    Raises:
+        VlmError: one line naming the repository: not found (or private / gated without
+            ``HF_TOKEN``), unknown revision, endpoint unreachable, offline and not cached, a
+            model repository with no safetensors or ``.bin`` weights, or a transfer that failed
+            (e.g. a truncated file; completed files are kept).
+    """
+    from huggingface_hub import HfApi, constants, snapshot_download
+
+    label = f"{repo_id}@{revision}" if revision else repo_id
+    if constants.HF_HUB_OFFLINE:
+        with _hub_errors(label, repo_type):
+            if repo_type == "model" and not include and not exclude:
+                from vlm_cli.model.hub import resolve_snapshot
+
+                path = str(resolve_snapshot(repo_id, revision))  # skipped formats are fine
+            else:
+                path = snapshot_download(repo_id, revision=revision, repo_type=repo_type,
+                                         allow_patterns=include, ignore_patterns=exclude,
+                                         local_files_only=True)
+        files = sorted(str(p.relative_to(path)) for p in _walk(path))
+        return Downloaded(repo_id, repo_type, revision, PurePosixPath(path).name, path, files,
+                          None, True)
+    api = HfApi()
+    with _hub_errors(label, repo_type):
+        info = api.repo_info(repo_id, repo_type=repo_type, revision=revision, files_metadata=True)
+        sizes = {s.rfilename: s.size or 0 for s in info.siblings or []}
+        files = list(sizes)
+        if include:
+            files = [f for f in files if any(fnmatch.fnmatch(f, g) for g in include)]
+        elif repo_type == "model":
+            indexes = {f: _read_text(repo_id, info.sha, f) for f in files
+                       if f.endswith(".index.json")}
+            files = select_files(files, indexes)
+            if not any(f.endswith((".safetensors", ".bin")) for f in files):
+                raise VlmError(f"{label}: no safetensors or PyTorch .bin weights in this "
+                               "repository; pass --include to choose files explicitly")
+        if exclude:
+            files = [f for f in files if not any(fnmatch.fnmatch(f, g) for g in exclude)]
+        if not files:
+            raise VlmError(f"{label}: no file matches the --include / --exclude patterns")
+        # By name, not by info.sha, so that the cache records the branch (refs/main) for
+        # later offline use; the snapshot directory says which commit was downloaded.
+        path = snapshot_download(repo_id, revision=revision, repo_type=repo_type,
+                                 allow_patterns=files)
+    return Downloaded(repo_id, repo_type, revision, PurePosixPath(path).name, path,
+                      sorted(files), sum(sizes.get(f, 0) for f in files), False)
+
+
+def _walk(path: str) -> list[Any]:
+    from pathlib import Path
+
+    return [p for p in Path(path).rglob("*") if p.is_file()]
+
+
+def _read_text(repo_id: str, commit: str, filename: str) -> str:
+    """A small file of the repository (a weight index), through the hub cache."""
+    from pathlib import Path
+
+    from huggingface_hub import hf_hub_download
+
+    return Path(hf_hub_download(repo_id, filename, revision=commit)).read_text()
+
+
+class _hub_errors:
+    """Turn huggingface_hub / transport exceptions into one-line :class:`VlmError` messages."""
+
+    def __init__(self, label: str, repo_type: str) -> None:
+        self.label, self.repo_type = label, repo_type
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: Any, err: BaseException | None, tb: Any) -> bool:
+        if err is None or isinstance(err, VlmError) or not isinstance(err, Exception):
+            return False
+        from huggingface_hub import constants, errors
+
+        where = constants.ENDPOINT
+        if isinstance(err, errors.GatedRepoError):
+            msg = (f"gated repository on {where}: accept its terms on the hub and set HF_TOKEN")
+        elif isinstance(err, errors.RepositoryNotFoundError):
+            msg = (f"{self.repo_type} repository not found on {where} (if it is private or "
+                   "gated, set HF_TOKEN)")
+        elif isinstance(err, errors.RevisionNotFoundError):
+            msg = f"revision not found on {where}"
+        elif isinstance(err, errors.LocalEntryNotFoundError):
+            msg = ("HF_HUB_OFFLINE is set and it is not (completely) in the Hugging Face cache; "
+                   "unset HF_HUB_OFFLINE to download it")
+        elif isinstance(err, errors.HfHubHTTPError):
+            msg = f"the hub at {where} answered: {str(err).splitlines()[0]}"
+        elif isinstance(err, OSError) or type(err).__module__.startswith(("httpx", "httpcore")):
+            first = str(err).splitlines()[0] if str(err) else type(err).__name__
+            msg = (f"download failed ({first}); files already complete are kept in the cache: "
+                   f"run the command again to fetch the rest (endpoint {where})")
+        else:
+            return False
+        raise VlmError(f"{self.label}: {msg}") from err
+
+
+def recipe_repos(recipe: Any) -> list[tuple[str, str | None]]:
+    """The hub repositories a recipe references: ``(repo_id, revision)`` of its vision and audio
+    encoders, LLM and tokenizer, without duplicates; local directories, random initialisations
+    and the built-in toy-av tokenizer need nothing."""
+    from pathlib import Path
+
+    model = recipe.model
+    refs = [(s.pretrained, s.revision) for s in (model.vision, model.audio, model.llm)
+            if s is not None and s.pretrained]
+    if model.llm is not None and model.llm.tokenizer not in (None, "toy-av"):
+        refs.append((model.llm.tokenizer, None))
+    return list(dict.fromkeys((name, rev) for name, rev in refs
+                              if not Path(name).expanduser().is_dir()))
