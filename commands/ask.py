@@ -65,13 +65,13 @@ def ask(
     started = time.perf_counter()
     import torch
 
-    from vlm_cli.model.llm import resolve_dtype
-    from vlm_cli.model.run_dir import load_run, read_run
+    from vlm_cli.model.run_dir import load_model
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    base_recipe, _ = read_run(model_dir)
-    recipe, vlm = load_run(model_dir, device=device,
-                           dtype=resolve_dtype(base_recipe.model.llm.dtype, device))
+    hub_id = model if model and not Path(model).expanduser().exists() else None
+    recipe, vlm = load_model(model_dir, device=device, name=hub_id, revision=revision)
+    console.info(f"model {hub_id or model_dir} on {device}, {vlm.llm.dtype} "
+                 f"({vlm.llm.config._attn_implementation} attention)")
     if fps is not None:
         recipe.data.sampling, recipe.data.fps, recipe.data.max_frames = "fps", fps, frames
     elif frames is not None:

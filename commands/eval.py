@@ -66,7 +66,7 @@ def evaluate(
     from vlm_cli.features import FeatureStore
     from vlm_cli.model.fingerprint import audio_frontend
     from vlm_cli.model.llm import resolve_dtype
-    from vlm_cli.model.run_dir import load_run, read_run
+    from vlm_cli.model.run_dir import load_model
     from vlm_cli.preprocess import preprocess
 
     state = PartialState(cpu=not torch.cuda.is_available())
@@ -75,9 +75,8 @@ def evaluate(
     out_dir = out or Path("eval") / f"{model_dir.name}-{data.stem}"
     out_dir.mkdir(parents=True, exist_ok=True)
     device = str(state.device)
-    base, _ = read_run(model_dir)
-    recipe, vlm = load_run(model_dir, device=device,
-                           dtype=resolve_dtype(base.model.llm.dtype, device))
+    hub_id = model if model and not Path(model).expanduser().exists() else None
+    recipe, vlm = load_model(model_dir, device=device, name=hub_id, revision=revision)
     store = FeatureStore(recipe, FeatureCache(), device=device)
     judge_model = None
     if judge is not None and state.is_main_process:  # fail before answering, not after

@@ -17,8 +17,9 @@ app = typer.Typer(add_completion=False, rich_markup_mode="rich")
 def tune(
     recipe: Annotated[str, typer.Argument(help="Built-in recipe name (tiny-av) or a YAML path.")],
     overrides: Overrides = None,
-    from_run: Annotated[Path, typer.Option("--from", help="The stage-1 run to continue.")]
-    = Path("runs/tiny-av-stage1"),
+    from_run: Annotated[Path, typer.Option("--from", help=(
+        "The stage-1 run to continue, or a Video-LLaVA-hf checkpoint (directory or cached hub "
+        "id) whose towers, projector and LLM to start from."))] = Path("runs/tiny-av-stage1"),
     data: Annotated[Optional[Path], typer.Option(
         help="Multi-turn instructions (LLaVA JSON/JSONL) \\[default: recipe train.stage2.data].",
         show_default=False)] = None,
@@ -31,8 +32,9 @@ def tune(
     json_out: Json = False,
 ) -> None:
     """Stage 2: instruction-tune connectors + LLM on multi-turn conversations, fully or with
-    LoRA (train.stage2.lora: rank, alpha, dropout, target modules), starting from a stage-1 run.
-    The model comes from the --from run; the training settings from RECIPE."""
+    LoRA (train.stage2.lora: rank, alpha, dropout, target modules), starting from a stage-1 run
+    or a released Video-LLaVA-hf checkpoint. The model comes from --from; the training settings
+    from RECIPE."""
     allow_downloads(download)
     from vlm_cli.recipe import load_recipe
     from vlm_cli.train.report import StageProgress, print_summary

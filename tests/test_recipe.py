@@ -54,3 +54,14 @@ def test_yaml_file_and_errors(tmp_path):
         load_recipe(str(tmp_path / "missing.yaml"))
     with pytest.raises(RecipeError, match="unknown recipe 'nope'; built-in recipes: .*tiny-av"):
         load_recipe("nope")
+
+
+def test_float_overrides_in_exponent_notation():
+    # PyYAML (YAML 1.1) reads 2e-4 as a string; a float key accepts it, and still rejects words.
+    from vlm_cli.errors import RecipeError
+    from vlm_cli.recipe import load_recipe
+
+    assert load_recipe("tiny-av", ["train.stage1.lr=2e-4"]).train.stage1.lr == 2e-4
+    assert load_recipe("tiny-av", ["train.stage1.lr=1E-3"]).train.stage1.lr == 1e-3
+    with pytest.raises(RecipeError, match="expected float"):
+        load_recipe("tiny-av", ["train.stage1.lr=fast"])

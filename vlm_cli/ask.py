@@ -66,7 +66,8 @@ class Answer:
 
     @property
     def tokens_per_s(self) -> float:
-        return self.tokens / self.generate_s if self.generate_s > 0 else 0.0
+        """Decode speed: the tokens after the first (which ends the prefill) per second."""
+        return (self.tokens - 1) / self.generate_s if self.generate_s > 0 else 0.0
 
 
 class _Streamer:

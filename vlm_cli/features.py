@@ -22,6 +22,8 @@ from vlm_cli.model.fingerprint import audio_frontend
 from vlm_cli.recipe import Recipe
 
 VISION, AUDIO = "vision", "audio"
+#: The encoder of still images when the recipe has a separate one (``model.image``).
+IMAGE = "image"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,6 +102,8 @@ class FeatureStore:
             self.fingerprints[VISION] = vision_fingerprint(recipe.model.vision, cache.file_digest)
         if recipe.model.audio is not None:
             self.fingerprints[AUDIO] = audio_fingerprint(recipe.model.audio, cache.file_digest)
+        if recipe.model.image is not None:
+            self.fingerprints[IMAGE] = vision_fingerprint(recipe.model.image, cache.file_digest)
         self.sampling = {VISION: recipe.data.frame_sampling(), AUDIO: recipe.data.audio_sampling()}
         self._encoders: dict[str, Any] = {}
 
@@ -113,9 +117,17 @@ class FeatureStore:
             wanted.append(AUDIO)
         return wanted
 
+    def encoder_name(self, modality: str, path: str | Path) -> str:
+        """Which encoder makes ``modality``'s features of ``path``: ``image`` for a still image
+        when the recipe has a separate image encoder, else the modality's own."""
+        if modality == VISION and IMAGE in self.fingerprints and media_kind(path) == "image":
+            return IMAGE
+        return modality
+
     def keys(self, path: str | Path, media_sha256: str) -> dict[str, str]:
         """Cache key of each modality of ``path``."""
-        return {m: feature_key(media_sha256, self.fingerprints[m], self.sampling[m])
+        return {m: feature_key(media_sha256, self.fingerprints[self.encoder_name(m, path)],
+                               self.sampling[m])
                 for m in self.modalities(path)}
 
     def cached(self, keys: dict[str, str]) -> set[str]:
@@ -210,12 +222,13 @@ class FeatureStore:
         return DecodeRequest(str(path), media_kind(path), frames, audio)
 
     def encoder(self, modality: str):
-        """The frozen encoder of ``modality``, loaded on first use."""
+        """The frozen encoder named ``modality`` (``vision``, ``image`` or ``audio``), loaded on
+        first use."""
         if modality not in self._encoders:
             from vlm_cli.model.encoders import AudioEncoder, VisionEncoder
 
-            cls, spec = ((VisionEncoder, self.recipe.model.vision) if modality == VISION
-                         else (AudioEncoder, self.recipe.model.audio))
+            cls, spec = ((AudioEncoder, self.recipe.model.audio) if modality == AUDIO
+                         else (VisionEncoder, getattr(self.recipe.model, modality)))
             if self.device == "auto":
                 import torch
 
@@ -241,11 +254,12 @@ class FeatureStore:
 
         written = {}
         for modality, item in decoded.items():
+            name = self.encoder_name(modality, path)
             provenance = {"modality": modality, "media": str(path), "media_sha256": media_sha256,
-                          "encoder": self.fingerprints[modality],
+                          "encoder": self.fingerprints[name],
                           "sampling": self.sampling[modality]}
             if modality == VISION:
-                tensors = {"features": self.encoder(VISION).encode_frames(item["frames"]),
+                tensors = {"features": self.encoder(name).encode_frames(item["frames"]),
                            "timestamps": torch.as_tensor(item["timestamps"], dtype=torch.float64)}
                 provenance.update(decoder=item["decoder"], duration=item["duration"],
                                   num_decodable=item["num_decodable"])

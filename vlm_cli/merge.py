@@ -7,6 +7,11 @@ run directory with no adapter and nothing referenced outside it: ``llm/`` (shard
 index), ``tokenizer/``, ``connectors.safetensors``, local encoders copied under ``encoders/``,
 ``recipe.yaml``, ``config.json`` and a model card (``README.md``) with the provenance. It is
 written under a temporary name and renamed, so an interrupted merge leaves nothing behind.
+
+A run started from a Video-LLaVA-hf checkpoint (``vlm tune --from CHECKPOINT``) is written back in
+that checkpoint's format instead (:func:`vlm_cli.model.composite.save_video_llava`): the base's
+towers, the trained projector and the merged language model, loadable by transformers'
+``VideoLlavaForConditionalGeneration.from_pretrained``, with the provenance in ``vlm_merge.json``.
 """
 
 from __future__ import annotations
@@ -84,11 +89,8 @@ def merge_lora(run_dir: Path, out: Path, *, dtype: str | None = None, verify: bo
         VlmError: the base LLM is missing, or verification exceeds the tolerance.
     """
     import torch
-    import yaml
-    from safetensors.torch import save
 
-    from vlm_cli.atomic import atomic_write_bytes
-    from vlm_cli.model.run_dir import RunConfig, load_run, read_run
+    from vlm_cli.model.run_dir import load_run, read_run
 
     recipe, config = read_run(run_dir)
     if not config.adapter:
@@ -98,12 +100,12 @@ def merge_lora(run_dir: Path, out: Path, *, dtype: str | None = None, verify: bo
     target = dtype or (recipe.model.llm.dtype if recipe.model.llm.dtype != "auto" else "float32")
     _check_base(run_dir, recipe, config)
     source = adapter_sha256(run_dir)
-    base = config.llm_weights or f"{recipe.model.llm.pretrained}@{recipe.model.llm.revision}"
+    spec = recipe.model.llm
+    base = config.llm_weights or spec.pretrained + (f"@{spec.revision}" if spec.revision else "")
     summary = {"out": str(out), "run": str(run_dir), "base": base, "dtype": target,
                "adapter_sha256": source, "skipped": False}
     if (out / "config.json").exists():
-        previous = json.loads((out / "config.json").read_text())
-        if previous.get("merged_from", {}).get("adapter_sha256") == source:
+        if _merged_from(out).get("adapter_sha256") == source:
             return {**summary, "skipped": True}
         raise UsageError(f"{out}: exists and holds another model; choose another --out")
     if out.exists() and any(out.iterdir()):
@@ -124,26 +126,24 @@ def merge_lora(run_dir: Path, out: Path, *, dtype: str | None = None, verify: bo
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        model.llm.save_pretrained(tmp / "llm", safe_serialization=True,
-                                  max_shard_size=max_shard_size)
-        model.tokenizer.save_pretrained(tmp / "tokenizer")
-        state = {k: v.detach().contiguous().cpu() for k, v in model.connectors.state_dict()
-                 .items()}
-        atomic_write_bytes(tmp / "connectors.safetensors", save(state))
-        _copy_local_encoders(recipe, tmp)
-        recipe.model.llm.dtype = target
-        atomic_write_text(tmp / "recipe.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
-        merged = dataclasses.asdict(RunConfig(
-            stage=config.stage, recipe=config.recipe, feature_dims=config.feature_dims,
-            llm_weights="llm", llm_revision=config.llm_revision, adapter=False,
-            trained=config.trained, parent=str(run_dir.resolve()), steps=config.steps,
-            merged_from={"run": str(run_dir.resolve()), "base": base, "adapter_sha256": source,
-                         "dtype": target}))
-        atomic_write_text(tmp / "config.json", json.dumps(merged, indent=2) + "\n")
+        merged_from = {"run": str(run_dir.resolve()), "base": base, "adapter_sha256": source,
+                       "dtype": target}
+        if recipe.model.llm.component:  # back into the Video-LLaVA-hf checkpoint's format
+            from vlm_cli.model.composite import save_video_llava
+            from vlm_cli.model.hub import local_path
+
+            base_dir = local_path(recipe.model.llm.pretrained, recipe.model.llm.revision)
+            save_video_llava(tmp, base_dir, model, getattr(torch, target), max_shard_size)
+            atomic_write_text(tmp / "vlm_merge.json", json.dumps(merged_from, indent=2) + "\n")
+        else:
+            _write_run_layout(tmp, run_dir, recipe, config, model, target, merged_from,
+                              max_shard_size)
         atomic_write_text(tmp / "README.md", _model_card(recipe.name, run_dir, base, source,
                                                          target))
         if verify:
-            _, reloaded = load_run(tmp, dtype=getattr(torch, target))
+            from vlm_cli.model.run_dir import load_model
+
+            _, reloaded = load_model(tmp, dtype=getattr(torch, target))
             diff = (probe_logits(reloaded) - probe_logits(model)).abs().max().item()
             summary["max_abs_logit_diff_saved"] = diff
             if diff > tolerance:
@@ -156,6 +156,39 @@ def merge_lora(run_dir: Path, out: Path, *, dtype: str | None = None, verify: bo
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return summary
+
+
+def _merged_from(out: Path) -> dict[str, Any]:
+    """The provenance of an earlier merge into ``out`` (either layout), or {}."""
+    if (out / "vlm_merge.json").exists():
+        return json.loads((out / "vlm_merge.json").read_text())
+    return json.loads((out / "config.json").read_text()).get("merged_from") or {}
+
+
+def _write_run_layout(tmp: Path, run_dir: Path, recipe: Any, config: Any, model: Any,
+                      target: str, merged_from: dict[str, Any], max_shard_size: str) -> None:
+    """The merged model as a self-contained run directory (llm/, tokenizer/, connectors,
+    encoders/, recipe.yaml, config.json)."""
+    import yaml
+    from safetensors.torch import save
+
+    from vlm_cli.atomic import atomic_write_bytes
+    from vlm_cli.model.run_dir import RunConfig
+
+    model.llm.save_pretrained(tmp / "llm", safe_serialization=True,
+                              max_shard_size=max_shard_size)
+    model.tokenizer.save_pretrained(tmp / "tokenizer")
+    state = {k: v.detach().contiguous().cpu() for k, v in model.connectors.state_dict().items()}
+    atomic_write_bytes(tmp / "connectors.safetensors", save(state))
+    _copy_local_encoders(recipe, tmp)
+    recipe.model.llm.dtype = target
+    atomic_write_text(tmp / "recipe.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+    merged = dataclasses.asdict(RunConfig(
+        stage=config.stage, recipe=config.recipe, feature_dims=config.feature_dims,
+        llm_weights="llm", llm_revision=config.llm_revision, adapter=False,
+        trained=config.trained, parent=str(run_dir.resolve()), steps=config.steps,
+        merged_from=merged_from))
+    atomic_write_text(tmp / "config.json", json.dumps(merged, indent=2) + "\n")
 
 
 def _check_base(run_dir: Path, recipe: Any, config: Any) -> None:

@@ -21,6 +21,12 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
+def _check_component(spec: Any, prefix: str) -> None:
+    if spec.component is not None and spec.pretrained is None:
+        raise RecipeError(f"recipe key '{prefix}.component': needs 'pretrained' (the composite "
+                          "checkpoint it is part of)")
+
+
 def _check_source(spec: Any, prefix: str) -> None:
     if (spec.pretrained is None) == (spec.config is None):
         raise RecipeError(f"recipe key {prefix!r}: set exactly one of 'pretrained' (hub id or "
@@ -37,6 +43,9 @@ class VisionEncoderSpec:
             several frames (a spatio-temporal encoder: motion is in its features).
         pretrained: hub repo id or local directory (``from_pretrained``); or None with ``config``.
         revision: hub revision (branch, tag or commit); None = the cached default branch.
+        component: the encoder's name inside a composite checkpoint given as ``pretrained``
+            (``video_tower`` or ``image_tower`` of a Video-LLaVA-hf model); None = the
+            checkpoint is the encoder itself.
         config: a transformers config dict for a randomly initialised encoder (tiny recipes).
         init_seed: torch seed for that random initialisation.
         feature_layer: hidden-state index whose output is used (Video-LLaVA: -2); -1 is the
@@ -51,6 +60,7 @@ class VisionEncoderSpec:
     arch: Literal["clip", "siglip", "vivit"] = "clip"
     pretrained: str | None = None
     revision: str | None = None
+    component: str | None = None
     config: dict[str, Any] | None = None
     init_seed: int = 0
     feature_layer: int = -2
@@ -62,6 +72,7 @@ class VisionEncoderSpec:
 
     def validate(self, prefix: str) -> None:
         _check_source(self, prefix)
+        _check_component(self, prefix)
 
 
 @dataclasses.dataclass
@@ -146,6 +157,8 @@ class LLMSpec:
     Attributes:
         pretrained, revision, config, init_seed, dtype: as for :class:`VisionEncoderSpec`
             (``config`` is a LlamaConfig dict for a random tiny LLM).
+        component: ``language_model`` when ``pretrained`` is a composite checkpoint (a
+            Video-LLaVA-hf model) whose language model is used; None = a causal LM checkpoint.
         tokenizer: hub id or directory of the tokenizer; None = ``pretrained``'s; ``toy-av`` =
             the built-in word-level tokenizer of the toy-av world.
         chat_template: a Jinja chat template overriding the tokenizer's; None = the tokenizer's.
@@ -154,6 +167,7 @@ class LLMSpec:
 
     pretrained: str | None = None
     revision: str | None = None
+    component: str | None = None
     config: dict[str, Any] | None = None
     init_seed: int = 0
     tokenizer: str | None = None
@@ -163,6 +177,7 @@ class LLMSpec:
 
     def validate(self, prefix: str) -> None:
         _check_source(self, prefix)
+        _check_component(self, prefix)
         if self.pretrained is None and self.tokenizer is None:
             raise RecipeError(f"recipe key '{prefix}.tokenizer': required when the LLM is "
                               "built from a config")
@@ -172,10 +187,12 @@ class LLMSpec:
 class ModelSpec:
     """The model's parts. Each is optional: a recipe may use one modality.
 
-    Images go through the video connector (Video-LLaVA's shared projector).
+    Images go through the video connector (Video-LLaVA's shared projector), encoded by
+    ``image`` when set (Video-LLaVA-hf's separate image tower), else by ``vision``.
     """
 
     vision: VisionEncoderSpec | None = None
+    image: VisionEncoderSpec | None = None
     audio: AudioEncoderSpec | None = None
     video_connector: ConnectorSpec | None = None
     audio_connector: ConnectorSpec | None = None
@@ -185,6 +202,8 @@ class ModelSpec:
         for encoder, connector in (("vision", "video_connector"), ("audio", "audio_connector")):
             if getattr(self, connector) is not None and getattr(self, encoder) is None:
                 raise RecipeError(f"recipe key '{prefix}.{connector}': needs model.{encoder}")
+        if self.image is not None and self.vision is None:
+            raise RecipeError(f"recipe key '{prefix}.image': needs model.vision (videos)")
 
 
 @dataclasses.dataclass

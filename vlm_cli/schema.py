@@ -16,6 +16,7 @@ dataclasses.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin
@@ -84,6 +85,9 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        # YAML 1.1 (PyYAML) reads 2e-4 and 1E5 as strings: accept the usual float spellings.
+        if isinstance(value, str) and _FLOAT.fullmatch(value.strip()):
+            return float(value)
     elif tp is str:
         if isinstance(value, str):
             return value
@@ -128,6 +132,9 @@ def from_dict(cls: type[T], data: Any, prefix: str = "") -> T:
 def to_dict(obj: Any) -> Any:
     """The plain-dict form of a schema object (what is saved as the resolved recipe)."""
     return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj
+
+
+_FLOAT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

@@ -55,6 +55,8 @@ def encode_conversation(tokenizer: Any, turns: Sequence[dict[str, Any]],
     out = tokenizer.apply_chat_template(to_messages(turns), tokenize=True, return_dict=True,
                                         return_assistant_tokens_mask=True)
     ids, mask = list(out["input_ids"]), list(out["assistant_masks"])
+    if _needs_bos(tokenizer, ids):
+        ids, mask = [tokenizer.bos_token_id] + ids, [0] + mask
     labels = [i if m else IGNORE_INDEX for i, m in zip(ids, mask)]
     ids, labels = ids[:max_length], labels[:max_length]
     if all(label == IGNORE_INDEX for label in labels):
@@ -64,6 +66,19 @@ def encode_conversation(tokenizer: Any, turns: Sequence[dict[str, Any]],
 
 def encode_prompt(tokenizer: Any, turns: Sequence[dict[str, Any]]) -> list[int]:
     """Token ids of a conversation ending in a user turn, plus the assistant prefix to generate."""
-    return list(tokenizer.apply_chat_template(to_messages(turns), tokenize=True,
-                                              add_generation_prompt=True, return_dict=True)
-                ["input_ids"])
+    ids = list(tokenizer.apply_chat_template(to_messages(turns), tokenize=True,
+                                             add_generation_prompt=True, return_dict=True)
+               ["input_ids"])
+    return [tokenizer.bos_token_id] + ids if _needs_bos(tokenizer, ids) else ids
+
+
+def _needs_bos(tokenizer: Any, ids: list[int]) -> bool:
+    """Whether to put the BOS token before a rendered chat: the tokenizer adds one to plain text
+    (``tokenizer(text)``, as ``VideoLlavaProcessor`` tokenises its prompt) but the template did
+    not write it. transformers tokenises a rendered chat without special tokens; a template with
+    ``{{ bos_token }}`` would also change how the text after it is split (a SentencePiece ``▁``
+    prefix on the first word), so templates like Video-LLaVA's leave BOS to the tokenizer."""
+    bos = tokenizer.bos_token_id
+    if bos is None or (ids and ids[0] == bos):
+        return False
+    return tokenizer("a")["input_ids"][:1] == [bos]

@@ -37,9 +37,14 @@ def vision_classes(arch: str) -> tuple[type, type]:
 
 def _build(spec: VisionEncoderSpec | AudioEncoderSpec, config_cls: type, model_cls: type,
            digest: Callable[[Path], str]) -> nn.Module:
-    """Instantiate ``model_cls`` from the spec's config (seeded random init) or local weights."""
+    """Instantiate ``model_cls`` from the spec's config (seeded random init) or local weights
+    (the checkpoint itself, or its ``component`` inside a composite checkpoint)."""
     dtype = DTYPES[spec.dtype]
     directory, _ = resolve_source(spec, digest)
+    if getattr(spec, "component", None):
+        from vlm_cli.model.composite import component
+
+        return component(directory, spec.component, dtype).eval().requires_grad_(False)
     if directory is None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(spec.init_seed)
@@ -80,19 +85,23 @@ class VisionEncoder(nn.Module):
     def preprocess(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Frames ``[T, H, W, 3] uint8`` RGB -> pixel values ``[T, 3, S, S] float32``.
 
-        CLIP's processing: resize the shortest edge to S px (bicubic, antialiased), centre-crop
-        S×S, scale to [0, 1], normalise with the mean/std. S = ``image_size``.
+        CLIP's processing, bit for bit as transformers' torchvision image and video processors
+        do it on CPU (``CLIPImageProcessor``, ``VideoLlavaVideoProcessor``): resize the shortest
+        edge to S px keeping the aspect ratio (long edge ``int(S * long / short)``, truncated),
+        bicubic with antialiasing on uint8; centre-crop S×S (offsets ``int((size - S) / 2)``);
+        ``(x - 255 mean) / (255 std)``. S = ``image_size``.
         """
-        x = torch.as_tensor(np.asarray(frames)).permute(0, 3, 1, 2).float()
+        x = torch.as_tensor(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).contiguous()
         h, w = x.shape[-2:]
         s = self.image_size
-        scale = s / min(h, w)
-        size = (max(s, round(h * scale)), max(s, round(w * scale)))
+        long = int(s * max(h, w) / min(h, w))
+        size = (s, long) if h <= w else (long, s)
         if size != (h, w):
-            x = F.interpolate(x, size=size, mode="bicubic", antialias=True, align_corners=False)
-        top, left = (size[0] - s) // 2, (size[1] - s) // 2
-        x = x[:, :, top:top + s, left:left + s].clamp(0, 255) / 255.0
-        return (x - self.mean) / self.std
+            x = F.interpolate(x.cpu(), size=size, mode="bicubic", antialias=True,
+                              align_corners=False)  # uint8 in, uint8 out (rounded, clamped)
+        top, left = int((size[0] - s) / 2), int((size[1] - s) / 2)
+        x = x[:, :, top:top + s, left:left + s].float()
+        return (x - 255 * self.mean) / (255 * self.std)
 
     def _select(self, hidden: torch.Tensor) -> torch.Tensor:
         if not self.has_cls or self.spec.select == "cls_patch":

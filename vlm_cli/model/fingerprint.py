@@ -34,7 +34,10 @@ def resolve_source(spec: VisionEncoderSpec | AudioEncoderSpec,
     """
     if spec.config is not None:
         return None, {"config": spec.config, "init_seed": spec.init_seed, "torch": _torch_version()}
-    return resolve_pretrained(spec.pretrained, spec.revision, digest)
+    directory, source = resolve_pretrained(spec.pretrained, spec.revision, digest)
+    if getattr(spec, "component", None):
+        source = {**source, "component": spec.component}
+    return directory, source
 
 
 def _config_image_size(directory: Path) -> int:
@@ -99,7 +102,7 @@ def vision_fingerprint(spec: VisionEncoderSpec, digest: Callable[[Path], str]) -
     return {
         "modality": "vision", "arch": spec.arch, "source": source,
         "feature_layer": spec.feature_layer, "select": spec.select, "dtype": spec.dtype,
-        "preprocess": {"resize": "shortest-edge-bicubic-antialias", "crop": "center",
+        "preprocess": {"resize": "shortest-edge-bicubic-antialias-uint8", "crop": "center",
                        "size": size, "mean": spec.image_mean or list(CLIP_MEAN),
                        "std": spec.image_std or list(CLIP_STD)},
     }

@@ -54,6 +54,13 @@ def resolve_pretrained(name: str, revision: str | None,
     return snapshot, {"repo_id": name, "revision": snapshot.name}
 
 
+def local_path(name: str, revision: str | None) -> Path:
+    """``name`` as a local directory: itself when it is one, else its hub snapshot
+    (:func:`resolve_snapshot`)."""
+    local = Path(name).expanduser()
+    return local if local.is_dir() else resolve_snapshot(name, revision)
+
+
 def resolve_snapshot(name: str, revision: str | None) -> Path:
     """The local snapshot directory of hub repo ``name`` at ``revision``, complete: every
     non-weight file of the cached listing, and the weights (every shard a weight index names, or

@@ -58,10 +58,15 @@ def build_llm(spec: LLMSpec, tokenizer: Any, *, weights: str | Path | None = Non
             torch.manual_seed(spec.init_seed)
             model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     else:
-        from vlm_cli.model.hub import resolve_snapshot
+        from vlm_cli.model.hub import local_path
 
-        model = AutoModelForCausalLM.from_pretrained(
-            resolve_snapshot(spec.pretrained, spec.revision), **kwargs)
+        directory = local_path(spec.pretrained, spec.revision)
+        if spec.component:  # the language model of a composite (Video-LLaVA-hf) checkpoint
+            from vlm_cli.model.composite import causal_lm
+
+            model = causal_lm(directory, dtype)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(directory, **kwargs)
     if model.get_input_embeddings().num_embeddings < len(tokenizer):
         model.resize_token_embeddings(len(tokenizer))
     return model

@@ -65,7 +65,8 @@ class RunConfig:
 def base_identity(config: RunConfig, recipe: Recipe,
                   digest: Any) -> tuple[str | None, dict[str, str] | None]:
     """What pins a run's base LLM: ``(hub commit, None)`` for a hub id, ``(None, {file: sha256})``
-    for local weights (``config.llm_weights``), ``(None, None)`` for a seeded random init.
+    for local weights (``config.llm_weights``, or a local checkpoint directory), ``(None, None)``
+    for a seeded random init.
 
     Raises:
         VlmError: a hub base that is not in the local cache.
@@ -73,10 +74,12 @@ def base_identity(config: RunConfig, recipe: Recipe,
     if config.llm_weights:
         files = sorted(Path(config.llm_weights).glob("*.safetensors"))
         return None, {p.name: digest(p) for p in files}
-    if recipe.model.llm.pretrained:
-        from vlm_cli.model.hub import resolve_snapshot
+    spec = recipe.model.llm
+    if spec.pretrained:
+        from vlm_cli.model.hub import resolve_pretrained
 
-        return resolve_snapshot(recipe.model.llm.pretrained, recipe.model.llm.revision).name, None
+        _, pinned = resolve_pretrained(spec.pretrained, spec.revision, digest)
+        return pinned.get("revision"), pinned.get("weights")
     return None, None
 
 
@@ -164,3 +167,27 @@ def load_run(run_dir: Path, *, device: str = "cpu", dtype: Any = None) -> tuple[
     model.connectors.load_state_dict(load_file(run_dir / "connectors.safetensors"))
     return recipe, model.to(device).eval()
 
+
+
+def load_model(model_dir: Path, *, device: str = "cpu", dtype: Any = None,
+               name: str | None = None, revision: str | None = None) -> tuple[Recipe, Any]:
+    """The model of a run directory, a merged directory (``vlm merge-lora``) or a
+    Video-LLaVA-hf checkpoint, in eval mode on ``device``.
+
+    Args:
+        dtype: LLM dtype; default: the recipe's (``auto``: bf16 / fp16 / fp32 by device).
+        name, revision: the hub id a checkpoint directory was resolved from (recorded in the
+            recipe instead of the directory, so features are keyed by the hub commit).
+
+    Raises:
+        UsageError: neither kind of directory. VlmError: a referenced part is missing.
+    """
+    from vlm_cli.model.composite import composite_type, load_video_llava
+    from vlm_cli.model.llm import resolve_dtype
+
+    if composite_type(model_dir):
+        return load_video_llava(model_dir, name, revision, device=device, dtype=dtype)
+    if dtype is None:
+        recipe, _ = read_run(model_dir)
+        dtype = resolve_dtype(recipe.model.llm.dtype, device)
+    return load_run(model_dir, device=device, dtype=dtype)

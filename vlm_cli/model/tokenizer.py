@@ -73,7 +73,8 @@ def load_tokenizer(spec: LLMSpec, source: str | Path | None = None) -> Any:
         directory = Path(name) if Path(str(name)).is_dir() else resolve_snapshot(
             str(name), spec.revision if name == spec.pretrained else None)
         tokenizer = AutoTokenizer.from_pretrained(directory)
-    missing = [t for t in MEDIA_TOKENS if t not in tokenizer.get_vocab()]
+    # A composite checkpoint (Video-LLaVA-hf) fixes its vocabulary: its own <image> / <video>.
+    missing = [] if spec.component else [t for t in MEDIA_TOKENS if t not in tokenizer.get_vocab()]
     if missing:
         tokenizer.add_special_tokens({"additional_special_tokens": missing},
                                      replace_extra_special_tokens=False)

@@ -57,7 +57,8 @@ class StageResult:
 
 
 def make_accelerator() -> Any:
-    """An ``accelerate.Accelerator``: bf16 autocast on GPUs that support it, fp32 on CPU; DDP
+    """An ``accelerate.Accelerator``: bf16 autocast on GPUs that support it, else fp16 (with
+    loss scaling) on other GPUs, fp32 on CPU; DDP
     with unused parameters allowed (a batch without audio leaves the audio connector idle).
 
     Without CUDA the accelerator is told ``cpu=True``, so that several processes started by
@@ -66,7 +67,7 @@ def make_accelerator() -> Any:
     from accelerate import Accelerator, DistributedDataParallelKwargs
 
     cuda = torch.cuda.is_available()
-    precision = "bf16" if cuda and torch.cuda.is_bf16_supported() else "no"
+    precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "no"
     return Accelerator(mixed_precision=precision, cpu=not cuda, kwargs_handlers=[
         DistributedDataParallelKwargs(find_unused_parameters=True)])
 

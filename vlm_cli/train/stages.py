@@ -59,6 +59,24 @@ def _apply_lora(model: Any, stage: StageSpec) -> None:
     model.llm = get_peft_model(model.llm, config)
 
 
+def _checkpoint(source: Path) -> tuple[Path, str] | None:
+    """``(directory, name)`` when ``--from`` names a Video-LLaVA-hf checkpoint (a directory, or a
+    hub id in the Hugging Face cache), else None (a run directory)."""
+    import re
+
+    from vlm_cli.model.composite import composite_type
+
+    if source.is_dir():
+        return (source, str(source.resolve())) if composite_type(source) else None
+    if re.fullmatch(r"[\w.-]+/[\w.-]+", str(source)):
+        from vlm_cli.model.hub import resolve_snapshot
+
+        directory = resolve_snapshot(str(source), None)
+        if composite_type(directory):
+            return directory, str(source)
+    raise UsageError(f"--from {source}: not a run directory nor a Video-LLaVA-hf checkpoint")
+
+
 def run_stage(recipe: Recipe, stage_name: str, run_dir: Path, *, data: Path | None,
               media_root: Path | None = None, from_run: Path | None = None,
               resume: bool = False, workers: int = 2,
@@ -70,7 +88,8 @@ def run_stage(recipe: Recipe, stage_name: str, run_dir: Path, *, data: Path | No
         data: training data (overrides the stage's ``data``).
         media_root: media directory (overrides ``data.media_root``; default: the data's folder).
         from_run: stage 2: the stage-1 run whose model to continue (its ``model`` section is
-            used; ``recipe`` supplies the stage-2 settings).
+            used; ``recipe`` supplies the stage-2 settings), or a Video-LLaVA-hf checkpoint
+            (directory or cached hub id) whose towers, projector and LLM to start from.
         resume: continue ``run_dir`` from its last checkpoint.
 
     Returns:
@@ -85,7 +104,7 @@ def run_stage(recipe: Recipe, stage_name: str, run_dir: Path, *, data: Path | No
     from vlm_cli.cache import FeatureCache
     from vlm_cli.data import load_records
     from vlm_cli.features import FeatureStore
-    from vlm_cli.model.llm import build_llm
+    from vlm_cli.model.llm import build_llm, resolve_dtype
     from vlm_cli.model.parts import set_trainable
     from vlm_cli.model.run_dir import RunConfig, base_identity, load_run, read_run, save_run
     from vlm_cli.model.tokenizer import load_tokenizer
@@ -98,8 +117,16 @@ def run_stage(recipe: Recipe, stage_name: str, run_dir: Path, *, data: Path | No
     if data_path is None:
         raise UsageError(f"no training data: pass --data or set train.{stage_name}.data")
     _check_out(run_dir, resume)
+    checkpoint = None  # a Video-LLaVA-hf checkpoint to start from, instead of a stage-1 run
     if from_run is not None:
-        parent_recipe, parent = read_run(from_run)
+        checkpoint = _checkpoint(from_run)
+        if checkpoint is not None:
+            from vlm_cli.model.composite import video_llava_recipe
+
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+            parent_recipe, parent = video_llava_recipe(*checkpoint, None, device), None
+        else:
+            parent_recipe, parent = read_run(from_run)
         recipe = dataclasses.replace(recipe, model=parent_recipe.model, data=parent_recipe.data)
     root = media_root or (Path(recipe.data.media_root) if recipe.data.media_root else None)
     records = load_records(data_path, root)
@@ -111,13 +138,30 @@ def run_stage(recipe: Recipe, stage_name: str, run_dir: Path, *, data: Path | No
 
     torch.manual_seed(stage.seed)  # connector initialisation
     llm_weights = None
-    if from_run is not None:
-        _, model = load_run(from_run)
+    # A frozen LLM (LoRA included) is held in the recipe's dtype (bf16 on GPUs that support it);
+    # a fully trained one in fp32 (master weights; the forward pass runs under autocast).
+    device = str(accelerator.device)
+    llm_dtype = resolve_dtype(recipe.model.llm.dtype, device) if "llm" in stage.freeze \
+        else torch.float32
+    if checkpoint is not None:
+        from vlm_cli.model.run_dir import load_model
+
+        _, model = load_model(checkpoint[0], name=checkpoint[1], dtype=llm_dtype)
+    elif from_run is not None:
+        _, model = load_run(from_run, dtype=llm_dtype)
         llm_weights = parent.llm_weights
     else:
         tokenizer = load_tokenizer(recipe.model.llm)
-        model = VideoLanguageModel(recipe.model, build_llm(recipe.model.llm, tokenizer),
+        model = VideoLanguageModel(recipe.model, build_llm(recipe.model.llm, tokenizer,
+                                                           dtype=llm_dtype),
                                    tokenizer, feature_dims(recipe))
+    model.connectors.float()  # trained parts keep fp32 weights
+    if accelerator.is_main_process:
+        from vlm_cli import console
+
+        console.info(f"{stage_name} on {device}: LLM {str(llm_dtype).removeprefix('torch.')} "
+                     f"({'frozen' if 'llm' in stage.freeze else 'trained'}), connectors "
+                     f"float32, autocast {accelerator.mixed_precision}")
     trained = set_trainable(model, stage.freeze, f"train.{stage_name}")
     if stage.lora is not None:
         _apply_lora(model, stage)
@@ -138,7 +182,8 @@ def run_stage(recipe: Recipe, stage_name: str, run_dir: Path, *, data: Path | No
         config = RunConfig(stage=stage_name, recipe=recipe.name, feature_dims=model.feature_dims,
                            llm_weights=llm_weights, adapter=stage.lora is not None,
                            trained=trained,
-                           parent=str(from_run.resolve()) if from_run else None,
+                           parent=(checkpoint[1] if checkpoint else str(from_run.resolve()))
+                           if from_run else None,
                            steps=result.total_steps)
         if stage.lora is not None:  # pin the base the adapter belongs to (checked by merges)
             config.llm_revision, config.llm_sha256 = base_identity(config, recipe,
