@@ -66,12 +66,14 @@ $(RUNS)/installed: $(RUNS)/stage2/config.json
 	  rm -rf "$$home/tiny-av" && mv "$$home/.tiny-av.tmp" "$$home/tiny-av" && echo "installed $$home/tiny-av"
 	touch $(RUNS)/installed
 
-bench: install
+bench: install demo
 	$(PY) bench/cli_help.py
 	$(PY) bench/toyav_generate.py
 	$(PY) bench/preprocess.py
 	$(PY) bench/tiny_av_train.py
 	$(PY) bench/demo_steps.py
+	$(PY) bench/ask_latency.py --model $(DEMO_DIR)/runs/merged
+	$(PY) bench/gpu_ready.py --tiny  # the 7B shape needs a GPU: bench/gpu_ready.py there
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) build dist *.egg-info

@@ -211,7 +211,8 @@ def recipe_repos(recipe: Any) -> list[tuple[str, str | None]]:
     from pathlib import Path
 
     model = recipe.model
-    refs = [(s.pretrained, s.revision) for s in (model.vision, model.audio, model.llm)
+    refs = [(s.pretrained, s.revision) for s in (model.vision, model.image, model.audio,
+                                                   model.llm)
             if s is not None and s.pretrained]
     if model.llm is not None and model.llm.tokenizer not in (None, "toy-av"):
         refs.append((model.llm.tokenizer, None))
