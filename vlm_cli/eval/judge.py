@@ -154,14 +154,9 @@ def judge_predictions(judge: Judge, items: list[QAItem], predictions: dict[str, 
         question id -> ``{"question_id", "pred", "judge", "reply", "match", "score"}``, with
         ``match``/``score`` None and an ``error`` for a reply that is not a valid verdict.
     """
-    done: dict[str, dict] = {}
-    if out.exists():
-        for line in out.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            done[str(row["question_id"])] = row
+    from vlm_cli.eval.run import read_predictions
+
+    done = read_predictions(out)  # any JSONL keyed by question id; a cut-off line is dropped
     todo = [i for i in items if i.question_id in predictions and not (
         i.question_id in done and done[i.question_id]["judge"] == judge.key
         and done[i.question_id]["pred"] == predictions[i.question_id]["pred"])]

@@ -17,10 +17,9 @@ from vlm_cli.errors import DataError
 #: Placeholders replaced by the connectors' soft prompts.
 MEDIA_TOKENS = ("<video>", "<image>", "<audio>")
 
-#: Vicuna v1.1 / Video-LLaVA conversation format ("USER: ... ASSISTANT: ...</s>"), with an
+#: Vicuna v1.1 / Video-LLaVA conversation turns ("USER: ... ASSISTANT: ...</s>"), with an
 #: optional system message, and generation markers for the assistant-token mask.
-VICUNA_TEMPLATE = (
-    "{{ bos_token }}"
+VICUNA_TURNS = (
     "{% for message in messages %}"
     "{% if message['role'] == 'system' %}{{ message['content'] }} "
     "{% elif message['role'] == 'user' %}USER: {{ message['content'] }} "
@@ -30,6 +29,8 @@ VICUNA_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
 )
+#: The same, starting with the BOS token (tokenizers that do not add one themselves).
+VICUNA_TEMPLATE = "{{ bos_token }}" + VICUNA_TURNS
 
 ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
 IGNORE_INDEX = -100

@@ -22,21 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from vlm_cli.errors import VlmError
+from vlm_cli.model.chat import VICUNA_TURNS
 
 #: model_type in config.json -> transformers class of a composite checkpoint we take apart.
 COMPOSITES = {"video_llava": "VideoLlavaForConditionalGeneration"}
-#: Video-LLaVA's conversation format, Vicuna v1.1 without a system prompt; the BOS token comes
-#: from the tokenizer (not the template), as in ``processor(text="USER: <video>\\n... ASSISTANT:")``.
-VIDEO_LLAVA_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['role'] == 'system' %}{{ message['content'] }} "
-    "{% elif message['role'] == 'user' %}USER: {{ message['content'] }} "
-    "{% elif message['role'] == 'assistant' %}ASSISTANT: "
-    "{% generation %}{{ message['content'] }}{{ eos_token }}{% endgeneration %}"
-    "{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
-)
+#: Video-LLaVA's conversation format: Vicuna v1.1 turns without a system prompt; the BOS token
+#: comes from the tokenizer, not the template, as in ``processor(text="USER: <video>\\n...")``.
+VIDEO_LLAVA_TEMPLATE = VICUNA_TURNS
 #: Files written by ``save_pretrained`` of the model or tokenizer; the rest (processor configs,
 #: chat templates) are copied from the base checkpoint when a merged model is written.
 _WRITTEN = ("config.json", "generation_config.json", "model.safetensors.index.json")
