@@ -52,7 +52,7 @@ def ask(
     import time
 
     from vlm_cli import console
-    from vlm_cli.ask import ChatSession, resolve_model_dir
+    from vlm_cli.ask import ChatSession, resolve_model
     from vlm_cli.cache import FeatureCache
     from vlm_cli.errors import MediaError
     from vlm_cli.eval.qa import placeholder_for
@@ -61,14 +61,13 @@ def ask(
 
     if not media.exists():
         raise MediaError(media, "file not found")
-    model_dir = resolve_model_dir(model, revision)
+    model_dir, hub_id = resolve_model(model, revision)
     started = time.perf_counter()
     import torch
 
     from vlm_cli.model.run_dir import load_model
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    hub_id = model if model and not Path(model).expanduser().exists() else None
     recipe, vlm = load_model(model_dir, device=device, name=hub_id, revision=revision)
     console.info(f"model {hub_id or model_dir} on {device}, {vlm.llm.dtype} "
                  f"({vlm.llm.config._attn_implementation} attention)")

@@ -58,7 +58,7 @@ def evaluate(
     from accelerate import PartialState
 
     from vlm_cli import console
-    from vlm_cli.ask import resolve_model_dir
+    from vlm_cli.ask import resolve_model
     from vlm_cli.cache import FeatureCache
     from vlm_cli.eval.qa import load_qa
     from vlm_cli.eval.run import (PROMPT, EvalSettings, answer_items, merge_predictions,
@@ -70,12 +70,11 @@ def evaluate(
     from vlm_cli.preprocess import preprocess
 
     state = PartialState(cpu=not torch.cuda.is_available())
-    model_dir = resolve_model_dir(model, revision)
+    model_dir, hub_id = resolve_model(model, revision)
     items = load_qa(data, answers, media_root)[:limit]
     out_dir = out or Path("eval") / f"{model_dir.name}-{data.stem}"
     out_dir.mkdir(parents=True, exist_ok=True)
     device = str(state.device)
-    hub_id = model if model and not Path(model).expanduser().exists() else None
     recipe, vlm = load_model(model_dir, device=device, name=hub_id, revision=revision)
     store = FeatureStore(recipe, FeatureCache(), device=device)
     judge_model = None

@@ -1,7 +1,7 @@
 """``vlm ask``: questions about one media file, answered by a trained model, token by token.
 
-The path from the command to a generated token: :func:`resolve_model_dir` ->
-:func:`vlm_cli.model.run_dir.load_run` -> :meth:`vlm_cli.features.FeatureStore.fetch` (cached
+The path from the command to a generated token: :func:`resolve_model` ->
+:func:`vlm_cli.model.run_dir.load_model` -> :meth:`vlm_cli.features.FeatureStore.fetch` (cached
 features, or decode + encode once) -> :class:`ChatSession.ask` -> chat template
 (:func:`vlm_cli.model.chat.encode_prompt`) -> :meth:`VideoLanguageModel.generate` (soft prompt
 spliced into the embeddings, transformers ``generate`` with the KV cache).
@@ -22,37 +22,39 @@ NO_MODEL = ("no model: pass --model RUN_DIR, set VLM_MODEL, or run `make demo` t
             "install the toy-av model under $VLM_HOME/models/tiny-av")
 
 
-def resolve_model_dir(model: str | None, revision: str | None = None) -> Path:
+def resolve_model(model: str | None, revision: str | None = None) -> tuple[Path, str | None]:
     """``--model`` (a directory, or a hub id ``org/name`` in the Hugging Face cache), else
     ``$VLM_MODEL``, else ``$VLM_HOME/models/tiny-av``.
+
+    Returns:
+        ``(directory, hub id or None)``: the hub id when ``model`` was one.
 
     Raises:
         UsageError (exit 2): none of them exists; the message says how to get a model.
         VlmError: a hub id that is not (completely) in the cache; the message names the
             ``vlm download`` to run.
     """
-    import re
-
     from vlm_cli.cache import cache_root
+    from vlm_cli.model.hub import is_repo_id
 
     if model:
         path = Path(model).expanduser()
         if path.is_dir():
-            return path
-        if re.fullmatch(r"[\w.-]+/[\w.-]+", model) and not path.exists():
+            return path, None
+        if is_repo_id(model):
             from vlm_cli.model.hub import resolve_snapshot
 
-            return resolve_snapshot(model, revision)
+            return resolve_snapshot(model, revision), model
         raise UsageError(f"--model {model}: no such model directory")
     if os.environ.get("VLM_MODEL"):
         path = Path(os.environ["VLM_MODEL"]).expanduser()
         if not path.is_dir():
             raise UsageError(f"VLM_MODEL={path}: no such model directory")
-        return path
+        return path, None
     default = cache_root() / "models" / "tiny-av"
     if not (default / "config.json").exists():
         raise UsageError(NO_MODEL)
-    return default
+    return default, None
 
 
 @dataclasses.dataclass

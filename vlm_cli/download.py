@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import json
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from vlm_cli.errors import VlmError
@@ -124,7 +124,7 @@ def download(repo_id: str, *, revision: str | None = None, repo_type: str = "mod
                 path = snapshot_download(repo_id, revision=revision, repo_type=repo_type,
                                          allow_patterns=include, ignore_patterns=exclude,
                                          local_files_only=True)
-        files = sorted(str(p.relative_to(path)) for p in _walk(path))
+        files = sorted(str(p.relative_to(path)) for p in Path(path).rglob("*") if p.is_file())
         return Downloaded(repo_id, repo_type, revision, PurePosixPath(path).name, path, files,
                           None, True)
     api = HfApi()
@@ -153,16 +153,8 @@ def download(repo_id: str, *, revision: str | None = None, repo_type: str = "mod
                       sorted(files), sum(sizes.get(f, 0) for f in files), False)
 
 
-def _walk(path: str) -> list[Any]:
-    from pathlib import Path
-
-    return [p for p in Path(path).rglob("*") if p.is_file()]
-
-
 def _read_text(repo_id: str, commit: str, filename: str) -> str:
     """A small file of the repository (a weight index), through the hub cache."""
-    from pathlib import Path
-
     from huggingface_hub import hf_hub_download
 
     return Path(hf_hub_download(repo_id, filename, revision=commit)).read_text()
@@ -208,8 +200,6 @@ def recipe_repos(recipe: Any) -> list[tuple[str, str | None]]:
     """The hub repositories a recipe references: ``(repo_id, revision)`` of its vision and audio
     encoders, LLM and tokenizer, without duplicates; local directories, random initialisations
     and the built-in toy-av tokenizer need nothing."""
-    from pathlib import Path
-
     model = recipe.model
     refs = [(s.pretrained, s.revision) for s in (model.vision, model.image, model.audio,
                                                    model.llm)

@@ -9,6 +9,7 @@ every assistant turn of a multi-turn sample is a target and all earlier rounds a
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -82,4 +83,9 @@ def _needs_bos(tokenizer: Any, ids: list[int]) -> bool:
     bos = tokenizer.bos_token_id
     if bos is None or (ids and ids[0] == bos):
         return False
-    return tokenizer("a")["input_ids"][:1] == [bos]
+    if tokenizer not in _ADDS_BOS:  # asked once per tokenizer, not once per sample
+        _ADDS_BOS[tokenizer] = tokenizer("a")["input_ids"][:1] == [bos]
+    return _ADDS_BOS[tokenizer]
+
+
+_ADDS_BOS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()

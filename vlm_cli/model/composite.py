@@ -181,6 +181,7 @@ def load_video_llava(directory: Path, name: str | None = None, revision: str | N
                      device: str = "cpu", dtype: Any = None) -> tuple[Any, Any]:
     """``(recipe, VideoLanguageModel)`` of a Video-LLaVA-hf checkpoint, in eval mode on
     ``device``; the LLM and projector in ``dtype`` (default: bf16 / fp16 / fp32 by device)."""
+    from vlm_cli.model.fingerprint import encoder_hidden_size
     from vlm_cli.model.llm import build_llm, resolve_dtype
     from vlm_cli.model.tokenizer import load_tokenizer
     from vlm_cli.model.vlm import VideoLanguageModel
@@ -189,8 +190,7 @@ def load_video_llava(directory: Path, name: str | None = None, revision: str | N
     dtype = dtype or resolve_dtype("auto", device)
     tokenizer = load_tokenizer(recipe.model.llm)
     llm = build_llm(recipe.model.llm, tokenizer, dtype=dtype)
-    width = json.loads((directory / "config.json").read_text())["vision_config"].get(
-        "hidden_size", 768)
+    width = encoder_hidden_size(recipe.model.vision)  # the towers' vision_config
     model = VideoLanguageModel(recipe.model, llm, tokenizer, {"vision": width})
     model.connectors.load_state_dict(projector_state(directory, dtype))
     return recipe, model.to(device).eval()

@@ -72,11 +72,9 @@ def encoder_hidden_size(spec: VisionEncoderSpec | AudioEncoderSpec) -> int:
 
     if spec.config is not None:
         return _width(spec.config)
-    from vlm_cli.model.hub import resolve_snapshot
+    from vlm_cli.model.hub import local_path
 
-    directory = Path(spec.pretrained)
-    if not directory.is_dir():
-        directory = resolve_snapshot(spec.pretrained, spec.revision)
+    directory = local_path(spec.pretrained, spec.revision)
     try:
         config = json.loads((directory / "config.json").read_text())
     except (OSError, ValueError) as err:

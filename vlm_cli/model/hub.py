@@ -54,6 +54,14 @@ def resolve_pretrained(name: str, revision: str | None,
     return snapshot, {"repo_id": name, "revision": snapshot.name}
 
 
+def is_repo_id(name: str) -> bool:
+    """Whether ``name`` is a hub repository id (``org/name``) rather than a local path: it has
+    that shape and no such file or directory exists."""
+    import re
+
+    return bool(re.fullmatch(r"[\w.-]+/[\w.-]+", name)) and not Path(name).expanduser().exists()
+
+
 def local_path(name: str, revision: str | None) -> Path:
     """``name`` as a local directory: itself when it is one, else its hub snapshot
     (:func:`resolve_snapshot`)."""
@@ -80,13 +88,13 @@ def resolve_snapshot(name: str, revision: str | None) -> Path:
     try:  # non-weight files: all of those in the cached listing (vlm download fetches them all)
         path = Path(snapshot_download(name, revision=revision, local_files_only=True,
                                       ignore_patterns=list(WEIGHT_GLOBS)))
-        missing = _missing_weights(path)
     except (LocalEntryNotFoundError, OSError, ValueError) as err:
         if _DOWNLOADS["allowed"] and not _offline():
             return _fetch(name, revision)
         offline = " (HF_HUB_OFFLINE is set)" if _offline() else ""
         raise VlmError(f"{label}: not found locally nor in the Hugging Face cache{offline}; run "
                        f"`vlm download {name}{rev}` first (or pass --download)") from err
+    missing = _missing_weights(path)
     if missing:
         if _DOWNLOADS["allowed"] and not _offline():
             return _fetch(name, revision)

@@ -7,7 +7,6 @@ cached hub snapshot; no weight file is read.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from vlm_cli.recipe import Recipe
@@ -16,12 +15,9 @@ from vlm_cli.recipe import Recipe
 def _config(cls: Any, spec: Any) -> Any:
     if spec.config is not None:
         return cls(**spec.config)
-    from vlm_cli.model.hub import resolve_snapshot
+    from vlm_cli.model.hub import local_path
 
-    directory = Path(spec.pretrained)
-    if not directory.is_dir():
-        directory = resolve_snapshot(spec.pretrained, spec.revision)
-    return cls.from_pretrained(directory)
+    return cls.from_pretrained(local_path(spec.pretrained, spec.revision))
 
 
 def parameter_counts(recipe: Recipe) -> dict[str, int]:

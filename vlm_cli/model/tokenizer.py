@@ -67,11 +67,10 @@ def load_tokenizer(spec: LLMSpec, source: str | Path | None = None) -> Any:
     else:
         from transformers import AutoTokenizer
 
-        from vlm_cli.model.hub import resolve_snapshot
+        from vlm_cli.model.hub import local_path
 
         name = source or spec.tokenizer or spec.pretrained
-        directory = Path(name) if Path(str(name)).is_dir() else resolve_snapshot(
-            str(name), spec.revision if name == spec.pretrained else None)
+        directory = local_path(str(name), spec.revision if name == spec.pretrained else None)
         tokenizer = AutoTokenizer.from_pretrained(directory)
     # A composite checkpoint (Video-LLaVA-hf) fixes its vocabulary: its own <image> / <video>.
     missing = [] if spec.component else [t for t in MEDIA_TOKENS if t not in tokenizer.get_vocab()]

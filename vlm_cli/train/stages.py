@@ -62,13 +62,12 @@ def _apply_lora(model: Any, stage: StageSpec) -> None:
 def _checkpoint(source: Path) -> tuple[Path, str] | None:
     """``(directory, name)`` when ``--from`` names a Video-LLaVA-hf checkpoint (a directory, or a
     hub id in the Hugging Face cache), else None (a run directory)."""
-    import re
-
     from vlm_cli.model.composite import composite_type
+    from vlm_cli.model.hub import is_repo_id
 
     if source.is_dir():
         return (source, str(source.resolve())) if composite_type(source) else None
-    if re.fullmatch(r"[\w.-]+/[\w.-]+", str(source)):
+    if is_repo_id(str(source)):
         from vlm_cli.model.hub import resolve_snapshot
 
         directory = resolve_snapshot(str(source), None)
