@@ -8,18 +8,33 @@ STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo
 DEMO_CLIPS ?= 1000
 
-.PHONY: install test demo bench clean
+.PHONY: install lock test demo bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
 
-# Re-install when the package metadata changes; the editable install picks up code changes.
-$(STAMP): pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[test]"
+# Install exactly what requirements.lock names (versions and sha256 hashes, made by `make lock`
+# from pyproject.toml), then the package itself, editable, without touching its dependencies.
+# A registry upload after the lock was made can never change what a fresh machine gets.
+# Re-installs when the lock or the package metadata changes.
+LOCK := requirements.lock
+PIP := $(PY) -m pip --disable-pip-version-check
+$(STAMP): $(LOCK) pyproject.toml | $(PY)
+	@echo "installing the locked dependencies into $(VENV) (first time: a few minutes, ~4 GB with the CUDA build of torch)" >&2
+	$(PIP) install --quiet --require-hashes --no-deps -r $(LOCK)
+	$(PIP) install --quiet --no-deps --no-build-isolation --editable .
+	$(PIP) check --quiet
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Regenerate requirements.lock from pyproject.toml (the `test` extra included): every package for
+# Linux, macOS and Windows on Python >= 3.11, pinned with hashes, by uv's resolver.
+UV_VERSION := 0.13.9
+lock: | $(PY)
+	$(PIP) install --quiet uv==$(UV_VERSION)
+	$(VENV)/bin/uv pip compile pyproject.toml --extra test --universal --python-version 3.11 \
+	  --generate-hashes --custom-compile-command "make lock" --quiet --output-file $(LOCK)
 
 test: install
 	$(PY) -m pytest -q

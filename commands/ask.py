@@ -71,6 +71,10 @@ def ask(
     recipe, vlm = load_model(model_dir, device=device, name=hub_id, revision=revision)
     console.info(f"model {hub_id or model_dir} on {device}, {vlm.llm.dtype} "
                  f"({vlm.llm.config._attn_implementation} attention)")
+    if recipe.model.llm is not None and recipe.model.llm.tokenizer == "toy-av":
+        console.info("note: a toy-av model: it knows only toy-av's colours, shapes, motion "
+                     "directions and sounds, whatever the clip; for real clips pass --model "
+                     "with a released checkpoint (README: what the demo model knows)")
     if fps is not None:
         recipe.data.sampling, recipe.data.fps, recipe.data.max_frames = "fps", fps, frames
     elif frames is not None:

@@ -87,9 +87,17 @@ def _hub(name: Optional[str], recipe: Optional[str], *, revision: Optional[str],
         targets = [(name, revision)]
     results = []
     for repo_id, rev in targets:
-        got = fetch(repo_id, revision=rev, repo_type=repo_type,
-                    include=include if recipe is None else None,
-                    exclude=exclude if recipe is None else None)
+        with console.progress_bar("MB") as bar:
+            tasks: list[int] = []  # one, added when the transfer starts (none when offline)
+
+            def on_bytes(done: int, total: int, repo_id: str = repo_id) -> None:
+                if not tasks:
+                    tasks.append(bar.add_task(repo_id, total=round(total / 1e6, 1)))
+                bar.update(tasks[0], completed=round(done / 1e6, 1))
+
+            got = fetch(repo_id, revision=rev, repo_type=repo_type,
+                        include=include if recipe is None else None,
+                        exclude=exclude if recipe is None else None, on_bytes=on_bytes)
         results.append(got)
         if got.offline:
             console.info(f"{repo_id}: HF_HUB_OFFLINE is set: resolved from the cache only")

@@ -6,3 +6,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+# As `vlm` itself does at its entry point (vlm_cli.runtime): fixtures that save checkpoints with
+# transformers must not print its "Writing model shards" bars into captured stderr.
+from vlm_cli.runtime import quiet_third_party  # noqa: E402
+
+quiet_third_party()

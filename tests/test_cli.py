@@ -73,6 +73,12 @@ def test_pyproject_lists_every_subpackage():
     on_disk = {".".join(p.parent.relative_to(root).parts)
                for p in (root / "vlm_cli").rglob("__init__.py")}
     assert on_disk <= listed, on_disk - listed
+    # Folders of data files inside an installed package are importable (namespace) packages too:
+    # setuptools warns about each one the list leaves out.
+    for top, package in (("commands", "vlm_cli.commands"), ("recipes", "vlm_cli.recipes")):
+        for folder in (root / top).rglob("*"):
+            if folder.is_dir() and folder.name != "__pycache__":
+                assert ".".join((package, *folder.relative_to(root / top).parts)) in listed
     assert {"vlm_cli.commands", "vlm_cli.recipes"} <= listed
 
 
@@ -113,10 +119,17 @@ def test_non_editable_wheel_keeps_everything_inside_vlm_cli(tmp_path):
         shutil.copy(root / name, src / name)
     for name in ("vlm_cli", "commands", "recipes"):
         shutil.copytree(root / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-                    "-q", "-w", str(tmp_path), str(src)], check=True, capture_output=True)
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps",
+                            "--no-build-isolation", "-v", "-w", str(tmp_path), str(src)],
+                           check=True, capture_output=True, text=True)
+    # A quiet install: setuptools warns (e.g. "Package 'vlm_cli.recipes.accelerate' is absent from
+    # the `packages` configuration") when the packaging configuration is ambiguous.
+    warnings = [line for line in (build.stdout + build.stderr).splitlines()
+                if "Warning:" in line or "Package would be ignored" in line]
+    assert not warnings, warnings
     (wheel,) = tmp_path.glob("vlm_cli-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert all(n.startswith(("vlm_cli/", "vlm_cli-")) for n in names), names
     assert "vlm_cli/commands/preprocess.py" in names
     assert "vlm_cli/recipes/tiny-av.yaml" in names
+    assert "vlm_cli/recipes/accelerate/ddp.yaml" in names

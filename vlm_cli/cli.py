@@ -77,6 +77,9 @@ def run(argv: list[str]) -> int:
     name, args = argv[0], argv[1:]
     if name not in COMMANDS:
         return _error(f"no such command {name!r}; commands: {', '.join(COMMANDS)}", 2)
+    from vlm_cli.runtime import quiet_third_party
+
+    quiet_third_party()
     try:
         import typer.main  # deferred: typer + rich cost ~0.1 s
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
+import time
 from typing import Any
 
 from rich.console import Console
@@ -48,8 +50,122 @@ class RateColumn(ProgressColumn):
         return Text(f"{rate:.1f} {self.unit}/s")
 
 
-def progress_bar(unit: str) -> Progress:
-    """A rich progress bar on stderr: description, bar, done/total, rate, elapsed, ETA."""
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    RateColumn(unit), TimeElapsedColumn(), TextColumn("ETA"),
-                    TimeRemainingColumn(), console=stderr, transient=False)
+#: Seconds between two progress lines when stderr is not a terminal (a log, CI, ``| cat``).
+LOG_INTERVAL_S = 15.0
+
+
+def progress_bar(unit: str, detail: str | None = None) -> Progress | LogProgress:
+    """Progress on stderr: description, done/total, rate, elapsed, ETA (and ``detail``).
+
+    On a terminal this is a live rich bar. Otherwise (``make demo > log 2>&1``, CI, nohup) a
+    rich bar prints nothing until it ends, so a :class:`LogProgress` prints one plain line every
+    :data:`LOG_INTERVAL_S` seconds instead.
+
+    Args:
+        unit: what is counted, plural (``clips``, ``steps``), shown in the rate.
+        detail: a format string over the task's fields, e.g. ``"loss {task.fields[loss]:.4f}"``.
+    """
+    if not stderr.is_terminal:
+        return LogProgress(unit, detail)
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               RateColumn(unit), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
+    if detail:
+        columns.insert(4, TextColumn(detail))
+    return Progress(*columns, console=stderr, transient=False)
+
+
+class _LogTask:
+    """One counted task of a :class:`LogProgress` (the attributes rich's ``Task`` has)."""
+
+    def __init__(self, description: str, total: float | None, completed: float,
+                 fields: dict) -> None:
+        self.description, self.total, self.completed, self.fields = (description, total,
+                                                                     completed, fields)
+        self.start, self.start_completed = time.monotonic(), completed
+        self.printed = False
+
+
+class LogProgress:
+    """Plain progress lines for a stderr that is not a terminal, with rich ``Progress``'s API
+    (``add_task``, ``update``, ``advance``; a context manager).
+
+    A background thread prints every task's state every ``interval`` seconds, whether or not it
+    advanced (so a slow step still shows it is alive), and each task's final state on a normal exit::
+
+        [03:12:45] stage 1: 120/900 steps (13%), 8.1 steps/s, elapsed 0:00:15, ETA 0:01:36, loss 0.4120
+    """
+
+    def __init__(self, unit: str, detail: str | None = None, *,
+                 interval: float = LOG_INTERVAL_S, file: Any = None) -> None:
+        self.unit, self.detail, self.interval = unit, detail, interval
+        self.file = file
+        self.tasks: list[_LogTask] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="vlm-progress", daemon=True)
+
+    def __enter__(self) -> LogProgress:
+        self._thread.start()
+        return self
+
+    def __exit__(self, kind: Any, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+        if kind is not None:  # the error is reported on its own line, alone
+            return
+        with self._lock:
+            for task in self.tasks:
+                self._print(task)
+
+    def add_task(self, description: str, total: float | None = None, completed: float = 0,
+                 **fields: Any) -> int:
+        with self._lock:
+            self.tasks.append(_LogTask(description, total, completed, fields))
+            return len(self.tasks) - 1
+
+    def update(self, task_id: int, *, total: float | None = None, completed: float | None = None,
+               advance: float | None = None, **fields: Any) -> None:
+        with self._lock:
+            task = self.tasks[task_id]
+            if total is not None:
+                task.total = total
+            if completed is not None:
+                task.completed = completed
+            if advance is not None:
+                task.completed += advance
+            task.fields.update(fields)
+
+    def advance(self, task_id: int, advance: float = 1) -> None:
+        self.update(task_id, advance=advance)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            with self._lock:
+                for task in self.tasks:
+                    self._print(task)
+
+    def line(self, task: _LogTask) -> str:
+        """The progress line of ``task`` (without the time stamp)."""
+        elapsed = time.monotonic() - task.start
+        done = task.completed
+        rate = (done - task.start_completed) / elapsed if elapsed > 0 else 0.0
+        count = f"{done:g}/{task.total:g} {self.unit}" if task.total else f"{done:g} {self.unit}"
+        if task.total:
+            count += f" ({100 * done / task.total:.0f}%)"
+        parts = [count, f"{rate:.1f} {self.unit}/s", f"elapsed {_clock(elapsed)}"]
+        if task.total and rate > 0:
+            parts.append(f"ETA {_clock(max(task.total - done, 0) / rate)}")
+        elif task.total:
+            parts.append("ETA -")
+        if self.detail:
+            parts.append(self.detail.format(task=task))
+        return f"{task.description}: " + ", ".join(parts)
+
+    def _print(self, task: _LogTask) -> None:
+        stamp = time.strftime("%H:%M:%S")
+        print(f"[{stamp}] {self.line(task)}", file=self.file or sys.stderr, flush=True)
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"

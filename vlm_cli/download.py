@@ -17,9 +17,12 @@ left in the snapshot.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fnmatch
 import json
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -91,7 +94,8 @@ class Downloaded:
 
 
 def download(repo_id: str, *, revision: str | None = None, repo_type: str = "model",
-             include: list[str] | None = None, exclude: list[str] | None = None) -> Downloaded:
+             include: list[str] | None = None, exclude: list[str] | None = None,
+             on_bytes: Callable[[int, int], None] | None = None) -> Downloaded:
     """Download a snapshot of ``repo_id`` into the Hugging Face hub cache.
 
     Args:
@@ -100,6 +104,10 @@ def download(repo_id: str, *, revision: str | None = None, repo_type: str = "mod
         include, exclude: glob patterns (huggingface_hub's ``allow_patterns`` /
             ``ignore_patterns``); with ``include`` the default file selection
             (:func:`select_files`, models only) is replaced by it.
+        on_bytes: called about once a second during the transfer as ``on_bytes(done, total)``:
+            bytes written to the repository's cache folder since the start, and the size of the
+            selected files (huggingface_hub's own progress bars are off; see
+            :func:`vlm_cli.runtime.quiet_third_party`).
 
     Returns:
         A :class:`Downloaded`. With ``HF_HUB_OFFLINE=1`` nothing is fetched: the snapshot is
@@ -147,8 +155,9 @@ def download(repo_id: str, *, revision: str | None = None, repo_type: str = "mod
             raise VlmError(f"{label}: no file matches the --include / --exclude patterns")
         # By name, not by info.sha, so that the cache records the branch (refs/main) for
         # later offline use; the snapshot directory says which commit was downloaded.
-        path = snapshot_download(repo_id, revision=revision, repo_type=repo_type,
-                                 allow_patterns=files)
+        with _watch_bytes(repo_id, repo_type, sum(sizes.get(f, 0) for f in files), on_bytes):
+            path = snapshot_download(repo_id, revision=revision, repo_type=repo_type,
+                                     allow_patterns=files)
     return Downloaded(repo_id, repo_type, revision, PurePosixPath(path).name, path,
                       sorted(files), sum(sizes.get(f, 0) for f in files), False)
 
@@ -158,6 +167,41 @@ def _read_text(repo_id: str, commit: str, filename: str) -> str:
     from huggingface_hub import hf_hub_download
 
     return Path(hf_hub_download(repo_id, filename, revision=commit)).read_text()
+
+
+@contextlib.contextmanager
+def _watch_bytes(repo_id: str, repo_type: str, total: int,
+                 on_bytes: Callable[[int, int], None] | None) -> Iterator[None]:
+    """Report the growth of the repository's ``blobs/`` folder in the hub cache (complete and
+    ``.incomplete`` files) to ``on_bytes`` from a background thread, once a second, then once
+    more at the end."""
+    if on_bytes is None:
+        yield
+        return
+    from huggingface_hub import constants
+    from huggingface_hub.file_download import repo_folder_name
+
+    blobs = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo_id,
+                                                             repo_type=repo_type) / "blobs"
+
+    def size() -> int:
+        return sum(p.stat().st_size for p in blobs.glob("*") if p.is_file()) \
+            if blobs.is_dir() else 0
+
+    start, stop = size(), threading.Event()
+
+    def watch() -> None:
+        while not stop.wait(1.0):
+            on_bytes(min(max(size() - start, 0), total), total)
+
+    thread = threading.Thread(target=watch, name="vlm-download-progress", daemon=True)
+    thread.start()
+    try:
+        yield
+        on_bytes(total, total)
+    finally:
+        stop.set()
+        thread.join()
 
 
 class _hub_errors:

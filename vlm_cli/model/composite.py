@@ -60,14 +60,12 @@ def load_composite(directory: str | Path, dtype: Any, *, fresh: bool = False) ->
         VlmError: not a supported composite checkpoint.
     """
     import transformers
-    from transformers.utils import logging as hf_logging
 
     kind = composite_type(directory)
     if kind is None:
         raise VlmError(f"{directory}: not a Video-LLaVA-hf checkpoint (config.json model_type)")
     key = _key(directory, dtype)
     if fresh or key not in _LOADED:
-        hf_logging.disable_progress_bar()
         model = getattr(transformers, COMPOSITES[kind]).from_pretrained(directory, dtype=dtype)
         if fresh:
             return model.eval()

@@ -50,9 +50,6 @@ def _build(spec: VisionEncoderSpec | AudioEncoderSpec, config_cls: type, model_c
             torch.manual_seed(spec.init_seed)
             model = model_cls(config_cls(**spec.config)).to(dtype)
     else:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()  # progress is ours, on stderr
         model = model_cls.from_pretrained(directory, dtype=dtype)
     return model.eval().requires_grad_(False)
 

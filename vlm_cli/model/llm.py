@@ -39,9 +39,6 @@ def build_llm(spec: LLMSpec, tokenizer: Any, *, weights: str | Path | None = Non
     """
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # progress is ours, on stderr; no per-shard bars
     dtype = dtype or torch.float32
     kwargs = {"dtype": dtype, "attn_implementation": spec.attn_implementation}
     if weights is not None:

@@ -9,30 +9,30 @@ from vlm_cli import console
 
 
 class StageProgress:
-    """A rich progress bar on stderr showing step, loss, lr, samples/s and ETA."""
+    """Training progress on stderr (:func:`vlm_cli.console.progress_bar`): step/total, steps/s,
+    elapsed, ETA, loss, learning rate and samples/s; fed one
+    :class:`vlm_cli.train.loop.StepMetrics` per optimiser step by ``update``."""
 
     def __init__(self, description: str) -> None:
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                   TimeRemainingColumn)
-
-        self.bar = Progress(TextColumn(description), BarColumn(), MofNCompleteColumn(),
-                            TextColumn("loss {task.fields[loss]:.4f} lr {task.fields[lr]:.2e} "
-                                       "{task.fields[rate]:.1f} samples/s ETA"),
-                            TimeRemainingColumn(), console=console.stderr)
-        self.task = None
+        self.description = description
+        self.bar = console.progress_bar(
+            "steps", "loss {task.fields[loss]:.4f} lr {task.fields[lr]:.2e} "
+                     "{task.fields[rate]:.1f} samples/s")
+        self.task: int | None = None
 
     def __enter__(self) -> StageProgress:
         self.bar.__enter__()
+        # Shown from the start (setup, first batches) so a log sees the stage is alive.
+        self.task = self.bar.add_task(self.description, total=None, loss=float("nan"), lr=0.0,
+                                      rate=0.0)
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.bar.__exit__(*exc)
 
     def update(self, m: Any) -> None:
-        if self.task is None:
-            self.task = self.bar.add_task("", total=m.total, completed=m.step - 1, loss=m.loss,
-                                          lr=m.lr, rate=m.samples_per_s)
-        self.bar.update(self.task, completed=m.step, loss=m.loss, lr=m.lr, rate=m.samples_per_s)
+        self.bar.update(self.task, total=m.total, completed=m.step, loss=m.loss, lr=m.lr,
+                        rate=m.samples_per_s)
 
 
 def print_summary(summary: Any, json_out: bool) -> None:

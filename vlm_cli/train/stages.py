@@ -174,9 +174,6 @@ def run_stage(recipe: Recipe, stage_name: str, run_dir: Path, *, data: Path | No
                          on_step=on_step)
     model = accelerator.unwrap_model(model)
     if accelerator.is_main_process:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.disable_progress_bar()
         random_llm = recipe.model.llm.config is not None and llm_weights is None
         config = RunConfig(stage=stage_name, recipe=recipe.name, feature_dims=model.feature_dims,
                            llm_weights=llm_weights, adapter=stage.lora is not None,
