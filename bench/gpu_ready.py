@@ -77,20 +77,6 @@ def build(args: argparse.Namespace, device: str, dtype: torch.dtype):
     return recipe, model, tokenizer
 
 
-class _Clock:
-    """A generate() streamer noting when each new token reaches the host (``.cpu()`` syncs)."""
-
-    def __init__(self) -> None:
-        self.times: list[float] = []
-
-    def put(self, value: torch.Tensor) -> None:
-        if value.numel():  # the first put is the (empty) prompt of inputs_embeds generation
-            self.times.append(time.perf_counter())
-
-    def end(self) -> None:
-        pass
-
-
 def sync(device: str, reset_peak: bool = False) -> None:
     """Wait for ``device``'s queued work; optionally reset its peak memory."""
     if device.startswith("cuda"):
@@ -114,20 +100,20 @@ def bench_generate(model, tokenizer, args, device: str) -> dict:
 
     ids = encode_prompt(tokenizer, [{"from": "human", "value": QUESTION}])
     media = [MediaInput(vision=torch.randn(args.frames, args.patches, CLIP_WIDTH, device=device))]
-    model.llm.generation_config.min_new_tokens = args.new_tokens  # generate() has no such kwarg
     model.eval()
     sync(device, reset_peak=True)
     ttft, decode, n_out = [], [], 0
     for run in range(1 + args.repeats):  # run 0 is the warm-up
-        clock = _Clock()
+        times = []
         sync(device)
         start = time.perf_counter()
-        out = model.generate(ids, media, max_new_tokens=args.new_tokens, streamer=clock)
+        for _ in model.stream([ids], [media], max_new_tokens=args.new_tokens, ignore_eos=True):
+            times.append(time.perf_counter())  # each token reaches the host (.tolist() syncs)
         sync(device)
         if run:
-            n_out = len(out)
-            ttft.append(clock.times[0] - start)
-            decode.append((len(clock.times) - 1) / (clock.times[-1] - clock.times[0]))
+            n_out = len(times)
+            ttft.append(times[0] - start)
+            decode.append((len(times) - 1) / (times[-1] - times[0]))
     prompt = len(ids) - 1 + args.frames * args.patches  # the placeholder becomes the soft prompt
     return {"prompt_tokens": prompt, "visual_tokens": args.frames * args.patches,
             "text_tokens": len(ids) - 1, "new_tokens": n_out, "repeats": args.repeats,
@@ -144,7 +130,7 @@ def bench_train(model, tokenizer, recipe, args, device: str, dtype: torch.dtype)
     stage = recipe.train.stage1
     trained = set_trainable(model, stage.freeze, "train.stage1")
     if stage.gradient_checkpointing:
-        model.llm.gradient_checkpointing_enable()
+        model.llm.activation_checkpointing_enable()
         model.llm.enable_input_require_grads()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=stage.lr, weight_decay=stage.weight_decay)
@@ -242,7 +228,7 @@ def main() -> None:
                  "use --tiny --device cpu for a CPU smoke test")
     import transformers
 
-    from vlm_cli.model.llm import resolve_dtype
+    from vlm_cli.runtime import resolve_dtype
 
     dtype = resolve_dtype("auto", args.device)
     torch.manual_seed(0)

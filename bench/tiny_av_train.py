@@ -34,17 +34,15 @@ def vlm(*args: str) -> tuple[float, dict]:
 
 
 def evaluate(run_dir: Path, toy: Path) -> dict[str, dict]:
-    from vlm_cli.cache import FeatureCache
-    from vlm_cli.eval.qa import load_qa, predict, score
-    from vlm_cli.features import FeatureStore
-    from vlm_cli.model.run_dir import load_run
+    from vlm_cli.eval.qa import load_qa, score
+    from vlm_cli.eval.run import predict
+    from vlm_cli.pipeline import Pipeline
 
-    recipe, model = load_run(run_dir)
-    store = FeatureStore(recipe, FeatureCache())
+    pipeline = Pipeline.load(str(run_dir), device="cpu")
     results = {}
     for split in ("test", "probe"):
         items = load_qa(toy / "qa" / f"{split}_questions.json")
-        results[split] = score(items, predict(model, store, items, max_new_tokens=6))
+        results[split] = score(items, predict(pipeline, items, max_new_tokens=6))
     return results
 
 

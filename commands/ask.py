@@ -1,4 +1,4 @@
-"""``vlm ask``: ask a trained model about a video, image or audio file."""
+"""``vlm ask``: ask a trained model about a video, image or audio file (or a batch of them)."""
 
 from __future__ import annotations
 
@@ -7,14 +7,15 @@ from typing import Annotated, Optional
 
 import typer
 
-from vlm_cli.commands.options import Download, allow_downloads
+from vlm_cli.commands.options import Download
 
 app = typer.Typer(add_completion=False, rich_markup_mode="rich")
 
 
 @app.command()
 def ask(
-    media: Annotated[Path, typer.Argument(help="A video, image or audio file.")],
+    media: Annotated[Optional[Path], typer.Argument(
+        help="A video, image or audio file.", show_default=False)] = None,
     question: Annotated[Optional[str], typer.Argument(
         help="The question. Without it: an interactive chat about the file (also reads "
              "questions piped on stdin, one per line; /reset, /quit).", show_default=False)]
@@ -23,6 +24,15 @@ def ask(
         help="A run directory (stage 1 or 2), a merged model, a Video-LLaVA-hf checkpoint, or "
              "a hub id in the Hugging Face cache \\[default: $VLM_MODEL, else "
              "$VLM_HOME/models/tiny-av].", show_default=False)] = None,
+    batch: Annotated[Optional[Path], typer.Option(
+        help="Answer the requests of a JSONL file instead, one {\"id\", \"media\", \"question\"} "
+             "per line (media relative to the file's folder); one JSON answer per line on stdout "
+             "or in --out.", show_default=False)] = None,
+    out: Annotated[Optional[Path], typer.Option(
+        help="--batch: write the answers here; a re-run skips ids already answered.",
+        show_default=False)] = None,
+    batch_size: Annotated[int, typer.Option(min=1, help="--batch: questions answered at once.")]
+    = 8,
     frames: Annotated[Optional[int], typer.Option(
         min=1, help="Frames sampled uniformly \\[default: the model's recipe].",
         show_default=False)] = None,
@@ -46,46 +56,58 @@ def ask(
 ) -> None:
     """Answer questions about MEDIA, streaming the answer to stdout token by token (greedy by
     default). Features are cached: a second question on the same file skips decoding and
-    encoding. A file without an audio track is answered from the picture, with a note."""
-    allow_downloads(download)
+    encoding, and a follow-up question in a chat reuses the conversation's KV cache. A file
+    without an audio track is answered from the picture, with a note. With --batch, many files
+    are answered in one process (greedy, batched); a bad file is one error record and the rest go
+    on."""
     import sys
     import time
 
     from vlm_cli import console
-    from vlm_cli.ask import ChatSession, resolve_model
-    from vlm_cli.cache import FeatureCache
-    from vlm_cli.errors import MediaError
-    from vlm_cli.eval.qa import placeholder_for
-    from vlm_cli.features import FeatureStore
-    from vlm_cli.media.kinds import media_kind
+    from vlm_cli.errors import UsageError
+    from vlm_cli.pipeline import Pipeline
 
-    if not media.exists():
-        raise MediaError(media, "file not found")
-    model_dir, hub_id = resolve_model(model, revision)
+    if batch is not None:
+        if media is not None:
+            raise UsageError("--batch FILE takes no MEDIA / QUESTION arguments")
+    elif media is None:
+        raise UsageError("vlm ask: give MEDIA (and a QUESTION), or --batch FILE")
+    elif out is not None:
+        raise UsageError("--out goes with --batch")
     started = time.perf_counter()
-    import torch
+    requests = None
+    if batch is not None:  # a malformed requests file fails before the model loads
+        from vlm_cli.batch import read_requests
 
-    from vlm_cli.model.run_dir import load_model
+        requests = read_requests(batch)
+    elif not media.is_file():  # and so does a missing file
+        from vlm_cli.errors import MediaError
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    recipe, vlm = load_model(model_dir, device=device, name=hub_id, revision=revision)
-    console.info(f"model {hub_id or model_dir} on {device}, {vlm.llm.dtype} "
+        raise MediaError(media, "file not found")
+    pipeline = Pipeline.load(model, revision=revision, download=download, frames=frames, fps=fps)
+    vlm = pipeline.model
+    console.info(f"model {pipeline.name} on {pipeline.store.device}, {vlm.llm.dtype} "
                  f"({vlm.llm.config._attn_implementation} attention)")
-    if recipe.model.llm is not None and recipe.model.llm.tokenizer == "toy-av":
+    llm_spec = pipeline.loaded.recipe.model.llm
+    if llm_spec is not None and llm_spec.tokenizer == "toy-av":
         console.info("note: a toy-av model: it knows only toy-av's colours, shapes, motion "
                      "directions and sounds, whatever the clip; for real clips pass --model "
                      "with a released checkpoint (README: what the demo model knows)")
-    if fps is not None:
-        recipe.data.sampling, recipe.data.fps, recipe.data.max_frames = "fps", fps, frames
-    elif frames is not None:
-        recipe.data.frames = frames
     load_s = time.perf_counter() - started
-    store = FeatureStore(recipe, FeatureCache(), device=device)
-    features, info = store.fetch(media, audio=not no_audio)
-    if info["audio"] == "absent" and media_kind(media) != "image":
+    if requests is not None:
+        from vlm_cli.batch import answer_requests
+
+        answer_requests(pipeline, requests, batch.parent, out, audio=not no_audio,
+                        batch_size=batch_size, max_new_tokens=max_new_tokens)
+        return
+    ref = pipeline.media(media)
+    features, info = pipeline.features(ref, audio=not no_audio)
+    if info.audio == "absent" and ref.kind != "image":
         console.warn(f"{media}: no audio track; answering from the picture only")
-    session = ChatSession(vlm, features, placeholder_for(media))
+    session = pipeline.chat(features, ref)
     if seed is not None:
+        import torch
+
         torch.manual_seed(seed)
 
     def answer(text: str) -> None:
@@ -95,19 +117,20 @@ def ask(
                              top_p=top_p, on_text=stream)
         if json_out:
             console.print_json({
-                "answer": result.text, "question": text, "model": str(model_dir),
-                "media": str(media), "frames": info.get("frames"), "audio": info["audio"],
-                "cache": info["cache"],
-                "timings": {"load": round(load_s, 4), "decode": round(info["decode_s"], 4),
-                            "encode": round(info["encode_s"], 4),
+                "answer": result.text, "question": text, "model": pipeline.name,
+                "media": str(media), "frames": info.frames, "audio": info.audio,
+                "cache": info.cache,
+                "timings": {"load": round(load_s, 4), "decode": round(info.decode_s, 4),
+                            "encode": round(info.encode_s, 4),
                             "prefill": round(result.prefill_s, 4),
+                            "prefill_tokens": result.prefill_tokens,
                             "generate": round(result.generate_s, 4),
                             "tokens": result.tokens,
                             "tokens_per_s": round(result.tokens_per_s, 2)}})
         else:
             sys.stdout.write("\n")
             sys.stdout.flush()
-        info["cache"], info["decode_s"], info["encode_s"] = "hit", 0.0, 0.0  # later turns
+        info.cache, info.decode_s, info.encode_s = "hit", 0.0, 0.0  # later turns
 
     if question is not None:
         answer(question)

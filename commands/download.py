@@ -74,8 +74,8 @@ def _hub(name: Optional[str], recipe: Optional[str], *, revision: Optional[str],
     import dataclasses
 
     from vlm_cli import console
-    from vlm_cli.download import download as fetch
-    from vlm_cli.download import recipe_repos
+    from vlm_cli.hub import download_snapshot as fetch
+    from vlm_cli.hub import recipe_repos
 
     if recipe is not None:
         from vlm_cli.recipe import load_recipe

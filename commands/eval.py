@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from vlm_cli.commands.options import Download, Json, Workers, allow_downloads
+from vlm_cli.commands.options import Download, Json, Workers
 
 app = typer.Typer(add_completion=False, rich_markup_mode="rich")
 
@@ -50,33 +50,28 @@ def evaluate(
     skips answered ids. Under `accelerate launch` the questions are split over processes and
     merged by question id. With --judge, judgements.jsonl holds each verdict and the report
     a 'judge' section (the judge's identity, prompt hash, yes-rate and mean score per type)."""
-    allow_downloads(download)
     import dataclasses
     import hashlib
 
-    import torch
     from accelerate import PartialState
 
     from vlm_cli import console
-    from vlm_cli.ask import resolve_model
-    from vlm_cli.cache import FeatureCache
     from vlm_cli.eval.qa import load_qa
-    from vlm_cli.eval.run import (PROMPT, EvalSettings, answer_items, merge_predictions,
+    from vlm_cli.eval.run import (EvalSettings, answer_items, merge_predictions,
                                   model_identity, read_predictions, write_report)
-    from vlm_cli.features import FeatureStore
     from vlm_cli.model.fingerprint import audio_frontend
-    from vlm_cli.model.llm import resolve_dtype
-    from vlm_cli.model.run_dir import load_model
+    from vlm_cli.pipeline import PROMPT, Pipeline
     from vlm_cli.preprocess import preprocess
+    from vlm_cli.runtime import pick_device, resolve_dtype
 
-    state = PartialState(cpu=not torch.cuda.is_available())
-    model_dir, hub_id = resolve_model(model, revision)
+    state = PartialState(cpu=pick_device() == "cpu")
     items = load_qa(data, answers, media_root)[:limit]
+    device = str(state.device)
+    pipeline = Pipeline.load(model, revision=revision, download=download, device=device)
+    model_dir, recipe, vlm, store = (pipeline.directory, pipeline.loaded.recipe, pipeline.model,
+                                     pipeline.store)
     out_dir = out or Path("eval") / f"{model_dir.name}-{data.stem}"
     out_dir.mkdir(parents=True, exist_ok=True)
-    device = str(state.device)
-    recipe, vlm = load_model(model_dir, device=device, name=hub_id, revision=revision)
-    store = FeatureStore(recipe, FeatureCache(), device=device)
     judge_model = None
     if judge is not None and state.is_main_process:  # fail before answering, not after
         from vlm_cli.eval.judge import Judge
@@ -84,15 +79,14 @@ def evaluate(
         judge_model = Judge(judge, judge_revision, device=device,
                             dtype=resolve_dtype("auto", device))
     if state.is_main_process:  # decode + encode what is missing, in crash-isolated workers
-        preprocess(list(dict.fromkeys(i.media for i in items)), recipe, store.cache,
-                   workers=workers, device=device)
+        preprocess(list(dict.fromkeys(i.media for i in items)), store, workers=workers)
     state.wait_for_everyone()
     skip = set(read_predictions(out_dir / "predictions.jsonl")) if state.num_processes > 1 \
         else set()
     mine = items[state.process_index::state.num_processes]
     with console.progress_bar("questions") as bar:
         task = bar.add_task("eval", total=len(mine))
-        answer_items(vlm, store, mine, out_dir / f"predictions.rank{state.process_index}.jsonl",
+        answer_items(pipeline, mine, out_dir / f"predictions.rank{state.process_index}.jsonl",
                      batch_size=batch_size, max_new_tokens=max_new_tokens, skip=skip,
                      on_done=lambda n: bar.advance(task, n))
     state.wait_for_everyone()

@@ -24,9 +24,14 @@ Download = Annotated[bool, typer.Option(
     "would) instead of stopping with the `vlm download` command to run.")]
 
 
-def allow_downloads(download: bool) -> None:
-    """Apply ``--download`` for this process (before anything resolves a hub id)."""
-    if download:
-        from vlm_cli.model.hub import allow_downloads as allow
+def fetch_for(download: bool, recipe: object = None, *names: object) -> None:
+    """``--download``: fetch the hub parts of ``recipe`` and the hub ids among ``names`` that are
+    missing from the Hugging Face cache, before anything loads (without it: nothing; a missing
+    part is reported where it is needed, with the ``vlm download`` command to run)."""
+    if not download:
+        return
+    from vlm_cli.hub import fetch_missing, is_repo_id, recipe_repos
 
-        allow(True)
+    repos = recipe_repos(recipe) if recipe is not None else []
+    repos += [(str(n), None) for n in names if n is not None and is_repo_id(str(n))]
+    fetch_missing(repos, download)

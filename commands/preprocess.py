@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from vlm_cli.commands.options import (Download, Encoders, Json, MediaRoot, Overrides, Workers,
-                                     allow_downloads)
+                                     fetch_for)
 
 app = typer.Typer(add_completion=False, rich_markup_mode="rich")
 
@@ -41,13 +41,13 @@ def preprocess(
     Idempotent: a second run computes nothing. Failed clips are listed with path and reason and
     written to a JSONL error log; nothing is ever substituted for them.
     """
-    allow_downloads(download)
     import time
 
     from vlm_cli import console
     from vlm_cli.cache import FeatureCache
     from vlm_cli.data import load_records, unique_media
     from vlm_cli.errors import MediaError, UsageError
+    from vlm_cli.features import FeatureStore
     from vlm_cli.media.kinds import MEDIA_EXTENSIONS
     from vlm_cli.preprocess import parse_shard, preprocess as run, write_error_log
     from vlm_cli.recipe import load_recipe
@@ -60,6 +60,7 @@ def preprocess(
         from vlm_cli.train.align import use_aligned_encoders
 
         resolved = use_aligned_encoders(resolved, encoders)
+    fetch_for(download, resolved)
     root = media_root or (Path(resolved.data.media_root) if resolved.data.media_root else None)
     single = data.suffix.lower() in MEDIA_EXTENSIONS
     refs = unique_media(load_records(data, root))
@@ -68,8 +69,8 @@ def preprocess(
 
     with console.progress_bar("clips") as bar:
         task = bar.add_task("preprocess", total=None)
-        summary = run([r.path for r in refs], resolved, cache, workers=workers, timeout_s=timeout,
-                      device=device, shard=shard_index,
+        summary = run([r.path for r in refs], FeatureStore(resolved, cache, device),
+                      workers=workers, timeout_s=timeout, shard=shard_index,
                       on_clip=lambda path, status: bar.advance(task))
         bar.update(task, total=summary.clips, completed=summary.clips)
 

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from vlm_cli.commands.options import (Download, Encoders, Json, MediaRoot, Overrides, Resume,
-                                     Workers, allow_downloads)
+                                     Workers, fetch_for)
 
 app = typer.Typer(add_completion=False, rich_markup_mode="rich")
 
@@ -38,7 +38,6 @@ def pretrain(
     missing are preprocessed first; the encoders are not loaded otherwise). AdamW with a cosine
     schedule and warmup, gradient accumulation, clipping; checkpoints, metrics.jsonl and loss.png
     in the run directory. Works under `accelerate launch` (DDP)."""
-    allow_downloads(download)
     from vlm_cli.errors import UsageError
     from vlm_cli.recipe import load_recipe
     from vlm_cli.train.report import StageProgress, print_summary
@@ -47,13 +46,14 @@ def pretrain(
     if stage not in ("stage1", "encoders"):
         raise UsageError(f"--stage {stage!r}: expected stage1 or encoders")
     resolved = load_recipe(recipe, overrides or [])
+    fetch_for(download, resolved)
     run_dir = out or Path("runs") / f"{resolved.name}-{stage}"
     if stage == "encoders":
         from vlm_cli.train.align import run_align
 
         with StageProgress("encoders") as progress:
             summary = run_align(resolved, run_dir, data=data, media_root=media_root,
-                                workers=workers, on_step=progress.update)
+                                workers=workers, resume=resume, on_step=progress.update)
         print_summary(summary, json_out)
         return
     if encoders is not None:

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from vlm_cli.commands.options import (Download, Json, MediaRoot, Overrides, Resume, Workers,
-                                     allow_downloads)
+                                     fetch_for)
 
 app = typer.Typer(add_completion=False, rich_markup_mode="rich")
 
@@ -35,12 +35,12 @@ def tune(
     LoRA (train.stage2.lora: rank, alpha, dropout, target modules), starting from a stage-1 run
     or a released Video-LLaVA-hf checkpoint. The model comes from --from; the training settings
     from RECIPE."""
-    allow_downloads(download)
     from vlm_cli.recipe import load_recipe
     from vlm_cli.train.report import StageProgress, print_summary
     from vlm_cli.train.stages import run_stage
 
     resolved = load_recipe(recipe, overrides or [])
+    fetch_for(download, resolved, from_run)
     run_dir = out or Path("runs") / f"{resolved.name}-stage2"
     with StageProgress("stage 2") as progress:
         summary = run_stage(resolved, "stage2", run_dir, data=data, media_root=media_root,

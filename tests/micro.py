@@ -32,3 +32,42 @@ def micro_recipe(*, vision: str = VISION_CLIP, video_connector: str = "{type: ml
     (an indented YAML block)."""
     return TEMPLATE.format(vision=vision, video_connector=video_connector,
                            audio_clips=audio_clips, train=train)
+
+
+KILL_AT_STEP = """
+import os, signal, sys
+import vlm_cli.train.loop as loop
+save = loop.save_checkpoint
+def save_then_die(run_dir, step, *args, **kwargs):
+    out = save(run_dir, step, *args, **kwargs)
+    if step == {step}:
+        os.kill(os.getpid(), signal.SIGKILL)  # as `kill -9` right after that checkpoint
+    return out
+loop.save_checkpoint = save_then_die
+from vlm_cli.cli import run
+sys.exit(run(sys.argv[1:]))
+"""
+
+
+def run_killed_at(step: int, args: list[str], env: dict[str, str]) -> int:
+    """Run ``vlm ARGS`` in a subprocess that kills itself with SIGKILL right after writing
+    checkpoint ``step``: a crash at a known point, independent of timing. Returns the exit code
+    (-9 when it was killed)."""
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-c", KILL_AT_STEP.format(step=step), *args],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env).returncode
+
+
+def micro_world(tmp_path_factory, name: str, recipe_yaml: str, *, clips: int, seed: int):
+    """A small toy-av set under a fresh temporary root, the recipe written as ``micro.yaml``,
+    and an environment whose VLM_HOME (feature cache, models) is private to it."""
+    import os
+
+    from vlm_cli.toyav import generate_toy_av
+
+    root = tmp_path_factory.mktemp(name)
+    generate_toy_av(root / "toy", clips=clips, seed=seed, workers=1)
+    (root / "micro.yaml").write_text(recipe_yaml)
+    return root, {**os.environ, "VLM_HOME": str(root / "home")}

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
-from micro import VISION_VIVIT, micro_recipe
+from micro import VISION_VIVIT, micro_recipe, micro_world
 from vlm_cli.recipe import ViewSpec
 from vlm_cli.train.align import IGNORE, joint_labels, view_labels
 
@@ -41,12 +41,7 @@ def test_view_labels_match_whole_words_longest_first():
 
 @pytest.fixture(scope="module")
 def aligned(tmp_path_factory):
-    from vlm_cli.toyav import generate_toy_av
-
-    root = tmp_path_factory.mktemp("align")
-    generate_toy_av(root / "toy", clips=12, seed=2, workers=1)
-    (root / "micro.yaml").write_text(MICRO_AV)
-    env = {**os.environ, "VLM_HOME": str(root / "home")}
+    root, env = micro_world(tmp_path_factory, "align", MICRO_AV, clips=12, seed=2)
     out = subprocess.run([VLM, "pretrain", str(root / "micro.yaml"), "--stage", "encoders",
                           "--data", str(root / "toy" / "stage1.json"), "--out",
                           str(root / "enc"), "--json"], capture_output=True, text=True, env=env)
@@ -95,3 +90,28 @@ def test_alignment_needs_a_fresh_directory_and_views(aligned, tmp_path):
                           "--data", str(root / "toy" / "stage1.json")],
                          capture_output=True, text=True, env=env)
     assert bad.returncode == 2 and "no vision/ encoder" in bad.stderr
+
+
+def test_alignment_resume_after_kill_9_is_bit_exact(aligned, tmp_path):
+    """The alignment stage runs on the same engine as stages 1 and 2: checkpoints and --resume."""
+    from safetensors.torch import load_file
+
+    from micro import run_killed_at
+
+    root, env, _ = aligned
+    args = ["pretrain", str(root / "micro.yaml"), "--stage", "encoders", "--data",
+            str(root / "toy" / "stage1.json"), "--json", "train.encoders.steps=6"]
+    reference = subprocess.run([VLM, *args, "--out", str(tmp_path / "ref")], capture_output=True,
+                               text=True, env=env)
+    assert reference.returncode == 0, reference.stderr
+    killed = tmp_path / "killed"
+    assert run_killed_at(3, [*args, "--out", str(killed), "train.encoders.save_every=1"],
+                         env) == -9
+    assert not (killed / "config.json").exists()
+    resumed = subprocess.run([VLM, *args, "--out", str(killed), "--resume"], capture_output=True,
+                             text=True, env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    for part in ("vision", "audio"):
+        ref = load_file(tmp_path / "ref" / part / "model.safetensors")
+        got = load_file(killed / part / "model.safetensors")
+        assert ref.keys() == got.keys() and all(torch.equal(ref[k], got[k]) for k in ref), part

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from media_factory import SHARED_MEDIA, moving_frames, write_png, write_video
-from micro import micro_recipe
+from micro import micro_recipe, micro_world
 from vlm_cli.cli import run
 
 VLM = str(Path(sys.executable).with_name("vlm"))
@@ -24,12 +24,7 @@ MICRO = micro_recipe(
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from vlm_cli.toyav import generate_toy_av
-
-    root = tmp_path_factory.mktemp("ask")
-    generate_toy_av(root / "toy", clips=8, seed=4, workers=1)
-    (root / "micro.yaml").write_text(MICRO)
-    env = {**os.environ, "VLM_HOME": str(root / "home")}
+    root, env = micro_world(tmp_path_factory, "ask", MICRO, clips=8, seed=4)
     out = subprocess.run([VLM, "pretrain", str(root / "micro.yaml"), "--data",
                           str(root / "toy" / "stage1.json"), "--out", str(root / "run")],
                          capture_output=True, text=True, env=env)
@@ -171,3 +166,55 @@ def test_eval_with_judge(home, tmp_path, capsys):
     assert run(eval_args(home, tmp_path / "judged", "--judge", str(plain))) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no chat template" in err[0]
+
+
+def test_batch_answers_good_files_reports_bad_ones_and_resumes(home, tmp_path, capsys):
+    """`vlm ask --batch`: good clips answered, a missing and a corrupt file one error record
+    each, and a re-run with --out answers nothing twice."""
+    import shutil
+
+    for i in (1, 2, 3):
+        shutil.copy(home / "toy" / "media" / f"toyav-0000{i}.mp4", tmp_path / f"c{i}.mp4")
+    (tmp_path / "corrupt.mp4").write_text("not a video")
+    requests = [{"id": "a", "media": "c1.mp4", "question": "What sound is playing?"},
+                {"id": "b", "media": "missing.mp4", "question": "What sound is playing?"},
+                {"id": "c", "media": "c2.mp4", "question": "What colour is the shape?"},
+                {"id": "d", "media": "corrupt.mp4", "question": "What shape is it?"},
+                {"id": 5, "media": "c3.mp4", "question": "Which direction does it move?"}]
+    batch = tmp_path / "requests.jsonl"
+    batch.write_text("".join(json.dumps(r) + "\n" for r in requests))
+    model = ["--model", str(home / "run")]
+    assert run(["ask", "--batch", str(batch), "--batch-size", "2", *model]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["id"] for r in rows] == ["a", "b", "c", "d", "5"]
+    errors = {r["id"]: r["error"] for r in rows if "error" in r}
+    assert set(errors) == {"b", "d"} and "missing.mp4" in errors["b"]
+    answered = [r for r in rows if "answer" in r]
+    assert all(r["audio"] == "used" and r["cache"] in ("hit", "miss") for r in answered)
+    # One by one through the chat path: the same answers as the batch.
+    for r in answered:
+        code, single, _ = ask_json(capsys, str(tmp_path / r["media"]), r["question"], *model,
+                                   "--max-new-tokens", "64")
+        assert code == 0 and single["answer"] == r["answer"]
+
+    out = tmp_path / "answers.jsonl"
+    assert run(["ask", "--batch", str(batch), "--out", str(out), *model]) == 0
+    first = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(first) == 5 and capsys.readouterr().out == ""
+    (tmp_path / "missing.mp4").write_bytes((tmp_path / "c1.mp4").read_bytes())  # now present
+    assert run(["ask", "--batch", str(batch), "--out", str(out), *model]) == 0
+    assert "3 already answered" in capsys.readouterr().err
+    again = [json.loads(line) for line in out.read_text().splitlines()]
+    ids = [r["id"] for r in again]
+    assert sorted(ids) == ["5", "a", "b", "c", "d"]  # each id once: answered ones not redone
+    assert "answer" in next(r for r in again if r["id"] == "b")  # the fixed file was retried
+    assert "error" in next(r for r in again if r["id"] == "d")
+
+
+def test_batch_file_errors_are_one_line(home, tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "a", "media": "x.mp4"}\n')
+    assert run(["ask", "--batch", str(bad), "--model", str(home / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and "bad.jsonl:1" in err[-1]
+    assert run(["ask", "--batch", str(bad), "clip.mp4", "--model", str(home / "run")]) == 2

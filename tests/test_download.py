@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from hub_server import FakeHub, client_env
-from vlm_cli.download import select_files
+from vlm_cli.hub import select_files
 
 VLM = str(Path(sys.executable).with_name("vlm"))
 REPO = "org/tiny"

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
 
-from micro import micro_recipe
+from micro import micro_recipe, micro_world, run_killed_at
 from vlm_cli.cli import run
 
 VLM = str(Path(sys.executable).with_name("vlm"))
@@ -31,12 +28,7 @@ MICRO = micro_recipe(
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """A 12-clip toy-av set, preprocessed once under its own VLM_HOME, and the micro recipe."""
-    from vlm_cli.toyav import generate_toy_av
-
-    root = tmp_path_factory.mktemp("train")
-    generate_toy_av(root / "toy", clips=12, seed=1, workers=1)
-    (root / "micro.yaml").write_text(MICRO)
-    env = {**os.environ, "VLM_HOME": str(root / "home")}
+    root, env = micro_world(tmp_path_factory, "train", MICRO, clips=12, seed=1)
     subprocess.run([VLM, "preprocess", str(root / "toy" / "clips.jsonl"), "--recipe",
                     str(root / "micro.yaml")], check=True, capture_output=True, env=env)
     return root, env
@@ -80,14 +72,12 @@ def test_stage1_then_lora_stage2(world, tmp_path, monkeypatch, capsys):
     assert config["adapter"] and not (tmp_path / "s2" / "llm").exists()  # referenced, not copied
     assert config["llm_weights"] == str((tmp_path / "s1" / "llm").resolve())
 
-    from vlm_cli.features import FeatureStore
-    from vlm_cli.cache import FeatureCache
-    from vlm_cli.eval.qa import load_qa, predict
-    from vlm_cli.model.run_dir import load_run
+    from vlm_cli.eval.qa import load_qa
+    from vlm_cli.eval.run import predict
+    from vlm_cli.pipeline import Pipeline
 
-    recipe, model = load_run(tmp_path / "s2")
     items = load_qa(root / "toy" / "qa" / "test_questions.json")[:2]
-    preds = predict(model, FeatureStore(recipe, FeatureCache()), items, max_new_tokens=3)
+    preds = predict(Pipeline.load(str(tmp_path / "s2")), items, max_new_tokens=3)
     assert set(preds) == {i.question_id for i in items}
 
 
@@ -104,29 +94,19 @@ def test_existing_run_needs_resume(world, tmp_path, monkeypatch, capsys):
 
 def test_resume_after_kill_9_is_bit_exact(world, tmp_path):
     root, env = world
-    steps = ["train.stage1.max_steps=150", "train.stage1.log_every=25"]
+    steps = ["train.stage1.max_steps=40", "train.stage1.log_every=10"]
     reference = subprocess.run([VLM, *pretrain_args(root, tmp_path / "ref", *steps)],
                                capture_output=True, text=True, env=env)
     assert reference.returncode == 0, reference.stderr
     killed = tmp_path / "killed"
-    proc = subprocess.Popen([VLM, *pretrain_args(root, killed, *steps,
-                                                 "train.stage1.save_every=1")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        done = sorted((killed / "checkpoints").glob("step-*")) if killed.exists() else []
-        if len(done) >= 8:
-            break
-        time.sleep(0.01)
-    assert proc.poll() is None, "the run finished before it could be killed"
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
+    code = run_killed_at(8, pretrain_args(root, killed, *steps, "train.stage1.save_every=1"), env)
+    assert code == -9, "the run was not killed at step 8"
     assert not (killed / "config.json").exists()  # killed midway: no final artefacts
     resumed = subprocess.run([VLM, *pretrain_args(root, killed, *steps, "--resume")],
                              capture_output=True, text=True, env=env)
     assert resumed.returncode == 0, resumed.stderr
     summary = json.loads(resumed.stdout)
-    assert 0 < summary["resumed_from"] < 150
+    assert summary["resumed_from"] == 8
     ref, got = weights(tmp_path / "ref"), weights(killed)
     assert ref.keys() == got.keys()
     assert all((ref[k] == got[k]).all() for k in ref), "resumed weights differ"

@@ -50,16 +50,17 @@ def transformers_side(checkpoint: Path, frames: np.ndarray | None = None,
 
 def ours(checkpoint: Path, media: Path):
     from vlm_cli.cache import FeatureCache
-    from vlm_cli.eval.qa import placeholder_for
+    from vlm_cli.media.kinds import media_kind
     from vlm_cli.features import FeatureStore
     from vlm_cli.model.chat import encode_prompt
-    from vlm_cli.model.run_dir import load_model
+    from vlm_cli.model.families import load_model
 
-    recipe, model = load_model(checkpoint)
-    store = FeatureStore(recipe, FeatureCache())
+    loaded = load_model(checkpoint)
+    model = loaded.model
+    store = FeatureStore(loaded.recipe, FeatureCache(), encoders=loaded.encoders)
     features, _ = store.fetch(media)
     ids = encode_prompt(model.tokenizer, [{"from": "human",
-                                           "value": f"{placeholder_for(media)}\n{QUESTION}"}])
+                                           "value": f"<{media_kind(media)}>\n{QUESTION}"}])
     return model, store, features, ids
 
 
@@ -73,14 +74,14 @@ def logits_of(model, ids, features) -> torch.Tensor:
 def test_frame_preprocessing_equals_the_processor(checkpoint, shape):
     from transformers import VideoLlavaProcessor
 
-    from vlm_cli.model.composite import video_llava_recipe
     from vlm_cli.model.encoders import VisionEncoder
+    from vlm_cli.model.families.video_llava_hf import recipe
 
     frames = np.random.default_rng(0).integers(0, 256, (8, *shape, 3), dtype=np.uint8)
     processor = VideoLlavaProcessor.from_pretrained(checkpoint)
     expected = processor.video_processor(videos=[list(frames)], return_tensors="pt")
-    spec = video_llava_recipe(checkpoint, str(checkpoint), None).model.vision
-    got = VisionEncoder(spec, lambda p: "x").preprocess(frames)
+    spec = recipe(checkpoint, str(checkpoint), None).model.vision
+    got = VisionEncoder(spec, lambda p: "x", model=torch.nn.Identity()).preprocess(frames)
     assert torch.equal(got, expected["pixel_values_videos"][0])
 
 
@@ -130,7 +131,8 @@ def test_tune_lora_from_checkpoint_and_merge_back(checkpoint, tmp_path):
     from transformers import VideoLlavaForConditionalGeneration
 
     from vlm_cli.merge import probe_logits
-    from vlm_cli.model.run_dir import load_model, load_run
+    from vlm_cli.model.families import load_model
+    from vlm_cli.model.families.vlm_run import load_run
 
     clips = tmp_path / "clips"
     clips.mkdir()
@@ -159,8 +161,8 @@ def test_tune_lora_from_checkpoint_and_merge_back(checkpoint, tmp_path):
     assert json.loads(merge.stdout)["max_abs_logit_diff_saved"] <= 1e-4
 
     _, unmerged = load_run(tmp_path / "run")
-    _, merged = load_model(tmp_path / "merged")
-    base_probe = probe_logits(load_model(checkpoint)[1])
+    merged = load_model(tmp_path / "merged").model
+    base_probe = probe_logits(load_model(checkpoint).model)
     probe = probe_logits(unmerged)
     assert (probe - base_probe).abs().max().item() > 1e-3  # training changed the model
     assert (probe_logits(merged) - probe).abs().max().item() <= 1e-4

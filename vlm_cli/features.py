@@ -78,6 +78,34 @@ def decode_media(request: DecodeRequest) -> dict[str, Any]:
     return out
 
 
+def recipe_encoders(recipe: Recipe, digest: Any) -> dict[str, Any]:
+    """The frozen encoders a recipe names (``model.vision``, ``model.image``, ``model.audio``),
+    as :class:`vlm_cli.model.families.EncoderSource` values: fingerprints now (no weights
+    loaded), the encoders when first needed."""
+    from vlm_cli.model.families import EncoderSource
+    from vlm_cli.model.fingerprint import audio_fingerprint, vision_fingerprint
+
+    def vision(spec: Any) -> Any:
+        from vlm_cli.model.encoders import VisionEncoder
+
+        return VisionEncoder(spec, digest)
+
+    def audio(spec: Any) -> Any:
+        from vlm_cli.model.encoders import AudioEncoder
+
+        return AudioEncoder(spec, digest, clip_seconds=recipe.data.clip_seconds)
+
+    model, sources = recipe.model, {}
+    for name, spec in ((VISION, model.vision), (IMAGE, model.image)):
+        if spec is not None:
+            sources[name] = EncoderSource(vision_fingerprint(spec, digest),
+                                          lambda spec=spec: vision(spec))
+    if model.audio is not None:
+        sources[AUDIO] = EncoderSource(audio_fingerprint(model.audio, digest),
+                                       lambda: audio(model.audio))
+    return sources
+
+
 class FeatureStore:
     """Cache keys, lookups and computation of frozen-encoder features for one recipe.
 
@@ -86,24 +114,22 @@ class FeatureStore:
         cache: the feature cache.
         device: torch device for the encoders ("cpu", "cuda", ...), or "auto" (CUDA when
             available, else CPU). Encoders, and torch, load only on first use.
+        encoders: the frozen encoders a checkpoint family provides itself
+            (:attr:`vlm_cli.model.families.Loaded.encoders`), by feature name; None builds them
+            from ``recipe``.
 
     Raises:
         VlmError: pretrained encoder weights are not available locally.
     """
 
-    def __init__(self, recipe: Recipe, cache: FeatureCache, device: str = "auto") -> None:
-        from vlm_cli.model.fingerprint import audio_fingerprint, vision_fingerprint
-
+    def __init__(self, recipe: Recipe, cache: FeatureCache, device: str = "auto",
+                 encoders: dict[str, Any] | None = None) -> None:
         self.recipe = recipe
         self.cache = cache
         self.device = device
-        self.fingerprints: dict[str, dict[str, Any]] = {}
-        if recipe.model.vision is not None:
-            self.fingerprints[VISION] = vision_fingerprint(recipe.model.vision, cache.file_digest)
-        if recipe.model.audio is not None:
-            self.fingerprints[AUDIO] = audio_fingerprint(recipe.model.audio, cache.file_digest)
-        if recipe.model.image is not None:
-            self.fingerprints[IMAGE] = vision_fingerprint(recipe.model.image, cache.file_digest)
+        self.sources = encoders if encoders is not None else recipe_encoders(recipe,
+                                                                             cache.file_digest)
+        self.fingerprints = {name: source.fingerprint for name, source in self.sources.items()}
         self.sampling = {VISION: recipe.data.frame_sampling(), AUDIO: recipe.data.audio_sampling()}
         self._encoders: dict[str, Any] = {}
 
@@ -225,16 +251,10 @@ class FeatureStore:
         """The frozen encoder named ``modality`` (``vision``, ``image`` or ``audio``), loaded on
         first use."""
         if modality not in self._encoders:
-            from vlm_cli.model.encoders import AudioEncoder, VisionEncoder
+            from vlm_cli.runtime import pick_device
 
-            cls, spec = ((AudioEncoder, self.recipe.model.audio) if modality == AUDIO
-                         else (VisionEncoder, getattr(self.recipe.model, modality)))
-            if self.device == "auto":
-                import torch
-
-                self.device = "cuda" if torch.cuda.is_available() else "cpu"
-            extra = {"clip_seconds": self.recipe.data.clip_seconds} if modality == AUDIO else {}
-            self._encoders[modality] = cls(spec, self.cache.file_digest, **extra).to(self.device)
+            self.device = pick_device(self.device)
+            self._encoders[modality] = self.sources[modality].build().to(self.device)
         return self._encoders[modality]
 
     def encode_and_store(self, path: str | Path, media_sha256: str, keys: dict[str, str],

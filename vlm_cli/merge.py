@@ -8,15 +8,16 @@ index), ``tokenizer/``, ``connectors.safetensors``, local encoders copied under 
 ``recipe.yaml``, ``config.json`` and a model card (``README.md``) with the provenance. It is
 written under a temporary name and renamed, so an interrupted merge leaves nothing behind.
 
-A run started from a Video-LLaVA-hf checkpoint (``vlm tune --from CHECKPOINT``) is written back in
-that checkpoint's format instead (:func:`vlm_cli.model.composite.save_video_llava`): the base's
-towers, the trained projector and the merged language model, loadable by transformers'
-``VideoLlavaForConditionalGeneration.from_pretrained``, with the provenance in ``vlm_merge.json``.
+The output format is that of the run's family (:mod:`vlm_cli.model.families`): a run started
+from a checkpoint of another family (``vlm tune --from`` a Video-LLaVA-hf checkpoint) is written
+back in that checkpoint's format by its family's ``save`` (the base's towers, the trained
+projector and the merged language model, loadable by transformers'
+``VideoLlavaForConditionalGeneration.from_pretrained``), with the provenance in
+``vlm_merge.json``; any other run as a vlm run directory (:func:`vlm_cli.model.families.vlm_run.save`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -26,8 +27,7 @@ from typing import Any
 
 from vlm_cli.atomic import atomic_write_text
 from vlm_cli.errors import UsageError, VlmError
-
-DTYPES = ("float32", "bfloat16", "float16")
+from vlm_cli.runtime import DTYPE_NAMES
 
 
 def adapter_sha256(run_dir: Path) -> str:
@@ -60,16 +60,6 @@ def probe_logits(model: Any) -> Any:
         return model.llm(inputs_embeds=embeds, attention_mask=mask).logits.float()
 
 
-def _copy_local_encoders(recipe: Any, out: Path) -> None:
-    """Copy encoders loaded from local directories into ``out/encoders/<part>`` and point the
-    recipe there (relative paths); hub ids stay references into the hub cache."""
-    for part in ("vision", "audio"):
-        spec = getattr(recipe.model, part)
-        if spec is not None and spec.pretrained and Path(spec.pretrained).is_dir():
-            shutil.copytree(spec.pretrained, out / "encoders" / part)
-            spec.pretrained = f"encoders/{part}"
-
-
 def merge_lora(run_dir: Path, out: Path, *, dtype: str | None = None, verify: bool = False,
                tolerance: float = 1e-4, max_shard_size: str = "2GB") -> dict[str, Any]:
     """Merge ``run_dir``'s adapter into its base LLM and write ``out``.
@@ -90,13 +80,14 @@ def merge_lora(run_dir: Path, out: Path, *, dtype: str | None = None, verify: bo
     """
     import torch
 
-    from vlm_cli.model.run_dir import load_run, read_run
+    from vlm_cli.model.families import family_module, load_model, vlm_run
+    from vlm_cli.model.families.vlm_run import load_run, read_run
 
     recipe, config = read_run(run_dir)
     if not config.adapter:
         raise UsageError(f"{run_dir}: the run has no LoRA adapter to merge")
-    if dtype is not None and dtype not in DTYPES:
-        raise UsageError(f"--dtype {dtype!r}: expected one of {', '.join(DTYPES)}")
+    if dtype is not None and dtype not in DTYPE_NAMES:
+        raise UsageError(f"--dtype {dtype!r}: expected one of {', '.join(DTYPE_NAMES)}")
     target = dtype or (recipe.model.llm.dtype if recipe.model.llm.dtype != "auto" else "float32")
     _check_base(run_dir, recipe, config)
     source = adapter_sha256(run_dir)
@@ -128,22 +119,21 @@ def merge_lora(run_dir: Path, out: Path, *, dtype: str | None = None, verify: bo
     try:
         merged_from = {"run": str(run_dir.resolve()), "base": base, "adapter_sha256": source,
                        "dtype": target}
-        if recipe.model.llm.component:  # back into the Video-LLaVA-hf checkpoint's format
-            from vlm_cli.model.composite import save_video_llava
-            from vlm_cli.model.hub import local_path
+        if config.base:  # back into the format of the checkpoint the run started from
+            from vlm_cli.hub import local_path
 
-            base_dir = local_path(recipe.model.llm.pretrained, recipe.model.llm.revision)
-            save_video_llava(tmp, base_dir, model, getattr(torch, target), max_shard_size)
+            base_dir = local_path(config.base["name"], config.base.get("revision"))
+            family_module(config.base["family"]).save(model, tmp, base=base_dir,
+                                                      dtype=getattr(torch, target),
+                                                      max_shard_size=max_shard_size)
             atomic_write_text(tmp / "vlm_merge.json", json.dumps(merged_from, indent=2) + "\n")
         else:
-            _write_run_layout(tmp, run_dir, recipe, config, model, target, merged_from,
-                              max_shard_size)
+            vlm_run.save(model, tmp, run_dir=run_dir, recipe=recipe, config=config,
+                         dtype=target, merged_from=merged_from, max_shard_size=max_shard_size)
         atomic_write_text(tmp / "README.md", _model_card(recipe.name, run_dir, base, source,
                                                          target))
         if verify:
-            from vlm_cli.model.run_dir import load_model
-
-            _, reloaded = load_model(tmp, dtype=getattr(torch, target))
+            reloaded = load_model(tmp, dtype=getattr(torch, target)).model
             diff = (probe_logits(reloaded) - probe_logits(model)).abs().max().item()
             summary["max_abs_logit_diff_saved"] = diff
             if diff > tolerance:
@@ -165,32 +155,6 @@ def _merged_from(out: Path) -> dict[str, Any]:
     return json.loads((out / "config.json").read_text()).get("merged_from") or {}
 
 
-def _write_run_layout(tmp: Path, run_dir: Path, recipe: Any, config: Any, model: Any,
-                      target: str, merged_from: dict[str, Any], max_shard_size: str) -> None:
-    """The merged model as a self-contained run directory (llm/, tokenizer/, connectors,
-    encoders/, recipe.yaml, config.json)."""
-    import yaml
-    from safetensors.torch import save
-
-    from vlm_cli.atomic import atomic_write_bytes
-    from vlm_cli.model.run_dir import RunConfig
-
-    model.llm.save_pretrained(tmp / "llm", safe_serialization=True,
-                              max_shard_size=max_shard_size)
-    model.tokenizer.save_pretrained(tmp / "tokenizer")
-    state = {k: v.detach().contiguous().cpu() for k, v in model.connectors.state_dict().items()}
-    atomic_write_bytes(tmp / "connectors.safetensors", save(state))
-    _copy_local_encoders(recipe, tmp)
-    recipe.model.llm.dtype = target
-    atomic_write_text(tmp / "recipe.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
-    merged = dataclasses.asdict(RunConfig(
-        stage=config.stage, recipe=config.recipe, feature_dims=config.feature_dims,
-        llm_weights="llm", llm_revision=config.llm_revision, adapter=False,
-        trained=config.trained, parent=str(run_dir.resolve()), steps=config.steps,
-        merged_from=merged_from))
-    atomic_write_text(tmp / "config.json", json.dumps(merged, indent=2) + "\n")
-
-
 def _check_base(run_dir: Path, recipe: Any, config: Any) -> None:
     """Refuse to merge onto a base other than the one the adapter was trained on.
 
@@ -198,7 +162,7 @@ def _check_base(run_dir: Path, recipe: Any, config: Any) -> None:
         UsageError: the recorded base weights (local files' sha256, or hub commit) differ now.
     """
     from vlm_cli.cache import FeatureCache
-    from vlm_cli.model.run_dir import base_identity
+    from vlm_cli.model.families.vlm_run import base_identity
 
     if config.llm_sha256 is None and config.llm_revision is None:
         return  # a randomly initialised base: nothing but its config to pin

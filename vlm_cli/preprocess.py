@@ -18,10 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from vlm_cli.atomic import atomic_write_bytes
-from vlm_cli.cache import FeatureCache
 from vlm_cli.errors import MediaError, UsageError
 from vlm_cli.features import FeatureStore, decode_media
-from vlm_cli.recipe import Recipe
 from vlm_cli.workers import TaskFailure, run_isolated
 
 
@@ -93,18 +91,16 @@ def _share_cores_with_decoders(workers: int) -> None:
     torch.set_num_threads(max(1, min(torch.get_num_threads(), (os.cpu_count() or 1) - workers)))
 
 
-def preprocess(paths: Sequence[Path], recipe: Recipe, cache: FeatureCache, *, workers: int = 2,
-               timeout_s: float | None = 300.0, device: str = "auto", shard: tuple[int, int] = (0, 1),
+def preprocess(paths: Sequence[Path], store: FeatureStore, *, workers: int = 2,
+               timeout_s: float | None = 300.0, shard: tuple[int, int] = (0, 1),
                on_clip: Callable[[str, str], None] | None = None) -> PreprocessSummary:
     """Decode, encode and cache the features of ``paths`` (this shard of them).
 
     Args:
         paths: media files (duplicates are ignored).
-        recipe: decides the encoders and the sampling.
-        cache: where features go.
+        store: the encoders, sampling and cache (a recipe's, or a loaded model's); its device.
         workers: decoder processes (≥ 1).
         timeout_s: per-file decode limit in seconds; a file taking longer fails.
-        device: torch device for the encoders, or "auto".
         shard: ``(I, N)``: process only the I-th of N deterministic shards.
         on_clip: called with (path, "hit" | "computed" | "failed") after each file.
 
@@ -114,7 +110,6 @@ def preprocess(paths: Sequence[Path], recipe: Recipe, cache: FeatureCache, *, wo
     started = time.monotonic()
     mine = select_shard([Path(p).absolute() for p in paths], *shard)
     summary = PreprocessSummary(clips=len(mine), shard=f"{shard[0]}/{shard[1]}")
-    store = FeatureStore(recipe, cache, device)
     report = on_clip or (lambda path, status: None)
 
     def fail(path: Path, reason: str) -> None:
@@ -124,10 +119,10 @@ def preprocess(paths: Sequence[Path], recipe: Recipe, cache: FeatureCache, *, wo
     todo: list[tuple[Path, str, dict[str, str]]] = []
     for path in mine:
         if not store.modalities(path):
-            fail(path, f"recipe {recipe.name!r} has no encoder for this kind of file")
+            fail(path, f"recipe {store.recipe.name!r} has no encoder for this kind of file")
             continue
         try:
-            digest = cache.file_digest(path)
+            digest = store.cache.file_digest(path)
         except MediaError as err:
             fail(path, err.reason)
             continue

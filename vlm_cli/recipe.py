@@ -21,12 +21,6 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
-def _check_component(spec: Any, prefix: str) -> None:
-    if spec.component is not None and spec.pretrained is None:
-        raise RecipeError(f"recipe key '{prefix}.component': needs 'pretrained' (the composite "
-                          "checkpoint it is part of)")
-
-
 def _check_source(spec: Any, prefix: str) -> None:
     if (spec.pretrained is None) == (spec.config is None):
         raise RecipeError(f"recipe key {prefix!r}: set exactly one of 'pretrained' (hub id or "
@@ -43,9 +37,6 @@ class VisionEncoderSpec:
             several frames (a spatio-temporal encoder: motion is in its features).
         pretrained: hub repo id or local directory (``from_pretrained``); or None with ``config``.
         revision: hub revision (branch, tag or commit); None = the cached default branch.
-        component: the encoder's name inside a composite checkpoint given as ``pretrained``
-            (``video_tower`` or ``image_tower`` of a Video-LLaVA-hf model); None = the
-            checkpoint is the encoder itself.
         config: a transformers config dict for a randomly initialised encoder (tiny recipes).
         init_seed: torch seed for that random initialisation.
         feature_layer: hidden-state index whose output is used (Video-LLaVA: -2); -1 is the
@@ -60,7 +51,6 @@ class VisionEncoderSpec:
     arch: Literal["clip", "siglip", "vivit"] = "clip"
     pretrained: str | None = None
     revision: str | None = None
-    component: str | None = None
     config: dict[str, Any] | None = None
     init_seed: int = 0
     feature_layer: int = -2
@@ -72,7 +62,6 @@ class VisionEncoderSpec:
 
     def validate(self, prefix: str) -> None:
         _check_source(self, prefix)
-        _check_component(self, prefix)
 
 
 @dataclasses.dataclass
@@ -157,8 +146,6 @@ class LLMSpec:
     Attributes:
         pretrained, revision, config, init_seed, dtype: as for :class:`VisionEncoderSpec`
             (``config`` is a LlamaConfig dict for a random tiny LLM).
-        component: ``language_model`` when ``pretrained`` is a composite checkpoint (a
-            Video-LLaVA-hf model) whose language model is used; None = a causal LM checkpoint.
         tokenizer: hub id or directory of the tokenizer; None = ``pretrained``'s; ``toy-av`` =
             the built-in word-level tokenizer of the toy-av world.
         chat_template: a Jinja chat template overriding the tokenizer's; None = the tokenizer's.
@@ -167,7 +154,6 @@ class LLMSpec:
 
     pretrained: str | None = None
     revision: str | None = None
-    component: str | None = None
     config: dict[str, Any] | None = None
     init_seed: int = 0
     tokenizer: str | None = None
@@ -177,7 +163,6 @@ class LLMSpec:
 
     def validate(self, prefix: str) -> None:
         _check_source(self, prefix)
-        _check_component(self, prefix)
         if self.pretrained is None and self.tokenizer is None:
             raise RecipeError(f"recipe key '{prefix}.tokenizer': required when the LLM is "
                               "built from a config")
@@ -266,30 +251,21 @@ class LoraSpec:
 
 
 @dataclasses.dataclass
-class StageSpec:
-    """One training stage (stage 1: caption pairs; stage 2: multi-turn instructions).
+class OptimSpec:
+    """The optimisation settings every training stage shares (the encoder alignment and stages
+    1 and 2 run on one engine, :func:`vlm_cli.train.loop.fit`).
 
     Attributes:
-        data: LLaVA / Video-LLaVA JSON or JSONL; relative paths are resolved against the current
-            directory; ``--data`` on the command line overrides it.
-        freeze: parts kept frozen (everything else in the model is trained; LoRA, when set,
-            trains adapters on the LLM even though ``llm`` is frozen).
-        lora: LoRA settings, or None for no adapters.
-        lr, weight_decay, max_grad_norm: AdamW settings.
+        lr, weight_decay, max_grad_norm: AdamW settings (gradients clipped to that norm; 0 =
+            no clipping).
         schedule: ``cosine`` (with linear warmup over ``warmup_ratio`` of the steps), ``linear``
             or ``constant`` (after warmup).
         batch_size: global batch (samples per optimizer step, over all processes and
             accumulation steps). grad_accum: micro-batches per step per process.
-        epochs: passes over the data (ignored when ``max_steps`` is set).
-        max_length: token limit per sample (longer ones are truncated).
         save_every: checkpoint every N optimizer steps (and always at the end); None = end only.
         log_every: metrics line every N steps. seed: data order and dropout.
-        gradient_checkpointing: recompute LLM activations in the backward pass.
     """
 
-    data: str | None = None
-    freeze: list[str] = dataclasses.field(default_factory=lambda: ["vision", "audio", "llm"])
-    lora: LoraSpec | None = None
     lr: float = 1e-3
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
@@ -297,24 +273,48 @@ class StageSpec:
     warmup_ratio: float = 0.03
     batch_size: int = 32
     grad_accum: int = 1
-    epochs: float = 1.0
-    max_steps: int | None = None
-    max_length: int = 2048
     save_every: int | None = None
     log_every: int = 10
     seed: int = 0
-    gradient_checkpointing: bool = False
 
     def validate(self, prefix: str) -> None:
-        unknown = sorted(set(self.freeze) - set(PARTS))
-        if unknown:
-            raise RecipeError(f"recipe key '{prefix}.freeze': unknown part {unknown[0]!r}; "
-                              f"parts: {', '.join(PARTS)}")
         if self.batch_size < 1 or self.grad_accum < 1 or self.batch_size % self.grad_accum:
             raise RecipeError(f"recipe key '{prefix}.batch_size': must be a positive multiple "
                               f"of grad_accum ({self.grad_accum})")
         if not 0 <= self.warmup_ratio < 1:
             raise RecipeError(f"recipe key '{prefix}.warmup_ratio': must be in [0, 1)")
+
+
+@dataclasses.dataclass
+class StageSpec(OptimSpec):
+    """One training stage (stage 1: caption pairs; stage 2: multi-turn instructions), with the
+    optimisation settings of :class:`OptimSpec`.
+
+    Attributes:
+        data: LLaVA / Video-LLaVA JSON or JSONL; relative paths are resolved against the current
+            directory; ``--data`` on the command line overrides it.
+        freeze: parts kept frozen (everything else in the model is trained; LoRA, when set,
+            trains adapters on the LLM even though ``llm`` is frozen).
+        lora: LoRA settings, or None for no adapters.
+        epochs: passes over the data (ignored when ``max_steps`` is set).
+        max_length: token limit per sample (longer ones are truncated).
+        gradient_checkpointing: recompute LLM activations in the backward pass.
+    """
+
+    data: str | None = None
+    freeze: list[str] = dataclasses.field(default_factory=lambda: ["vision", "audio", "llm"])
+    lora: LoraSpec | None = None
+    epochs: float = 1.0
+    max_steps: int | None = None
+    max_length: int = 2048
+    gradient_checkpointing: bool = False
+
+    def validate(self, prefix: str) -> None:
+        super().validate(prefix)
+        unknown = sorted(set(self.freeze) - set(PARTS))
+        if unknown:
+            raise RecipeError(f"recipe key '{prefix}.freeze': unknown part {unknown[0]!r}; "
+                              f"parts: {', '.join(PARTS)}")
 
 
 @dataclasses.dataclass
@@ -334,7 +334,7 @@ class ViewSpec:
 
 
 @dataclasses.dataclass
-class AlignSpec:
+class AlignSpec(OptimSpec):
     """Encoder alignment, for recipes whose encoders the toolkit trains itself (tiny-av:
     nothing pretrained can be downloaded). Each caption is split into views naming one attribute
     at a time; the vision and audio encoders learn to predict the views of their modality from
@@ -344,8 +344,7 @@ class AlignSpec:
     Attributes:
         data: caption pairs (LLaVA JSON); ``--data`` overrides it.
         views, joint: the views, and groups of vision views predicted jointly.
-        lr, weight_decay, max_grad_norm, schedule, warmup_ratio, batch_size, steps, seed,
-        log_every: optimisation settings as in :class:`StageSpec`.
+        steps: optimizer steps; the rest of :class:`OptimSpec` as for stages 1 and 2.
     """
 
     data: str | None = None
@@ -353,15 +352,12 @@ class AlignSpec:
     joint: list[list[str]] = dataclasses.field(default_factory=list)
     lr: float = 3e-3
     weight_decay: float = 0.01
-    max_grad_norm: float = 1.0
-    schedule: Literal["cosine", "linear", "constant"] = "cosine"
-    warmup_ratio: float = 0.03
     batch_size: int = 64
     steps: int = 700
-    seed: int = 0
     log_every: int = 50
 
     def validate(self, prefix: str) -> None:
+        super().validate(prefix)
         names = [v.name for v in self.views]
         if not names:
             raise RecipeError(f"recipe key '{prefix}.views': at least one view is required")

@@ -1,13 +1,16 @@
-"""Process-wide settings, decided once at the command boundary (:func:`vlm_cli.cli.run`).
+"""Process-wide settings: the device and dtypes, and third-party output, decided here only.
 
-Library code never changes global state of third-party packages (logging levels, progress
-bars); the entry point does it here, once, before any of them is imported.
+The entry point (:func:`vlm_cli.cli.run`) calls :func:`quiet_third_party` once, before any
+third-party package is imported; library code never changes their global state (logging levels,
+progress bars). Every command and library function that needs a device or a dtype asks
+:func:`pick_device` / :func:`resolve_dtype`. Importing this module imports nothing heavy.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+from typing import Any
 
 
 def quiet_third_party() -> None:
@@ -28,3 +31,37 @@ def quiet_third_party() -> None:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
+
+
+#: The weight dtypes a recipe, ``--dtype`` or an encoder may name (torch attribute names).
+DTYPE_NAMES = ("float32", "bfloat16", "float16")
+
+
+def pick_device(device: str = "auto") -> str:
+    """The torch device to run on: ``auto`` is ``cuda`` when a CUDA GPU is visible, else
+    ``cpu``; any other value is returned as given (``cpu``, ``cuda:1``)."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_dtype(name: str, device: str) -> Any:
+    """The torch dtype for ``name`` (one of :data:`DTYPE_NAMES`, or ``auto``) on ``device``.
+
+    ``auto`` is bf16 on a GPU that supports it, else fp16 on a GPU, else fp32 (CPU): the choice
+    of transformers' own ``torch_dtype="auto"`` for Llama-family checkpoints on Ampere and later.
+
+    Raises:
+        ValueError: an unknown dtype name.
+    """
+    import torch
+
+    if name == "auto":
+        if device.startswith("cuda") and torch.cuda.is_available():
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    if name not in DTYPE_NAMES:
+        raise ValueError(f"unknown dtype {name!r}; expected auto or one of {', '.join(DTYPE_NAMES)}")
+    return getattr(torch, name)

@@ -98,12 +98,12 @@ class Judge:
     def __init__(self, name: str, revision: str | None = None, *, device: str = "cpu",
                  dtype: Any = None) -> None:
         from vlm_cli.cache import FeatureCache
-        from vlm_cli.model.hub import resolve_pretrained
+        from vlm_cli.hub import resolve_pretrained
 
         path = Path(name).expanduser()
         if (path / "recipe.yaml").is_file():  # a vlm run / merged directory
             from vlm_cli.eval.run import model_identity
-            from vlm_cli.model.run_dir import load_run
+            from vlm_cli.model.families.vlm_run import load_run
 
             _, self.model = load_run(path, device=device, dtype=dtype)
             self.identity: dict[str, Any] = {"name": name, **model_identity(path)}

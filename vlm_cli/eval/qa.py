@@ -95,28 +95,3 @@ def score(items: list[QAItem], predictions: dict[str, str]) -> dict[str, Any]:
                 "contains": sum(r[1] for r in rows) / len(rows)}
 
     return {name: summary(rows) for name, rows in sorted(per_type.items())}
-
-
-def placeholder_for(path: Path) -> str:
-    """The prompt placeholder of a media file: ``<image>``, ``<audio>`` or ``<video>``."""
-    from vlm_cli.media.kinds import media_kind
-
-    return f"<{media_kind(path)}>"
-
-
-def predict(model: Any, store: Any, items: list[QAItem], *,
-            max_new_tokens: int = 16) -> dict[str, str]:
-    """Greedy answers of ``model`` to ``items`` (features from ``store``: cached, or computed and cached).
-
-    The prompt is one user turn ``"<video>\n{question}"`` in the model's chat template.
-    """
-    from vlm_cli.model.chat import encode_prompt
-
-    tokenizer = model.tokenizer
-    out = {}
-    for item in items:
-        turns = [{"from": "human", "value": f"{placeholder_for(item.media)}\n{item.question}"}]
-        ids = model.generate(encode_prompt(tokenizer, turns), [store.fetch(item.media)[0]],
-                             max_new_tokens=max_new_tokens)
-        out[item.question_id] = tokenizer.decode(ids, skip_special_tokens=True).strip()
-    return out

@@ -15,17 +15,19 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from vlm_cli.atomic import atomic_write_text
-from vlm_cli.eval.qa import QAItem, placeholder_for, score
-
-PROMPT = "{placeholder}\n{question}"
+from vlm_cli.eval.qa import QAItem, score
 
 
-def read_predictions(path: Path) -> dict[str, dict[str, Any]]:
-    """Predictions already made (by id); a truncated last line is ignored (and rewritten)."""
+def read_predictions(path: Path, key: str = "question_id",
+                     keep: Callable[[dict[str, Any]], bool] | None = None) -> dict[str, dict[str, Any]]:
+    """Rows of a JSONL file written one by one (predictions, verdicts, batch answers), by
+    ``key``, for resuming: a truncated last line is dropped, and so are rows ``keep`` rejects
+    (e.g. errors to retry); the file is rewritten (atomically) without them."""
     done: dict[str, dict[str, Any]] = {}
     if not path.exists():
         return done
@@ -35,43 +37,59 @@ def read_predictions(path: Path) -> dict[str, dict[str, Any]]:
             row = json.loads(line)
         except json.JSONDecodeError:
             continue
-        done[str(row["question_id"])] = row
+        if keep is not None and not keep(row):
+            continue
+        done[str(row[key])] = row
         good.append(line)
     atomic_write_text(path, "".join(g + "\n" for g in good))
     return done
 
 
-def answer_items(model: Any, store: Any, items: list[QAItem], out: Path, *, batch_size: int,
+def answer_items(pipeline: Any, items: list[QAItem], out: Path, *, batch_size: int,
                  max_new_tokens: int, skip: set[str] = frozenset(),
                  on_done: Any = None) -> dict[str, dict[str, Any]]:
-    """Answer ``items`` not yet in ``out`` (JSONL) nor in ``skip``, appending each prediction as
-    it is made.
+    """Answer ``items`` not yet in ``out`` (JSONL) nor in ``skip`` with a
+    :class:`vlm_cli.pipeline.Pipeline` (greedy, batched), appending each prediction as it is
+    made. The prompt is one user turn, :data:`vlm_cli.pipeline.PROMPT`.
 
     Returns:
         All predictions in ``out`` by question id.
     """
-    from vlm_cli.model.chat import encode_prompt
-
     done = read_predictions(out)
     todo = [item for item in items if item.question_id not in done and item.question_id not in skip]
-    tokenizer = model.tokenizer
     with open(out, "a") as f:
         for start in range(0, len(todo), batch_size):
             batch = todo[start:start + batch_size]
-            prompts = [encode_prompt(tokenizer, [{"from": "human", "value": PROMPT.format(
-                placeholder=placeholder_for(i.media), question=i.question)}]) for i in batch]
-            media = [[store.fetch(i.media)[0]] for i in batch]
-            answers = model.generate_batch(prompts, media, max_new_tokens=max_new_tokens)
-            for item, ids in zip(batch, answers):
+            for item, pred in zip(batch, _answers(pipeline, batch, max_new_tokens)):
                 row = {"question_id": item.question_id, "question": item.question,
-                       "answer": item.answer, "pred": tokenizer.decode(
-                           ids, skip_special_tokens=True).strip(), "type": item.type}
+                       "answer": item.answer, "pred": pred, "type": item.type}
                 f.write(json.dumps(row) + "\n")
                 done[item.question_id] = row
             f.flush()
             if on_done is not None:
                 on_done(len(batch))
     return done
+
+
+def predict(pipeline: Any, items: list[QAItem], *, max_new_tokens: int = 16,
+            batch_size: int = 16) -> dict[str, str]:
+    """Greedy answers to ``items`` by question id (as :func:`answer_items`, without a file)."""
+    out = {}
+    for start in range(0, len(items), batch_size):
+        batch = items[start:start + batch_size]
+        out.update((i.question_id, p) for i, p in zip(batch, _answers(pipeline, batch,
+                                                                      max_new_tokens)))
+    return out
+
+
+def _answers(pipeline: Any, items: list[QAItem], max_new_tokens: int) -> list[str]:
+    """One batch of answers: each item's features (cached, else computed and cached), then one
+    batched greedy generation."""
+    questions = []
+    for item in items:
+        ref = pipeline.media(item.media)
+        questions.append((pipeline.features(ref)[0], ref, item.question))
+    return pipeline.answer_batch(questions, max_new_tokens=max_new_tokens)
 
 
 def merge_predictions(out_dir: Path, items: list[QAItem]) -> dict[str, dict]:

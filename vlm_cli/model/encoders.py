@@ -21,8 +21,8 @@ from torch import nn
 
 from vlm_cli.model.fingerprint import audio_fingerprint, resolve_source, vision_fingerprint
 from vlm_cli.recipe import AudioEncoderSpec, VisionEncoderSpec
+from vlm_cli.runtime import resolve_dtype
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def vision_classes(arch: str) -> tuple[type, type]:
@@ -37,14 +37,9 @@ def vision_classes(arch: str) -> tuple[type, type]:
 
 def _build(spec: VisionEncoderSpec | AudioEncoderSpec, config_cls: type, model_cls: type,
            digest: Callable[[Path], str]) -> nn.Module:
-    """Instantiate ``model_cls`` from the spec's config (seeded random init) or local weights
-    (the checkpoint itself, or its ``component`` inside a composite checkpoint)."""
-    dtype = DTYPES[spec.dtype]
+    """Instantiate ``model_cls`` from the spec's config (seeded random init) or local weights."""
+    dtype = resolve_dtype(spec.dtype, "cpu")
     directory, _ = resolve_source(spec, digest)
-    if getattr(spec, "component", None):
-        from vlm_cli.model.composite import component
-
-        return component(directory, spec.component, dtype).eval().requires_grad_(False)
     if directory is None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(spec.init_seed)
@@ -62,16 +57,21 @@ class VisionEncoder(nn.Module):
     Args:
         spec: the recipe's ``model.vision`` section.
         digest: file sha256 function used to fingerprint local weights.
+        model, fingerprint: an already loaded vision model and its fingerprint, when a checkpoint
+            family provides the tower (e.g. Video-LLaVA-hf's ``video_tower``); by default both
+            come from ``spec``.
 
     Raises:
         VlmError: pretrained weights not found locally (see :func:`resolve_pretrained`).
     """
 
-    def __init__(self, spec: VisionEncoderSpec, digest: Callable[[Path], str]) -> None:
+    def __init__(self, spec: VisionEncoderSpec, digest: Callable[[Path], str], *,
+                 model: nn.Module | None = None, fingerprint: dict | None = None) -> None:
         super().__init__()
         self.spec = spec
-        self.fingerprint = vision_fingerprint(spec, digest)
-        self.model = _build(spec, *vision_classes(spec.arch), digest)
+        self.fingerprint = fingerprint or vision_fingerprint(spec, digest)
+        self.model = model if model is not None else _build(spec, *vision_classes(spec.arch),
+                                                            digest)
         pre = self.fingerprint["preprocess"]
         self.image_size = pre["size"]
         self.per_clip = spec.arch == "vivit"
@@ -180,7 +180,7 @@ class AudioEncoder(nn.Module):
         if directory is None:
             self.model = _build(spec, WhisperConfig, WhisperEncoder, digest)
         else:  # a released checkpoint holds the whole model; keep its encoder
-            self.model = WhisperModel.from_pretrained(directory, dtype=DTYPES[spec.dtype]) \
+            self.model = WhisperModel.from_pretrained(directory, dtype=resolve_dtype(spec.dtype, "cpu")) \
                 .get_encoder().eval().requires_grad_(False)
         expected = 2 * self.model.config.max_source_positions
         if spec.target_frames != expected:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from vlm_cli.errors import VlmError
-from vlm_cli.model.hub import resolve_pretrained
+from vlm_cli.hub import resolve_pretrained
 from vlm_cli.recipe import CLIP_MEAN, CLIP_STD, AudioEncoderSpec, VisionEncoderSpec
 
 #: transformers' default ``image_size`` of CLIPVisionConfig and SiglipVisionConfig.
@@ -30,14 +30,11 @@ def resolve_source(spec: VisionEncoderSpec | AudioEncoderSpec,
     """Where an encoder's weights come from, and what pins them (for the cache key).
 
     Returns ``(None, {"config", "init_seed", "torch"})`` for a seeded random initialisation, or
-    ``(directory, {...})`` from :func:`vlm_cli.model.hub.resolve_pretrained`. Loads no weights.
+    ``(directory, {...})`` from :func:`vlm_cli.hub.resolve_pretrained`. Loads no weights.
     """
     if spec.config is not None:
         return None, {"config": spec.config, "init_seed": spec.init_seed, "torch": _torch_version()}
-    directory, source = resolve_pretrained(spec.pretrained, spec.revision, digest)
-    if getattr(spec, "component", None):
-        source = {**source, "component": spec.component}
-    return directory, source
+    return resolve_pretrained(spec.pretrained, spec.revision, digest)
 
 
 def _config_image_size(directory: Path) -> int:
@@ -72,7 +69,7 @@ def encoder_hidden_size(spec: VisionEncoderSpec | AudioEncoderSpec) -> int:
 
     if spec.config is not None:
         return _width(spec.config)
-    from vlm_cli.model.hub import local_path
+    from vlm_cli.hub import local_path
 
     directory = local_path(spec.pretrained, spec.revision)
     try:

@@ -7,21 +7,6 @@ from typing import Any
 
 from vlm_cli.recipe import LLMSpec
 
-DTYPE_NAMES = ("float32", "bfloat16", "float16")
-
-
-def resolve_dtype(name: str, device: str) -> Any:
-    """torch dtype for ``name``; ``auto`` is bf16 on a GPU that supports it, else fp16 on a GPU,
-    else fp32 (CPU)."""
-    import torch
-
-    if name != "auto":
-        return getattr(torch, name)
-    if device.startswith("cuda") and torch.cuda.is_available():
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
-
-
 def build_llm(spec: LLMSpec, tokenizer: Any, *, weights: str | Path | None = None,
               dtype: Any = None) -> Any:
     """Instantiate the LLM.
@@ -55,15 +40,10 @@ def build_llm(spec: LLMSpec, tokenizer: Any, *, weights: str | Path | None = Non
             torch.manual_seed(spec.init_seed)
             model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     else:
-        from vlm_cli.model.hub import local_path
+        from vlm_cli.hub import local_path
 
         directory = local_path(spec.pretrained, spec.revision)
-        if spec.component:  # the language model of a composite (Video-LLaVA-hf) checkpoint
-            from vlm_cli.model.composite import causal_lm
-
-            model = causal_lm(directory, dtype)
-        else:
-            model = AutoModelForCausalLM.from_pretrained(directory, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(directory, **kwargs)
     if model.get_input_embeddings().num_embeddings < len(tokenizer):
         model.resize_token_embeddings(len(tokenizer))
     return model

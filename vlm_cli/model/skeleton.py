@@ -15,7 +15,7 @@ from vlm_cli.recipe import Recipe
 def _config(cls: Any, spec: Any) -> Any:
     if spec.config is not None:
         return cls(**spec.config)
-    from vlm_cli.model.hub import local_path
+    from vlm_cli.hub import local_path
 
     return cls.from_pretrained(local_path(spec.pretrained, spec.revision))
 

@@ -11,7 +11,7 @@ shared projector); ``<audio>`` the audio connector alone.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import torch
@@ -101,13 +101,52 @@ class VideoLanguageModel(nn.Module):
 
     # --- embedding and loss --------------------------------------------------------------------
 
+    def expand(self, input_ids: Sequence[Sequence[int]], media: Sequence[Sequence[MediaInput]],
+               labels: Sequence[Sequence[int]] | None = None,
+               ) -> tuple[list[list[int]], list[list[int]] | None, list[torch.Tensor]]:
+        """Expand each placeholder token into as many copies as its soft prompt has rows (as
+        transformers' Video-LLaVA processor expands ``<video>`` at tokenisation).
+
+        Returns:
+            ``(ids, labels, prompts)``: per sample, the expanded ids (and labels, with
+            ``IGNORE_INDEX`` on every placeholder copy; None without labels), and the soft prompts
+            ``[M_i, H]`` in the order of the placeholders (sample by sample).
+
+        Raises:
+            DataError: a sample's placeholder count differs from its media count.
+        """
+        for b, ids in enumerate(input_ids):
+            found = sum(t in self.media_token_ids for t in ids)
+            if found != len(media[b]):
+                raise DataError(f"sample {b}: {found} media placeholders but {len(media[b])} "
+                                "media files")
+        flat = [m for sample in media for m in sample]
+        prompts = self.soft_prompts(flat) if flat else []
+        lengths = iter(p.shape[0] for p in prompts)
+        rows, label_rows = [], [] if labels is not None else None
+        for b, ids in enumerate(input_ids):
+            row, lab = [], []
+            for j, t in enumerate(ids):
+                copies = next(lengths) if t in self.media_token_ids else 1
+                row += [t] * copies
+                if labels is not None:
+                    lab += [IGNORE_INDEX] * copies if copies > 1 or t in self.media_token_ids \
+                        else [labels[b][j]]
+            rows.append(row)
+            if label_rows is not None:
+                label_rows.append(lab)
+        return rows, label_rows, prompts
+
     def embed(self, input_ids: Sequence[Sequence[int]], media: Sequence[Sequence[MediaInput]],
               labels: Sequence[Sequence[int]] | None = None, padding_side: str = "right",
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """Token ids with placeholders -> padded ``inputs_embeds``.
+        """Token ids with placeholders -> padded ``inputs_embeds`` with the soft prompts in place.
+
+        Placeholders are expanded (:meth:`expand`), the ids embedded, and the soft prompts put in
+        with one ``masked_scatter`` after a count check (transformers ``modeling_video_llava``).
 
         Args:
-            input_ids: per sample, token ids (placeholders included).
+            input_ids: per sample, token ids (one placeholder per media input).
             media: per sample, one :class:`MediaInput` per placeholder, in order.
             labels: per sample, labels aligned with ``input_ids`` (or None at inference).
             padding_side: ``right`` for training, ``left`` for batched generation.
@@ -117,49 +156,52 @@ class VideoLanguageModel(nn.Module):
             with ``IGNORE_INDEX`` on soft-prompt and padding positions (None without labels).
 
         Raises:
-            DataError: a sample's placeholder count differs from its media count.
+            DataError: a sample's placeholder count differs from its media count, or the
+                expanded placeholders and the soft-prompt rows differ in number.
         """
-        embed_tokens = self.llm.get_input_embeddings()
-        device = embed_tokens.weight.device
-        flat = [m for sample in media for m in sample]
-        prompts = iter(self.soft_prompts(flat)) if flat else iter(())
-        rows, row_labels = [], []
-        for b, ids in enumerate(input_ids):
-            ids_t = torch.as_tensor(list(ids), dtype=torch.long, device=device)
-            tok_embeds = embed_tokens(ids_t)
-            where = [j for j, t in enumerate(ids) if t in self.media_token_ids]
-            if len(where) != len(media[b]):
-                raise DataError(f"sample {b}: {len(where)} media placeholders but "
-                                f"{len(media[b])} media files")
-            pieces, lab = [], []
-            lab_src = list(labels[b]) if labels is not None else None
-            start = 0
-            for j in where:
-                pieces.append(tok_embeds[start:j])
-                prompt = next(prompts).to(tok_embeds.dtype)
-                pieces.append(prompt)
-                if lab_src is not None:
-                    lab += lab_src[start:j] + [IGNORE_INDEX] * prompt.shape[0]
-                start = j + 1
-            pieces.append(tok_embeds[start:])
-            if lab_src is not None:
-                lab += lab_src[start:]
-            rows.append(torch.cat(pieces))
-            row_labels.append(lab)
-        length = max(r.shape[0] for r in rows)
-        hidden = rows[0].shape[1]
-        embeds = rows[0].new_zeros(len(rows), length, hidden)
+        rows, label_rows, prompts = self.expand(input_ids, media, labels)
+        ids, mask, lab = self.pad(rows, label_rows, padding_side)
+        embeds = self.llm.get_input_embeddings()(ids)
+        return self.scatter(ids, mask, embeds, prompts), mask, lab
+
+    def pad(self, rows: Sequence[Sequence[int]], label_rows: Sequence[Sequence[int]] | None = None,
+            padding_side: str = "right") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Pad expanded id rows (and labels) to ``[B, L]`` tensors on the LLM's device:
+        ``(ids, attention_mask, labels)``; padding is the pad token, mask 0, label
+        ``IGNORE_INDEX``."""
+        device = self.llm.get_input_embeddings().weight.device
+        length = max(len(r) for r in rows)
+        pad_id = self.tokenizer.pad_token_id
+        ids = torch.full((len(rows), length), pad_id, dtype=torch.long, device=device)
         mask = torch.zeros(len(rows), length, dtype=torch.long, device=device)
-        out_labels = (torch.full((len(rows), length), IGNORE_INDEX, dtype=torch.long,
-                                 device=device) if labels is not None else None)
+        lab = (torch.full((len(rows), length), IGNORE_INDEX, dtype=torch.long, device=device)
+               if label_rows is not None else None)
         for b, row in enumerate(rows):
-            n = row.shape[0]
+            n = len(row)
             sl = slice(0, n) if padding_side == "right" else slice(length - n, length)
-            embeds[b, sl] = row
+            ids[b, sl] = torch.as_tensor(row, device=device)
             mask[b, sl] = 1
-            if out_labels is not None:
-                out_labels[b, sl] = torch.as_tensor(row_labels[b], device=device)
-        return embeds, mask, out_labels
+            if lab is not None:
+                lab[b, sl] = torch.as_tensor(label_rows[b], device=device)
+        return ids, mask, lab
+
+    def scatter(self, ids: torch.Tensor, mask: torch.Tensor, embeds: torch.Tensor,
+                prompts: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Put the soft prompts ``[M_i, H]`` (in order) at the placeholder positions of
+        ``embeds [B, L, H]``: one ``masked_scatter``.
+
+        Raises:
+            DataError: the number of placeholder positions differs from the soft-prompt rows.
+        """
+        where = torch.isin(ids, torch.as_tensor(list(self.media_token_ids), device=ids.device))
+        where &= mask.bool()
+        rows = sum(p.shape[0] for p in prompts)
+        if int(where.sum()) != rows:
+            raise DataError(f"media tokens: {int(where.sum())}, soft-prompt rows: {rows}")
+        if not rows:
+            return embeds
+        values = torch.cat(list(prompts)).to(embeds.dtype)
+        return embeds.masked_scatter(where[..., None].expand_as(embeds), values)
 
     def forward(self, input_ids: Sequence[Sequence[int]], labels: Sequence[Sequence[int]],
                 media: Sequence[Sequence[MediaInput]]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -178,44 +220,138 @@ class VideoLanguageModel(nn.Module):
                                            reduction="sum")
         return loss, (shift_labels != IGNORE_INDEX).sum()
 
+    # --- generation ----------------------------------------------------------------------------
+
     @torch.no_grad()
+    def stream(self, input_ids: Sequence[Sequence[int]], media: Sequence[Sequence[MediaInput]], *,
+               max_new_tokens: int = 32, temperature: float = 0.0, top_p: float = 1.0,
+               prefix: Prefix | None = None, ignore_eos: bool = False,
+               ) -> Iterator[list[int | None]]:
+        """The token generator everything else is built on: prefill, then one decode step per
+        yield, with the LLM's KV cache (greedy when ``temperature`` is 0, else temperature and
+        top-p sampling).
+
+        Args:
+            input_ids, media: as for :meth:`embed`; several prompts are left-padded into a batch.
+            prefix: one prompt only: the KV cache of an earlier turn of the same conversation
+                (:class:`Prefix`). The longest common prefix of its ids and this prompt's
+                expanded ids is kept (when it covers every media token) and only the rest is
+                prefilled; the prefix is then updated in place to hold this turn too.
+            ignore_eos: run all ``max_new_tokens`` steps (benchmarks).
+
+        Yields:
+            Per step, one new token id per prompt; None for prompts that already ended (the
+            end-of-sequence token is yielded once, then None). Stops when all have ended or after
+            ``max_new_tokens`` steps.
+        """
+        from transformers import DynamicCache
+
+        eos = self.tokenizer.eos_token_id
+        rows, _, prompts = self.expand(input_ids, media)
+        ids, mask, _ = self.pad(rows, padding_side="left")
+        keep = prefix.reusable(rows) if prefix is not None else 0
+        if keep:  # continue the cached conversation: prefill only the new tokens (no padding)
+            cache = prefix.cache
+            cache.crop(keep - cache.get_seq_length())  # transformers 5: minus tokens to drop
+            new = ids[:, keep:]
+            embeds = self.llm.get_input_embeddings()(new)
+            positions = torch.arange(keep, ids.shape[1], device=ids.device)[None]
+            ids = new  # the mask stays [1, keep + new]: cached and new positions
+        else:
+            cache = DynamicCache()
+            embeds = self.scatter(ids, mask, self.llm.get_input_embeddings()(ids), prompts)
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        if prefix is not None:
+            prefix.prefilled = int(ids.shape[1])
+        fed = [list(r) for r in rows]
+        step_input: dict[str, Any] = {"inputs_embeds": embeds}
+        done = [False] * len(rows)
+        for _ in range(max_new_tokens):
+            out = self.llm(**step_input, attention_mask=mask, position_ids=positions,
+                           cache=cache, use_cache=True)
+            tokens = _next_tokens(out.logits[:, -1].float(), temperature, top_p)
+            yield [None if d else t for d, t in zip(done, tokens)]
+            done = [d or (t == eos and not ignore_eos) for d, t in zip(done, tokens)]
+            if all(done):
+                break
+            for row, t in zip(fed, tokens):
+                row.append(t)
+            nxt = torch.as_tensor(tokens, device=mask.device)[:, None]
+            step_input = {"input_ids": nxt}
+            positions = positions[:, -1:] + 1
+            mask = torch.cat([mask, torch.ones_like(nxt)], dim=1)
+        if prefix is not None:
+            prefix.ids, prefix.cache = fed[0][: cache.get_seq_length()], cache
+
     def generate_batch(self, input_ids: Sequence[Sequence[int]],
                        media: Sequence[Sequence[MediaInput]], *,
                        max_new_tokens: int = 32) -> list[list[int]]:
         """Greedy answers for several prompts at once (left-padded; the same tokens as
         :meth:`generate` one by one). Returns each answer's ids without end-of-sequence."""
-        embeds, mask, _ = self.embed(input_ids, media, padding_side="left")
-        out = self.llm.generate(inputs_embeds=embeds, attention_mask=mask,
-                                max_new_tokens=max_new_tokens, do_sample=False,
-                                eos_token_id=self.tokenizer.eos_token_id,
-                                pad_token_id=self.tokenizer.pad_token_id)
-        answers = []
-        for row in out.tolist():
-            eos = self.tokenizer.eos_token_id
-            answers.append(row[: row.index(eos)] if eos in row else row)
+        answers: list[list[int]] = [[] for _ in input_ids]
+        eos = self.tokenizer.eos_token_id
+        for tokens in self.stream(input_ids, media, max_new_tokens=max_new_tokens):
+            for answer, t in zip(answers, tokens):
+                if t is not None and t != eos:
+                    answer.append(t)
         return answers
 
-    @torch.no_grad()
     def generate(self, input_ids: Sequence[int], media: Sequence[MediaInput], *,
                  max_new_tokens: int = 32, temperature: float = 0.0, top_p: float = 1.0,
-                 streamer: Any = None) -> list[int]:
-        """Generate an answer for one prompt (ending with the assistant prefix).
+                 prefix: Prefix | None = None) -> list[int]:
+        """Generate an answer for one prompt (ending with the assistant prefix): the tokens of
+        :meth:`stream`, without the prompt and without the end-of-sequence token."""
+        eos = self.tokenizer.eos_token_id
+        return [t for (t,) in self.stream([input_ids], [list(media)], max_new_tokens=max_new_tokens,
+                                          temperature=temperature, top_p=top_p, prefix=prefix)
+                if t != eos]
 
-        Greedy when ``temperature`` is 0 (deterministic), else sampling with temperature and
-        top-p. Uses the LLM's KV cache (transformers ``generate``).
 
-        Returns:
-            The generated token ids, without the prompt and without the end-of-sequence token.
-        """
-        embeds, mask, _ = self.embed([input_ids], [list(media)], padding_side="left")
-        sample = temperature > 0
-        out = self.llm.generate(
-            inputs_embeds=embeds, attention_mask=mask, max_new_tokens=max_new_tokens,
-            do_sample=sample, temperature=temperature if sample else None,
-            top_p=top_p if sample else None, top_k=None,
-            eos_token_id=self.tokenizer.eos_token_id, pad_token_id=self.tokenizer.pad_token_id,
-            streamer=streamer)
-        ids = out[0].tolist()
-        if self.tokenizer.eos_token_id in ids:
-            ids = ids[: ids.index(self.tokenizer.eos_token_id)]
-        return ids
+@dataclasses.dataclass
+class Prefix:
+    """The KV cache of a conversation so far (:meth:`VideoLanguageModel.stream`), so that a
+    follow-up question prefills only its new tokens, not the soft prompt again (mlx-vlm's prompt
+    cache).
+
+    Attributes:
+        ids: the expanded token ids whose keys and values ``cache`` holds.
+        cache: a transformers ``DynamicCache``, or None before the first turn.
+        media_ids: the placeholder token ids (a reusable prefix must cover all of them).
+        prefilled: tokens prefilled by the last turn (the whole prompt, or only its new part).
+    """
+
+    media_ids: set[int]
+    ids: list[int] = dataclasses.field(default_factory=list)
+    cache: Any = None
+    prefilled: int = 0
+
+    def reusable(self, rows: Sequence[Sequence[int]]) -> int:
+        """How many leading tokens of the single prompt in ``rows`` the cache can keep: their
+        longest common prefix, if it covers every placeholder copy and leaves at least one token
+        to prefill; else 0 (a full prefill)."""
+        if self.cache is None or len(rows) != 1:
+            return 0
+        row = rows[0]
+        n = 0
+        for a, b in zip(self.ids, row):
+            if a != b:
+                break
+            n += 1
+        n = min(n, len(row) - 1)
+        last_media = max((i for i, t in enumerate(row) if t in self.media_ids), default=-1)
+        return n if n > last_media else 0
+
+
+def _next_tokens(logits: torch.Tensor, temperature: float, top_p: float) -> list[int]:
+    """Next token per row of ``logits [B, V]``: argmax when ``temperature`` is 0, else a sample
+    from the temperature-scaled distribution restricted to the top-p mass (nucleus sampling,
+    Holtzman et al. 2020, as transformers' ``TopPLogitsWarper``)."""
+    if temperature <= 0:
+        return logits.argmax(-1).tolist()
+    probs = torch.softmax(logits / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_probs, order = probs.sort(dim=-1, descending=True)
+        outside = sorted_probs.cumsum(-1) - sorted_probs > top_p  # keep the token crossing top_p
+        sorted_probs[outside] = 0
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+    return torch.multinomial(probs, 1)[:, 0].tolist()

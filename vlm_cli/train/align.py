@@ -21,7 +21,6 @@ import dataclasses
 import json
 import math
 import re
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -155,21 +154,24 @@ class AlignSummary:
 
 
 def run_align(recipe: Recipe, run_dir: Path, *, data: Path | None, media_root: Path | None,
-              workers: int = 2, on_step: Callable[[Any], None] | None = None) -> AlignSummary:
-    """Align the recipe's encoders to caption views and save them into ``run_dir``.
+              workers: int = 2, resume: bool = False,
+              on_step: Callable[[Any], None] | None = None) -> AlignSummary | None:
+    """Align the recipe's encoders to caption views and save them into ``run_dir``, on the
+    training engine of stages 1 and 2 (:func:`vlm_cli.train.loop.fit`): checkpoints, ``--resume``
+    and ``accelerate launch`` (DDP) work the same.
+
+    Returns:
+        The summary on the main process; None on the other processes of a distributed run.
 
     Raises:
         UsageError: the recipe has no ``train.encoders``, no vision + audio encoders built from
-            a config, no data, or ``run_dir`` is not empty.
+            a config, no data, or ``run_dir`` is not empty (without ``resume``).
         DataError: a record without a caption, or no caption naming any view.
     """
-    from transformers import get_scheduler
-
     from vlm_cli.cache import FeatureCache
     from vlm_cli.data import load_records
     from vlm_cli.features import FeatureStore
-    from vlm_cli.train.loop import SCHEDULES, StepMetrics, plot_loss
-    from vlm_cli.train.order import global_batch
+    from vlm_cli.train.loop import fit, make_accelerator, plot_loss
 
     spec = recipe.train.encoders
     if spec is None or recipe.model.vision is None or recipe.model.audio is None:
@@ -178,8 +180,9 @@ def run_align(recipe: Recipe, run_dir: Path, *, data: Path | None, media_root: P
     data_path = data or (Path(spec.data) if spec.data else None)
     if data_path is None:
         raise UsageError("no caption data: pass --data or set train.encoders.data")
-    if run_dir.exists() and any(run_dir.iterdir()):
-        raise UsageError(f"{run_dir}: run directory exists; choose another --out")
+    if not resume and run_dir.exists() and any(run_dir.iterdir()):
+        raise UsageError(f"{run_dir}: run directory exists; pass --resume to continue it or "
+                         "choose another --out")
     root = media_root or (Path(recipe.data.media_root) if recipe.data.media_root else None)
     records = [r for r in load_records(data_path, root) if r.media]
     captions = []
@@ -191,55 +194,48 @@ def run_align(recipe: Recipe, run_dir: Path, *, data: Path | None, media_root: P
     labels = view_labels(captions, spec.views)
     if all((labels[v.name] == IGNORE).all() for v in spec.views):
         raise DataError(f"{data_path}: no caption names any of the views' words")
+    accelerator = make_accelerator()
     store = FeatureStore(recipe, FeatureCache())
-    inputs = decoded_inputs([r.media[0].path for r in records], store, workers=workers)
+    paths = [r.media[0].path for r in records]
+    if accelerator.is_main_process:  # decode once; the other processes read the cache
+        inputs = decoded_inputs(paths, store, workers=workers)
+    accelerator.wait_for_everyone()
+    if not accelerator.is_main_process:
+        inputs = decoded_inputs(paths, store, workers=workers)
     sizes = {v.name: len(v.words) for v in spec.views}
     for group in spec.joint:
         labels["+".join(group)] = joint_labels(labels, group, sizes)
 
     torch.manual_seed(spec.seed)
     model = AlignmentModel(recipe, spec, store.cache.file_digest)
-    model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
-    scheduler = get_scheduler(SCHEDULES[spec.schedule], optimizer,
-                              num_warmup_steps=math.ceil(spec.warmup_ratio * spec.steps),
-                              num_training_steps=spec.steps)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    n, began, loss_value = len(records), time.monotonic(), float("nan")
     hits: dict[str, list[float]] = {name: [] for name in labels}
-    for step in range(spec.steps):
-        idx = torch.tensor(global_batch(n, spec.batch_size, spec.seed, step))
-        logits = model(inputs["frames"][idx], inputs["spectrogram"][idx])
-        loss = torch.zeros(())
-        for name, out in logits.items():
-            target = labels[name][idx]
-            if (target != IGNORE).any():
-                loss = loss + nn.functional.cross_entropy(out, target, ignore_index=IGNORE)
-                keep = target != IGNORE
+
+    def loss(model: nn.Module, micro: list[int]) -> torch.Tensor:
+        """Sum over views of the mean cross-entropy, times the micro-batch size (the engine
+        divides by the global batch size)."""
+        idx = torch.tensor(micro)
+        total = torch.zeros((), device=accelerator.device)
+        for name, out in model(inputs["frames"][idx], inputs["spectrogram"][idx]).items():
+            target = labels[name][idx].to(out.device)
+            keep = target != IGNORE
+            if keep.any():
+                total = total + nn.functional.cross_entropy(out, target, ignore_index=IGNORE)
                 hits[name].append((out.argmax(-1)[keep] == target[keep]).float().mean().item())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if spec.max_grad_norm > 0:
-            nn.utils.clip_grad_norm_(params, spec.max_grad_norm)
-        optimizer.step()
-        scheduler.step()
-        loss_value = loss.item()
-        elapsed = time.monotonic() - began
-        record = StepMetrics(step + 1, spec.steps, loss_value, scheduler.get_last_lr()[0],
-                             (step + 1) * spec.batch_size / elapsed, elapsed)
-        if on_step is not None:
-            on_step(record)
-        if (step + 1) % spec.log_every == 0 or step + 1 == spec.steps:
-            with open(run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(dataclasses.asdict(record)) + "\n")
-    seconds = time.monotonic() - began
-    _save(run_dir, recipe, model, spec, seconds)
+        return total * len(micro)
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    result = fit(model, loss, spec, n=len(records), steps=spec.steps, run_dir=run_dir,
+                 resume=resume, accelerator=accelerator, on_step=on_step)
+    model = accelerator.unwrap_model(model)
+    if not accelerator.is_main_process:
+        return None
+    _save(run_dir, recipe, model, spec, result.seconds)
     plot_loss(run_dir)
     window = max(1, min(20, spec.steps))
     accuracy = {name: round(sum(h[-window:]) / len(h[-window:]), 4)
                 for name, h in hits.items() if h}
-    return AlignSummary(str(run_dir), "encoders", n, spec.steps, seconds, loss_value, accuracy)
+    return AlignSummary(str(run_dir), "encoders", len(records), result.steps, result.seconds,
+                        result.final_loss, accuracy)
 
 
 def _save(run_dir: Path, recipe: Recipe, model: AlignmentModel, spec: AlignSpec,

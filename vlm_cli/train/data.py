@@ -88,7 +88,7 @@ def ensure_features(records: Sequence[Record], store: FeatureStore, *, workers: 
     from vlm_cli.preprocess import preprocess
 
     paths = list(dict.fromkeys(ref.path for r in records for ref in r.media))
-    summary = preprocess(paths, store.recipe, store.cache, workers=workers, device=store.device,
+    summary = preprocess(paths, store, workers=workers,
                          on_clip=on_clip)
     if summary.failed:
         first = summary.failed[0]

@@ -1,13 +1,15 @@
-"""The training loop of stages 1 and 2, on accelerate (1 CPU, 1 GPU, or DDP under
-``accelerate launch``).
+"""The training engine of every stage (encoder alignment, stage 1, stage 2), on accelerate
+(1 CPU, 1 GPU, or DDP under ``accelerate launch``): :func:`fit` takes the model, a loss function
+and an :class:`~vlm_cli.recipe.OptimSpec`.
 
 Per optimizer step: the global batch comes from the owned data order (:mod:`.order`); this process
-takes its slice and splits it into ``grad_accum`` micro-batches; each micro-batch's summed token
-loss is divided by the number of target tokens of the *whole global batch* (known up front from the
-labels), times the process count because DDP averages gradients. Every target token therefore
-weighs the same whatever the split, so 1 process and N processes take the same steps. Then gradient
-clipping, AdamW, and the schedule (cosine / linear / constant with linear warmup, transformers'
-``get_scheduler``).
+takes its slice and splits it into ``grad_accum`` micro-batches; each micro-batch's summed loss is
+divided by the *whole global batch*'s weight (for stages 1 and 2 its number of target tokens,
+known up front from the labels), times the process count because DDP averages gradients. Every
+unit of weight therefore counts the same whatever the split, so 1 process and N processes take
+the same steps. Then gradient clipping, AdamW, and the schedule (cosine / linear / constant with
+linear warmup, transformers' ``get_scheduler``). Checkpoints hold the trainable parameters, the
+optimizer, scheduler and RNG states, so ``--resume`` continues bit for bit.
 """
 
 from __future__ import annotations
@@ -24,10 +26,13 @@ from typing import Any
 import torch
 
 from vlm_cli.errors import UsageError
-from vlm_cli.recipe import StageSpec
+from vlm_cli.recipe import OptimSpec, StageSpec
 from vlm_cli.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from vlm_cli.train.data import FeatureDataset
 from vlm_cli.train.order import global_batch, shard, total_steps
+
+#: ``loss(model, micro_batch_indices) -> summed loss`` (a scalar tensor with a graph).
+LossFn = Callable[[torch.nn.Module, list[int]], torch.Tensor]
 
 SCHEDULES = {"cosine": "cosine", "linear": "linear", "constant": "constant_with_warmup"}
 
@@ -66,37 +71,65 @@ def make_accelerator() -> Any:
     (MULTI_CPU) group instead of N independent runs."""
     from accelerate import Accelerator, DistributedDataParallelKwargs
 
-    cuda = torch.cuda.is_available()
-    precision = ("bf16" if torch.cuda.is_bf16_supported() else "fp16") if cuda else "no"
-    return Accelerator(mixed_precision=precision, cpu=not cuda, kwargs_handlers=[
+    from vlm_cli.runtime import pick_device, resolve_dtype
+
+    device = pick_device()
+    precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(
+        resolve_dtype("auto", device), "no")  # the dtype `auto` picks, as autocast
+    return Accelerator(mixed_precision=precision, cpu=device == "cpu", kwargs_handlers=[
         DistributedDataParallelKwargs(find_unused_parameters=True)])
 
 
 def train_stage(model: torch.nn.Module, dataset: FeatureDataset, stage: StageSpec,
                 run_dir: Path, *, resume: bool, accelerator: Any,
                 on_step: Callable[[StepMetrics], None] | None = None) -> StageResult:
-    """Train ``model``'s trainable parameters on ``dataset`` with the stage's settings.
+    """Stage 1 or 2: :func:`fit` with the summed next-token loss over assistant tokens, weighed
+    by the global batch's target-token count."""
+
+    def loss(model: torch.nn.Module, micro: list[int]) -> torch.Tensor:
+        batch = [dataset[i] for i in micro]
+        loss_sum, _ = model([s.input_ids for s in batch], [s.labels for s in batch],
+                            [s.media for s in batch])
+        return loss_sum
+
+    steps = total_steps(len(dataset), stage.batch_size, stage.epochs, stage.max_steps)
+    return fit(model, loss, stage, n=len(dataset), steps=steps, run_dir=run_dir,
+               weight=lambda indices: sum(dataset.targets(i) for i in indices),
+               resume=resume, accelerator=accelerator, on_step=on_step)
+
+
+def fit(model: torch.nn.Module, loss: LossFn, spec: OptimSpec, *, n: int, steps: int,
+        run_dir: Path, weight: Callable[[list[int]], float] | None = None, resume: bool = False,
+        accelerator: Any, on_step: Callable[[StepMetrics], None] | None = None) -> StageResult:
+    """Train ``model``'s trainable parameters for ``steps`` optimizer steps over ``n`` samples.
+
+    Args:
+        loss: the summed loss of a micro-batch (sample indices).
+        spec: AdamW, schedule, batch, accumulation, checkpoint and logging settings.
+        weight: the global batch's total weight (the loss is divided by it); default: its
+            number of samples (a loss that is a sum of per-sample means).
+        resume: continue from the last checkpoint in ``run_dir/checkpoints``.
 
     Checkpoints go to ``run_dir/checkpoints`` every ``save_every`` steps and at the end; metrics
     to ``run_dir/metrics.jsonl`` every ``log_every`` steps and at the end.
 
     Raises:
-        UsageError: the global batch does not split over processes × accumulation steps, or
-            ``resume`` is asked but the run has no checkpoint.
+        UsageError: the global batch does not split over processes × accumulation steps,
+            nothing is trainable, or ``resume`` is asked but the run has no checkpoint.
     """
     from transformers import get_scheduler
 
+    weight = weight or len
     world, rank = accelerator.num_processes, accelerator.process_index
-    if stage.batch_size % (world * stage.grad_accum):
-        raise UsageError(f"train batch_size {stage.batch_size} is not divisible by processes "
-                         f"({world}) x grad_accum ({stage.grad_accum})")
+    if spec.batch_size % (world * spec.grad_accum):
+        raise UsageError(f"train batch_size {spec.batch_size} is not divisible by processes "
+                         f"({world}) x grad_accum ({spec.grad_accum})")
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise UsageError("nothing to train: every part is frozen")
-    optimizer = torch.optim.AdamW(params, lr=stage.lr, weight_decay=stage.weight_decay)
-    steps = total_steps(len(dataset), stage.batch_size, stage.epochs, stage.max_steps)
-    scheduler = get_scheduler(SCHEDULES[stage.schedule], optimizer,
-                              num_warmup_steps=math.ceil(stage.warmup_ratio * steps),
+    optimizer = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
+    scheduler = get_scheduler(SCHEDULES[spec.schedule], optimizer,
+                              num_warmup_steps=math.ceil(spec.warmup_ratio * steps),
                               num_training_steps=steps)
     start = 0
     if resume:
@@ -106,42 +139,40 @@ def train_stage(model: torch.nn.Module, dataset: FeatureDataset, stage: StageSpe
         start = load_checkpoint(checkpoint, model, optimizer, scheduler)["step"]
         _truncate_metrics(run_dir / "metrics.jsonl", start)
     else:
-        torch.manual_seed(stage.seed)  # dropout
+        torch.manual_seed(spec.seed)  # dropout
     model, optimizer = accelerator.prepare(model, optimizer)
     core = accelerator.unwrap_model(model)
     metrics_path = run_dir / "metrics.jsonl"
     began, samples, loss_value = time.monotonic(), 0, float("nan")
     model.train()
     for step in range(start, steps):
-        indices = global_batch(len(dataset), stage.batch_size, stage.seed, step)
-        global_tokens = max(1, sum(dataset.targets(i) for i in indices))
-        micros = shard(indices, rank, world, stage.grad_accum)
+        indices = global_batch(n, spec.batch_size, spec.seed, step)
+        total = max(1, weight(indices))
+        micros = shard(indices, rank, world, spec.grad_accum)
         step_loss = torch.zeros((), device=accelerator.device)
         for k, micro in enumerate(micros):
-            batch = [dataset[i] for i in micro]
             sync = contextlib.nullcontext() if k == len(micros) - 1 else accelerator.no_sync(model)
             with sync, accelerator.autocast():
-                loss_sum, _ = model([s.input_ids for s in batch], [s.labels for s in batch],
-                                    [s.media for s in batch])
-                accelerator.backward(loss_sum * world / global_tokens)
+                loss_sum = loss(model, micro)
+                accelerator.backward(loss_sum * world / total)
             step_loss += loss_sum.detach()
-        if stage.max_grad_norm > 0:
-            accelerator.clip_grad_norm_(params, stage.max_grad_norm)
+        if spec.max_grad_norm > 0:
+            accelerator.clip_grad_norm_(params, spec.max_grad_norm)
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
-        loss_value = accelerator.reduce(step_loss, reduction="sum").item() / global_tokens
-        samples += stage.batch_size
+        loss_value = accelerator.reduce(step_loss, reduction="sum").item() / total
+        samples += spec.batch_size
         done = step + 1
         elapsed = time.monotonic() - began
         record = StepMetrics(done, steps, loss_value, scheduler.get_last_lr()[0],
                              samples / elapsed if elapsed > 0 else 0.0, elapsed)
         if on_step is not None and accelerator.is_main_process:
             on_step(record)
-        if accelerator.is_main_process and (done % stage.log_every == 0 or done == steps):
+        if accelerator.is_main_process and (done % spec.log_every == 0 or done == steps):
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(dataclasses.asdict(record)) + "\n")
-        if (stage.save_every and done % stage.save_every == 0) or done == steps:
+        if (spec.save_every and done % spec.save_every == 0) or done == steps:
             accelerator.wait_for_everyone()
             if accelerator.is_main_process:
                 save_checkpoint(run_dir, done, core, optimizer.optimizer

@@ -56,24 +56,49 @@ def _apply_lora(model: Any, stage: StageSpec) -> None:
     lora = stage.lora
     config = LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
                         target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
-    model.llm = get_peft_model(model.llm, config)
+    import warnings
+
+    with warnings.catch_warnings():  # peft calls a transformers attribute deprecated in v5
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+        model.llm = get_peft_model(model.llm, config)
 
 
-def _checkpoint(source: Path) -> tuple[Path, str] | None:
-    """``(directory, name)`` when ``--from`` names a Video-LLaVA-hf checkpoint (a directory, or a
-    hub id in the Hugging Face cache), else None (a run directory)."""
-    from vlm_cli.model.composite import composite_type
-    from vlm_cli.model.hub import is_repo_id
+def _checkpoint(source: Path) -> tuple[Path, str, str] | None:
+    """``(directory, name, family)`` when ``--from`` names a checkpoint of a family other than
+    vlm runs (a directory, or a hub id in the Hugging Face cache), else None (a run
+    directory)."""
+    from vlm_cli.hub import is_repo_id, resolve_snapshot
+    from vlm_cli.model.families import family_of
 
     if source.is_dir():
-        return (source, str(source.resolve())) if composite_type(source) else None
-    if is_repo_id(str(source)):
-        from vlm_cli.model.hub import resolve_snapshot
+        directory, name = source, str(source.resolve())
+    elif is_repo_id(str(source)):
+        directory, name = resolve_snapshot(str(source), None), str(source)
+    else:
+        raise UsageError(f"--from {source}: no such run directory or checkpoint")
+    family = family_of(directory)
+    if family is None:
+        raise UsageError(f"--from {source}: not a run directory nor a supported checkpoint "
+                         "(Video-LLaVA-hf)")
+    return None if family == "vlm-run" else (directory, name, family)
 
-        directory = resolve_snapshot(str(source), None)
-        if composite_type(directory):
-            return directory, str(source)
-    raise UsageError(f"--from {source}: not a run directory nor a Video-LLaVA-hf checkpoint")
+
+@dataclasses.dataclass
+class StageSetup:
+    """What :func:`setup_stage` prepares for the engine: the model with its trainable parts
+    chosen, the dataset over cached features, and what the run directory will record."""
+
+    recipe: Recipe
+    stage_name: str
+    stage: StageSpec
+    model: Any
+    dataset: Any
+    store: Any
+    accelerator: Any
+    trained: list[str]
+    llm_weights: str | None
+    base: dict[str, Any] | None
+    parent: str | None
 
 
 def run_stage(recipe: Recipe, stage_name: str, run_dir: Path, *, data: Path | None,
@@ -81,14 +106,16 @@ def run_stage(recipe: Recipe, stage_name: str, run_dir: Path, *, data: Path | No
               resume: bool = False, workers: int = 2,
               on_step: Callable[[Any], None] | None = None,
               on_clip: Callable[[str, str], None] | None = None) -> StageSummary | None:
-    """Run stage ``stage1`` or ``stage2`` of ``recipe`` into ``run_dir``.
+    """Run stage ``stage1`` or ``stage2`` of ``recipe`` into ``run_dir``: :func:`setup_stage`,
+    the engine (:func:`vlm_cli.train.loop.train_stage`), :func:`save_stage`.
 
     Args:
         data: training data (overrides the stage's ``data``).
         media_root: media directory (overrides ``data.media_root``; default: the data's folder).
         from_run: stage 2: the stage-1 run whose model to continue (its ``model`` section is
-            used; ``recipe`` supplies the stage-2 settings), or a Video-LLaVA-hf checkpoint
-            (directory or cached hub id) whose towers, projector and LLM to start from.
+            used; ``recipe`` supplies the stage-2 settings), or a checkpoint of another family
+            (a Video-LLaVA-hf directory or cached hub id) whose towers, projector and LLM to
+            start from.
         resume: continue ``run_dir`` from its last checkpoint.
 
     Returns:
@@ -98,57 +125,75 @@ def run_stage(recipe: Recipe, stage_name: str, run_dir: Path, *, data: Path | No
         UsageError: no data given, ``run_dir`` exists without ``resume``, bad freeze list.
         DataError / VlmError: unreadable data or media (named).
     """
+    from vlm_cli.train.loop import train_stage
+
+    setup = setup_stage(recipe, stage_name, run_dir, data=data, media_root=media_root,
+                        from_run=from_run, resume=resume, workers=workers, on_clip=on_clip)
+    result = train_stage(setup.model, setup.dataset, setup.stage, run_dir, resume=resume,
+                         accelerator=setup.accelerator, on_step=on_step)
+    return save_stage(setup, result, run_dir)
+
+
+def setup_stage(recipe: Recipe, stage_name: str, run_dir: Path, *, data: Path | None,
+                media_root: Path | None = None, from_run: Path | None = None,
+                resume: bool = False, workers: int = 2,
+                on_clip: Callable[[str, str], None] | None = None) -> StageSetup:
+    """Everything before the first step: the parent model (a run or a checkpoint of another
+    family) or a new one, the features of every clip in the cache (preprocessed here if
+    missing), the trainable parts (freeze, LoRA, gradient checkpointing) and the dataset."""
     import torch
 
     from vlm_cli.cache import FeatureCache
     from vlm_cli.data import load_records
     from vlm_cli.features import FeatureStore
-    from vlm_cli.model.llm import build_llm, resolve_dtype
+    from vlm_cli.model.families import load_model
+    from vlm_cli.model.families.vlm_run import load, read_run
+    from vlm_cli.model.llm import build_llm
     from vlm_cli.model.parts import set_trainable
-    from vlm_cli.model.run_dir import RunConfig, base_identity, load_run, read_run, save_run
     from vlm_cli.model.tokenizer import load_tokenizer
     from vlm_cli.model.vlm import VideoLanguageModel
+    from vlm_cli.runtime import resolve_dtype
     from vlm_cli.train.data import FeatureDataset, ensure_features
-    from vlm_cli.train.loop import make_accelerator, plot_loss, train_stage
+    from vlm_cli.train.loop import make_accelerator
 
     stage: StageSpec = getattr(recipe.train, stage_name)
     data_path = data or (Path(stage.data) if stage.data else None)
     if data_path is None:
         raise UsageError(f"no training data: pass --data or set train.{stage_name}.data")
     _check_out(run_dir, resume)
-    checkpoint = None  # a Video-LLaVA-hf checkpoint to start from, instead of a stage-1 run
+    accelerator = make_accelerator()
+    device = str(accelerator.device)
+    # A frozen LLM (LoRA included) is held in the recipe's dtype (bf16 on GPUs that support it);
+    # a fully trained one in fp32 (master weights; the forward pass runs under autocast).
+    freeze_llm = "llm" in stage.freeze
+    checkpoint = _checkpoint(from_run) if from_run is not None else None
+    llm_weights, base, parent_model, encoders = None, None, None, None
+    if checkpoint is not None:  # a checkpoint of another family, instead of a stage-1 run
+        directory, name, family = checkpoint
+        base = {"family": family, "name": name, "revision": None}
+        dtype = resolve_dtype("auto", device) if freeze_llm else torch.float32
+        loaded = load_model(directory, name=name, dtype=dtype)
+        parent_recipe, parent_model, encoders = loaded.recipe, loaded.model, loaded.encoders
+    elif from_run is not None:
+        parent_recipe, parent = read_run(from_run)
+        dtype = resolve_dtype(parent_recipe.model.llm.dtype, device) if freeze_llm \
+            else torch.float32
+        loaded = load(from_run, dtype=dtype)
+        parent_model, encoders = loaded.model, loaded.encoders
+        llm_weights, base = parent.llm_weights, parent.base
     if from_run is not None:
-        checkpoint = _checkpoint(from_run)
-        if checkpoint is not None:
-            from vlm_cli.model.composite import video_llava_recipe
-
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-            parent_recipe, parent = video_llava_recipe(*checkpoint, None, device), None
-        else:
-            parent_recipe, parent = read_run(from_run)
         recipe = dataclasses.replace(recipe, model=parent_recipe.model, data=parent_recipe.data)
     root = media_root or (Path(recipe.data.media_root) if recipe.data.media_root else None)
     records = load_records(data_path, root)
-    accelerator = make_accelerator()
-    store = FeatureStore(recipe, FeatureCache(), device=str(accelerator.device))
+    store = FeatureStore(recipe, FeatureCache(), device=device, encoders=encoders)
     if accelerator.is_main_process:
         ensure_features(records, store, workers=workers, on_clip=on_clip)
     accelerator.wait_for_everyone()
 
     torch.manual_seed(stage.seed)  # connector initialisation
-    llm_weights = None
-    # A frozen LLM (LoRA included) is held in the recipe's dtype (bf16 on GPUs that support it);
-    # a fully trained one in fp32 (master weights; the forward pass runs under autocast).
-    device = str(accelerator.device)
-    llm_dtype = resolve_dtype(recipe.model.llm.dtype, device) if "llm" in stage.freeze \
-        else torch.float32
-    if checkpoint is not None:
-        from vlm_cli.model.run_dir import load_model
-
-        _, model = load_model(checkpoint[0], name=checkpoint[1], dtype=llm_dtype)
-    elif from_run is not None:
-        _, model = load_run(from_run, dtype=llm_dtype)
-        llm_weights = parent.llm_weights
+    llm_dtype = resolve_dtype(recipe.model.llm.dtype, device) if freeze_llm else torch.float32
+    if parent_model is not None:
+        model = parent_model
     else:
         tokenizer = load_tokenizer(recipe.model.llm)
         model = VideoLanguageModel(recipe.model, build_llm(recipe.model.llm, tokenizer,
@@ -159,37 +204,46 @@ def run_stage(recipe: Recipe, stage_name: str, run_dir: Path, *, data: Path | No
         from vlm_cli import console
 
         console.info(f"{stage_name} on {device}: LLM {str(llm_dtype).removeprefix('torch.')} "
-                     f"({'frozen' if 'llm' in stage.freeze else 'trained'}), connectors "
+                     f"({'frozen' if freeze_llm else 'trained'}), connectors "
                      f"float32, autocast {accelerator.mixed_precision}")
     trained = set_trainable(model, stage.freeze, f"train.{stage_name}")
     if stage.lora is not None:
         _apply_lora(model, stage)
         trained.append("lora")
     if stage.gradient_checkpointing:
-        model.llm.gradient_checkpointing_enable()
+        model.llm.activation_checkpointing_enable()  # transformers 5.24's name
         model.llm.enable_input_require_grads()
     dataset = FeatureDataset(records, model.tokenizer, store, stage.max_length)
     run_dir.mkdir(parents=True, exist_ok=True)
-    result = train_stage(model, dataset, stage, run_dir, resume=resume, accelerator=accelerator,
-                         on_step=on_step)
-    model = accelerator.unwrap_model(model)
+    parent_name = (checkpoint[1] if checkpoint else str(from_run.resolve())) if from_run else None
+    return StageSetup(recipe, stage_name, stage, model, dataset, store, accelerator, trained,
+                      llm_weights, base, parent_name)
+
+
+def save_stage(setup: StageSetup, result: Any, run_dir: Path) -> StageSummary | None:
+    """Write the run directory (main process) and return the summary (None elsewhere)."""
+    from vlm_cli.model.families.vlm_run import RunConfig, base_identity, save_run
+    from vlm_cli.train.loop import plot_loss
+
+    accelerator, recipe, stage = setup.accelerator, setup.recipe, setup.stage
+    model = accelerator.unwrap_model(setup.model)
     if accelerator.is_main_process:
-        random_llm = recipe.model.llm.config is not None and llm_weights is None
-        config = RunConfig(stage=stage_name, recipe=recipe.name, feature_dims=model.feature_dims,
-                           llm_weights=llm_weights, adapter=stage.lora is not None,
-                           trained=trained,
-                           parent=(checkpoint[1] if checkpoint else str(from_run.resolve()))
-                           if from_run else None,
-                           steps=result.total_steps)
+        random_llm = recipe.model.llm.config is not None and setup.llm_weights is None
+        config = RunConfig(stage=setup.stage_name, recipe=recipe.name,
+                           feature_dims=model.feature_dims, llm_weights=setup.llm_weights,
+                           adapter=stage.lora is not None, trained=setup.trained,
+                           parent=setup.parent, steps=result.total_steps, base=setup.base)
         if stage.lora is not None:  # pin the base the adapter belongs to (checked by merges)
-            config.llm_revision, config.llm_sha256 = base_identity(config, recipe,
-                                                                   store.cache.file_digest)
-        save_run(run_dir, recipe, model, config, save_llm="llm" in trained or random_llm)
+            config.llm_revision, config.llm_sha256 = base_identity(
+                config, recipe, setup.store.cache.file_digest)
+        save_run(run_dir, recipe, model, config,
+                 save_llm="llm" in setup.trained or random_llm)
         plot_loss(run_dir)
     accelerator.wait_for_everyone()
     if not accelerator.is_main_process:
         return None
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return StageSummary(**dataclasses.asdict(result), run_dir=str(run_dir), stage=stage_name,
-                        samples=len(dataset), trained=trained, trainable_params=trainable,
+    return StageSummary(**dataclasses.asdict(result), run_dir=str(run_dir),
+                        stage=setup.stage_name, samples=len(setup.dataset),
+                        trained=setup.trained, trainable_params=trainable,
                         processes=accelerator.num_processes)

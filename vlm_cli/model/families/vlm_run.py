@@ -1,4 +1,5 @@
-"""Run directories: what a training stage writes, and loading a model back from one.
+"""The vlm run directory family: what a training stage (or ``vlm merge-lora``) writes, and
+loading a model back from one.
 
 Layout::
 
@@ -14,17 +15,22 @@ Layout::
 
 Frozen parts are referenced, never copied: the LLM by hub id + resolved revision, or by the path
 of an earlier run's ``llm/`` directory; the encoders by the recipe (their features are cached).
+A run started from a checkpoint of another family (``vlm tune --from`` a Video-LLaVA-hf
+checkpoint) records it as its ``base``: that family loads the LLM, tokenizer and encoders, and
+the run adds its connectors and adapter.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
 from vlm_cli.atomic import atomic_write_bytes, atomic_write_text
 from vlm_cli.errors import UsageError
+from vlm_cli.model.families import Loaded, read_config
 from vlm_cli.recipe import Recipe
 
 FORMAT = "vlm-run/1"
@@ -46,6 +52,8 @@ class RunConfig:
         llm_sha256: sha256 of each weight file of a local base LLM (``llm_weights``), recorded
             when an adapter is trained on it, so a merge onto changed weights is refused.
         merged_from: for a ``vlm merge-lora`` output: the run, base and adapter hash merged.
+        base: the checkpoint of another family this run started from, ``{"family", "name",
+            "revision"}`` (name: a hub id or an absolute directory), or None.
     """
 
     stage: str
@@ -59,6 +67,7 @@ class RunConfig:
     steps: int = 0
     llm_sha256: dict[str, str] | None = None
     merged_from: dict[str, Any] | None = None
+    base: dict[str, Any] | None = None
     format: str = FORMAT
 
 
@@ -76,7 +85,7 @@ def base_identity(config: RunConfig, recipe: Recipe,
         return None, {p.name: digest(p) for p in files}
     spec = recipe.model.llm
     if spec.pretrained:
-        from vlm_cli.model.hub import resolve_pretrained
+        from vlm_cli.hub import resolve_pretrained
 
         _, pinned = resolve_pretrained(spec.pretrained, spec.revision, digest)
         return pinned.get("revision"), pinned.get("weights")
@@ -140,54 +149,99 @@ def read_run(run_dir: Path) -> tuple[Recipe, RunConfig]:
     return recipe, config
 
 
-def load_run(run_dir: Path, *, device: str = "cpu", dtype: Any = None) -> tuple[Recipe, Any]:
-    """Rebuild the model of a run directory (LLM + adapter + connectors), in eval mode.
+def detect(directory: str | Path) -> bool:
+    """Whether ``directory`` is a vlm run directory or merged model (config.json ``format``)."""
+    return read_config(directory).get("format") == FORMAT
+
+
+def load_base(config: RunConfig, *, device: str, dtype: Any, download: bool = False) -> Loaded:
+    """The checkpoint of another family a run started from (``config.base``).
+
+    Raises:
+        VlmError: the base is not available locally (the message names the download)."""
+    from vlm_cli.hub import local_path
+    from vlm_cli.model.families import family_module
+
+    base = config.base
+    directory = local_path(base["name"], base.get("revision"), download=download)
+    return family_module(base["family"]).load(directory, device=device, dtype=dtype,
+                                              name=base["name"], revision=base.get("revision"))
+
+
+def load(directory: Path, *, device: str = "cpu", dtype: Any = None, name: str | None = None,
+         revision: str | None = None, download: bool = False) -> Loaded:
+    """Rebuild the model of a run directory (LLM + adapter + connectors), in eval mode on
+    ``device``; the LLM in ``dtype`` (default: the recipe's, ``auto`` choosing by device).
+
+    Args:
+        download: fetch hub parts the run references that are not cached (``--download``).
 
     Raises:
         UsageError: not a run directory. VlmError: a referenced base model is missing.
     """
+    import warnings
+
     from safetensors.torch import load_file
 
+    from vlm_cli.hub import fetch_missing, recipe_repos
     from vlm_cli.model.llm import build_llm
     from vlm_cli.model.tokenizer import load_tokenizer
     from vlm_cli.model.vlm import VideoLanguageModel
+    from vlm_cli.runtime import resolve_dtype
 
-    recipe, config = read_run(run_dir)
-    tokenizer = load_tokenizer(recipe.model.llm, source=run_dir / "tokenizer")
-    llm = build_llm(recipe.model.llm, tokenizer, weights=config.llm_weights, dtype=dtype)
+    recipe, config = read_run(directory)
+    dtype = dtype or resolve_dtype(recipe.model.llm.dtype, device)
+    encoders = None
+    if config.base:
+        base = load_base(config, device="cpu", dtype=dtype, download=download)
+        llm, tokenizer, encoders = base.model.llm, base.model.tokenizer, base.encoders
+        if config.llm_weights:  # a fully fine-tuned LLM replaces the base's
+            llm = build_llm(recipe.model.llm, tokenizer, weights=config.llm_weights, dtype=dtype)
+    else:
+        fetch_missing(recipe_repos(recipe), download)
+        tokenizer = load_tokenizer(recipe.model.llm, source=directory / "tokenizer")
+        llm = build_llm(recipe.model.llm, tokenizer, weights=config.llm_weights, dtype=dtype)
     if config.adapter:
-        import warnings
-
         from peft import PeftModel
 
         with warnings.catch_warnings():  # peft calls a transformers attribute deprecated in v5
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
-            llm = PeftModel.from_pretrained(llm, run_dir / "adapter")
+            llm = PeftModel.from_pretrained(llm, directory / "adapter")
     model = VideoLanguageModel(recipe.model, llm, tokenizer, config.feature_dims)
-    model.connectors.load_state_dict(load_file(run_dir / "connectors.safetensors"))
-    return recipe, model.to(device).eval()
+    model.connectors.load_state_dict(load_file(directory / "connectors.safetensors"))
+    return Loaded(recipe, model.to(device).eval(), "vlm-run", encoders)
 
 
+def load_run(run_dir: Path, *, device: str = "cpu", dtype: Any = None) -> tuple[Recipe, Any]:
+    """``(recipe, VideoLanguageModel)`` of a run directory (see :func:`load`)."""
+    loaded = load(run_dir, device=device, dtype=dtype)
+    return loaded.recipe, loaded.model
 
-def load_model(model_dir: Path, *, device: str = "cpu", dtype: Any = None,
-               name: str | None = None, revision: str | None = None) -> tuple[Recipe, Any]:
-    """The model of a run directory, a merged directory (``vlm merge-lora``) or a
-    Video-LLaVA-hf checkpoint, in eval mode on ``device``.
 
-    Args:
-        dtype: LLM dtype; default: the recipe's (``auto``: bf16 / fp16 / fp32 by device).
-        name, revision: the hub id a checkpoint directory was resolved from (recorded in the
-            recipe instead of the directory, so features are keyed by the hub commit).
+def save(model: Any, out: Path, *, run_dir: Path, recipe: Recipe, config: RunConfig,
+         dtype: str, merged_from: dict[str, Any], max_shard_size: str = "2GB") -> None:
+    """A merged model (``vlm merge-lora``) as a self-contained run directory in ``out``: ``llm/``
+    (sharded safetensors + index), ``tokenizer/``, ``connectors.safetensors``, encoders loaded from
+    local directories copied under ``encoders/``, ``recipe.yaml`` and ``config.json`` (no adapter,
+    nothing referenced outside it)."""
+    import yaml
+    from safetensors.torch import save as save_tensors
 
-    Raises:
-        UsageError: neither kind of directory. VlmError: a referenced part is missing.
-    """
-    from vlm_cli.model.composite import composite_type, load_video_llava
-    from vlm_cli.model.llm import resolve_dtype
-
-    if composite_type(model_dir):
-        return load_video_llava(model_dir, name, revision, device=device, dtype=dtype)
-    if dtype is None:
-        recipe, _ = read_run(model_dir)
-        dtype = resolve_dtype(recipe.model.llm.dtype, device)
-    return load_run(model_dir, device=device, dtype=dtype)
+    model.llm.save_pretrained(out / "llm", safe_serialization=True,
+                              max_shard_size=max_shard_size)
+    model.tokenizer.save_pretrained(out / "tokenizer")
+    state = {k: v.detach().contiguous().cpu() for k, v in model.connectors.state_dict().items()}
+    atomic_write_bytes(out / "connectors.safetensors", save_tensors(state))
+    for part in ("vision", "audio"):  # local encoders travel with the model; hub ids stay refs
+        spec = getattr(recipe.model, part)
+        if spec is not None and spec.pretrained and Path(spec.pretrained).is_dir():
+            shutil.copytree(spec.pretrained, out / "encoders" / part)
+            spec.pretrained = f"encoders/{part}"
+    recipe.model.llm.dtype = dtype
+    atomic_write_text(out / "recipe.yaml", yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+    merged = dataclasses.asdict(RunConfig(
+        stage=config.stage, recipe=config.recipe, feature_dims=config.feature_dims,
+        llm_weights="llm", llm_revision=config.llm_revision, adapter=False,
+        trained=config.trained, parent=str(run_dir.resolve()), steps=config.steps,
+        merged_from=merged_from))
+    atomic_write_text(out / "config.json", json.dumps(merged, indent=2) + "\n")

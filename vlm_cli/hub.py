@@ -1,13 +1,20 @@
-"""``vlm download REPO_ID``: a snapshot of a Hugging Face hub repository into the standard hub cache.
+"""The Hugging Face hub: what a weight file is, resolving hub ids to local snapshots, downloads.
 
-huggingface_hub does the transfer (``snapshot_download``): files land once in ``HF_HUB_CACHE``
-(``$HF_HOME/hub``), blobs shared between revisions; ``HF_TOKEN``, ``HF_ENDPOINT`` (a mirror) and
-``HF_HUB_OFFLINE`` are its own settings. What we add is the choice of files: a model repository
-often ships the same weights several times (safetensors and pickled ``.bin``, sharded and
-``consolidated``, TensorFlow / Flax / ONNX / GGUF exports), and a model needs one copy.
-:func:`select_files` keeps every non-weight file and one format of weights: safetensors when there
-are any, else PyTorch ``.bin``; when a weight index (``*.safetensors.index.json``) names the shards,
-only those shards. The commit reported is that of the snapshot directory the files went to.
+One module below the model layer. Weights stay in the Hugging Face hub cache (``HF_HOME`` /
+``HF_HUB_CACHE``) or in a local directory; they are never copied into the vlm cache.
+
+- :func:`resolve_snapshot` finds a hub id's complete snapshot in the cache, once per process
+  (memoised), and downloads only when the caller passes ``download=True`` (a command's
+  ``--download``): otherwise a hub id that is not cached is an error naming the ``vlm download``
+  command to run. Nothing downloads behind the user's back.
+- :func:`download` (``vlm download REPO_ID``): huggingface_hub's ``snapshot_download`` does the
+  transfer, into the standard cache, blobs shared between revisions; ``HF_TOKEN``,
+  ``HF_ENDPOINT`` (a mirror) and ``HF_HUB_OFFLINE`` are its own settings. What we add is the
+  choice of files: a model repository often ships the same weights several times (safetensors and
+  pickled ``.bin``, sharded and ``consolidated``, TensorFlow / Flax / ONNX / GGUF exports), and a
+  model needs one copy. :func:`select_files` keeps every non-weight file and one format of
+  weights: safetensors when there are any, else PyTorch ``.bin``; when a weight index
+  (``*.safetensors.index.json``) names the shards, only those shards.
 
 Interrupted transfers: huggingface_hub retries a dropped connection itself and continues a large
 file with an HTTP Range request; files already complete are kept, so running the command again
@@ -21,8 +28,9 @@ import contextlib
 import dataclasses
 import fnmatch
 import json
+import re
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -39,6 +47,16 @@ def is_weight_file(name: str) -> bool:
     """Whether ``name`` (a repository path) holds model weights, in any format."""
     base = PurePosixPath(name).name
     return base not in _NOT_WEIGHTS and any(fnmatch.fnmatch(base, g) for g in WEIGHT_GLOBS)
+
+
+def index_shards(text: str) -> set[str] | None:
+    """The shard file names a weight index (``*.safetensors.index.json``, ``weight_map``) names,
+    or None when ``text`` is not such an index."""
+    try:
+        weight_map = json.loads(text).get("weight_map")
+    except (ValueError, AttributeError):
+        return None
+    return set(weight_map.values()) if isinstance(weight_map, dict) else None
 
 
 def select_files(files: list[str], index_text: dict[str, str] | None = None) -> list[str]:
@@ -61,14 +79,11 @@ def select_files(files: list[str], index_text: dict[str, str] | None = None) -> 
     chosen = [f for f in weights if f.endswith(fmt)]
     named: dict[str, set[str]] = {}  # folder -> shards its index names
     for path, text in (index_text or {}).items():
-        if not path.endswith(fmt + ".index.json"):
-            continue
-        try:
-            weight_map = json.loads(text).get("weight_map", {})
-        except (ValueError, AttributeError):
+        shards = index_shards(text) if path.endswith(fmt + ".index.json") else None
+        if shards is None:
             continue
         folder = PurePosixPath(path).parent
-        named.setdefault(str(folder), set()).update(str(folder / s) for s in weight_map.values())
+        named.setdefault(str(folder), set()).update(str(folder / s) for s in shards)
     chosen = [f for f in chosen if str(PurePosixPath(f).parent) not in named
               or str(PurePosixPath(f)) in named[str(PurePosixPath(f).parent)]]
     other_index = [f for f in files if f.endswith(".index.json") and not f.endswith(
@@ -93,7 +108,7 @@ class Downloaded:
     offline: bool
 
 
-def download(repo_id: str, *, revision: str | None = None, repo_type: str = "model",
+def download_snapshot(repo_id: str, *, revision: str | None = None, repo_type: str = "model",
              include: list[str] | None = None, exclude: list[str] | None = None,
              on_bytes: Callable[[int, int], None] | None = None) -> Downloaded:
     """Download a snapshot of ``repo_id`` into the Hugging Face hub cache.
@@ -125,8 +140,6 @@ def download(repo_id: str, *, revision: str | None = None, repo_type: str = "mod
     if constants.HF_HUB_OFFLINE:
         with _hub_errors(label, repo_type):
             if repo_type == "model" and not include and not exclude:
-                from vlm_cli.model.hub import resolve_snapshot
-
                 path = str(resolve_snapshot(repo_id, revision))  # skipped formats are fine
             else:
                 path = snapshot_download(repo_id, revision=revision, repo_type=repo_type,
@@ -252,3 +265,117 @@ def recipe_repos(recipe: Any) -> list[tuple[str, str | None]]:
         refs.append((model.llm.tokenizer, None))
     return list(dict.fromkeys((name, rev) for name, rev in refs
                               if not Path(name).expanduser().is_dir()))
+
+
+def resolve_pretrained(name: str, revision: str | None,
+                       digest: Callable[[Path], str]) -> tuple[Path, dict[str, Any]]:
+    """Find pretrained weights locally and describe exactly which weights they are.
+
+    Args:
+        name: a local directory, or a hub repo id (``org/name``) already in the hub cache.
+        revision: hub branch, tag or commit; None = the cached default branch. Ignored for a
+            local directory.
+        digest: sha256 function for files (``FeatureCache.file_digest``, which memoises it).
+
+    Returns:
+        ``(directory, fingerprint)``: the directory to pass to ``from_pretrained``, and a dict that
+        pins the weights: the resolved commit hash for a hub id (huggingface_hub's
+        ``snapshot_download(local_files_only=True)``), or the sha256 of every weight file of a
+        local directory (not its path, so a moved copy has the same fingerprint).
+
+    Raises:
+        VlmError: the directory has no weight files, or the hub id/revision is not cached.
+    """
+    local = Path(name).expanduser()
+    if local.is_dir():
+        files = sorted(p for p in local.rglob("*") if p.is_file() and is_weight_file(p.name))
+        if not files:
+            raise VlmError(f"{name}: no weight files (safetensors, .bin, .pt, ...) in directory")
+        # Content only, not the path: a copied or moved model keeps its cache entries.
+        return local, {"weights": {str(p.relative_to(local)): digest(p) for p in files}}
+    snapshot = resolve_snapshot(name, revision)
+    return snapshot, {"repo_id": name, "revision": snapshot.name}
+
+
+def is_repo_id(name: str) -> bool:
+    """Whether ``name`` is a hub repository id (``org/name``) rather than a local path: it has
+    that shape and no such file or directory exists."""
+    return bool(re.fullmatch(r"[\w.-]+/[\w.-]+", name)) and not Path(name).expanduser().exists()
+
+
+def local_path(name: str, revision: str | None, *, download: bool = False) -> Path:
+    """``name`` as a local directory: itself when it is one, else its hub snapshot
+    (:func:`resolve_snapshot`)."""
+    local = Path(name).expanduser()
+    return local if local.is_dir() else resolve_snapshot(name, revision, download=download)
+
+
+#: (hub cache, repo id, revision) -> its complete snapshot directory, resolved once per process.
+_SNAPSHOTS: dict[tuple[str, str, str | None], Path] = {}
+
+
+def resolve_snapshot(name: str, revision: str | None, *, download: bool = False) -> Path:
+    """The local snapshot directory of hub repo ``name`` at ``revision``, complete: every
+    non-weight file of the cached listing, and the weights (every shard a weight index names, or
+    at least one weight file). Resolved once per process.
+
+    Args:
+        download: fetch what is missing (``vlm download``'s default file selection) instead of
+            failing; a command's ``--download``.
+
+    Raises:
+        VlmError: not in the Hugging Face cache, or only partly (an interrupted download); the
+            message names the ``vlm download`` to run.
+    """
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    key = (str(constants.HF_HUB_CACHE), name, revision)
+    if key in _SNAPSHOTS:
+        return _SNAPSHOTS[key]
+    rev = f" --revision {revision}" if revision else ""
+    label = f"{name}{'@' + revision if revision else ''}"
+    fetch = download and not constants.HF_HUB_OFFLINE
+    try:  # non-weight files: all of those in the cached listing (vlm download fetches them all)
+        path = Path(snapshot_download(name, revision=revision, local_files_only=True,
+                                      ignore_patterns=list(WEIGHT_GLOBS)))
+        missing = missing_weights(path)
+    except (LocalEntryNotFoundError, OSError, ValueError) as err:
+        if not fetch:
+            offline = " (HF_HUB_OFFLINE is set)" if constants.HF_HUB_OFFLINE else ""
+            raise VlmError(f"{label}: not found locally nor in the Hugging Face cache{offline}; "
+                           f"run `vlm download {name}{rev}` first (or pass --download)") from err
+        missing = "not cached"
+    if missing and fetch:
+        from vlm_cli import console
+
+        console.info(f"--download: fetching {label}")
+        path = Path(download_snapshot(name, revision=revision).path)
+    elif missing:
+        raise VlmError(f"{label}: incomplete in the Hugging Face cache ({missing}); run "
+                       f"`vlm download {name}{rev}` to complete it (or pass --download)")
+    _SNAPSHOTS[key] = path
+    return path
+
+
+def fetch_missing(repos: Iterable[tuple[str, str | None]], download: bool) -> None:
+    """With ``download`` (a command's ``--download``), fetch each ``(repo id, revision)`` that is
+    not complete in the Hugging Face cache, before anything loads; without it, do nothing (a
+    missing part is reported where it is needed, with the ``vlm download`` command to run)."""
+    if download:
+        for name, revision in repos:
+            resolve_snapshot(name, revision, download=True)
+
+
+def missing_weights(path: Path) -> str | None:
+    """What is missing from the weights of a snapshot directory, or None when they are whole."""
+    indexes = sorted(path.rglob("*.index.json"))
+    for index in indexes:
+        shards = index_shards(index.read_text()) or set()
+        absent = sorted(s for s in shards if not (index.parent / s).is_file())
+        if absent:
+            return f"{len(absent)} weight shard(s) missing, e.g. {absent[0]}"
+    if not indexes and (path / "config.json").is_file() and not any(
+            p.is_file() and is_weight_file(p.name) for p in path.rglob("*")):
+        return "no weight files"
+    return None

@@ -1,0 +1,118 @@
+"""Checkpoint families: one module per way a checkpoint is laid out and run.
+
+Each family module (``families/<name>.py``) has
+
+- ``detect(directory) -> bool``: is this checkpoint mine? (config.json, file names; no weights);
+- ``load(directory, *, device, dtype, name, revision, download) -> Loaded``: the recipe that
+  describes it, the :class:`~vlm_cli.model.vlm.VideoLanguageModel` (connectors + LLM + tokenizer)
+  and the sources of its frozen encoders;
+- ``save(model, out, *, base, dtype, ...)``: a merged model (``vlm merge-lora``) in the family's
+  own format;
+- ``KEY_MAP``: its weight-key conversions as data, used by ``load`` and ``save`` alike.
+
+:func:`load_model` is a dispatch over :data:`FAMILIES` (as mlx-vlm's ``get_model_and_args``);
+nothing outside a family module knows the family's quirks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+from vlm_cli.errors import UsageError
+
+if TYPE_CHECKING:
+    from vlm_cli.model.vlm import VideoLanguageModel
+    from vlm_cli.recipe import Recipe
+
+#: Family name -> module; tried in this order by :func:`family_of`.
+FAMILIES: dict[str, str] = {
+    "video-llava-hf": "vlm_cli.model.families.video_llava_hf",
+    "vlm-run": "vlm_cli.model.families.vlm_run",
+}
+
+
+@dataclasses.dataclass
+class EncoderSource:
+    """A frozen encoder of a loaded model, before it is built.
+
+    Attributes:
+        fingerprint: everything that changes its features (the feature-cache key); computed
+            without loading weights.
+        build: builds the encoder (:class:`~vlm_cli.model.encoders.VisionEncoder` or
+            ``AudioEncoder``), called on the first cache miss only.
+    """
+
+    fingerprint: dict[str, Any]
+    build: Callable[[], Any]
+
+
+@dataclasses.dataclass
+class Loaded:
+    """A loaded checkpoint.
+
+    Attributes:
+        recipe: what the model is and how it samples media (frames, audio clips, prompt format).
+        model: the :class:`~vlm_cli.model.vlm.VideoLanguageModel`, in eval mode on its device.
+        family: the family name (a key of :data:`FAMILIES`).
+        encoders: the frozen encoders by feature name (``vision``, ``image``, ``audio``) when the
+            family provides them itself; None when they are built from ``recipe``.
+    """
+
+    recipe: Recipe
+    model: VideoLanguageModel
+    family: str
+    encoders: dict[str, EncoderSource] | None = None
+
+
+def read_config(directory: str | Path) -> dict[str, Any]:
+    """``directory/config.json`` as a dict, or {} when it is missing or not a JSON object (what
+    a family's ``detect`` reads)."""
+    import json
+
+    try:
+        config = json.loads((Path(directory) / "config.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return config if isinstance(config, dict) else {}
+
+
+def family_module(name: str) -> ModuleType:
+    """The module of family ``name``."""
+    return importlib.import_module(FAMILIES[name])
+
+
+def family_of(directory: Path) -> str | None:
+    """The name of the family whose ``detect`` accepts ``directory``, or None."""
+    for name in FAMILIES:
+        if family_module(name).detect(directory):
+            return name
+    return None
+
+
+def load_model(directory: Path, *, device: str = "cpu", dtype: Any = None,
+               name: str | None = None, revision: str | None = None,
+               download: bool = False) -> Loaded:
+    """Load the checkpoint in ``directory`` with its family's ``load``.
+
+    Args:
+        directory: a local directory (a hub id is resolved by the caller, e.g.
+            :func:`vlm_cli.hub.resolve_snapshot`).
+        device: torch device. dtype: the LLM dtype; default: the family's choice for ``device``.
+        name, revision: the hub id ``directory`` was resolved from, recorded instead of the
+            directory so that cached features are keyed by the hub commit.
+        download: fetch hub parts the checkpoint references that are not cached (``--download``).
+
+    Raises:
+        UsageError: no family recognises the directory. VlmError: a referenced part is missing.
+    """
+    family = family_of(directory)
+    if family is None:
+        raise UsageError(f"{directory}: not a vlm run directory, a merged vlm model nor a "
+                         "supported checkpoint (Video-LLaVA-hf)")
+    return family_module(family).load(directory, device=device, dtype=dtype, name=name,
+                                      revision=revision, download=download)

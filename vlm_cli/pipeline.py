@@ -1,0 +1,278 @@
+"""One inference pipeline, shared by ``vlm ask``, ``vlm eval`` and the judge.
+
+The route from a question to a token, top to bottom:
+
+1. :meth:`Pipeline.load` resolves ``--model`` (:func:`resolve_model`) and loads it once with its
+   family (:func:`vlm_cli.model.families.load_model`): recipe, model, frozen-encoder sources;
+2. :meth:`Pipeline.media` names a file once (:class:`MediaFile`: path, kind, content hash);
+3. :meth:`Pipeline.features` reads its features from the cache, or decodes and encodes them
+   once (:meth:`vlm_cli.features.FeatureStore.fetch`), with a typed :class:`FetchInfo`;
+4. :class:`ChatSession` (one clip, several turns, the KV cache of the conversation kept) or
+   :meth:`Pipeline.answer_batch` (many clips, greedy, batched) encode the chat
+   (:func:`vlm_cli.model.chat.encode_prompt`) and run
+   :meth:`vlm_cli.model.vlm.VideoLanguageModel.stream`: soft prompts put in place of the
+   placeholders, prefill, then one token per step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from vlm_cli.errors import MediaError, UsageError
+
+if TYPE_CHECKING:
+    from vlm_cli.features import FeatureStore
+    from vlm_cli.model.families import Loaded
+    from vlm_cli.model.vlm import MediaInput, VideoLanguageModel
+
+#: The user turn of a single question about a media file (``vlm ask``, ``--batch``, ``vlm eval``).
+PROMPT = "{placeholder}\n{question}"
+NO_MODEL = ("no model: pass --model RUN_DIR, set VLM_MODEL, or run `make demo` to train and "
+            "install the toy-av model under $VLM_HOME/models/tiny-av")
+
+
+def resolve_model(model: str | None, revision: str | None = None, *,
+                  download: bool = False) -> tuple[Path, str | None]:
+    """``--model`` (a directory, or a hub id ``org/name`` in the Hugging Face cache), else
+    ``$VLM_MODEL``, else ``$VLM_HOME/models/tiny-av``.
+
+    Args:
+        download: fetch a hub id missing from the cache (``--download``).
+
+    Returns:
+        ``(directory, hub id or None)``: the hub id when ``model`` was one.
+
+    Raises:
+        UsageError (exit 2): none of them exists; the message says how to get a model.
+        VlmError: a hub id that is not (completely) in the cache; the message names the
+            ``vlm download`` to run.
+    """
+    from vlm_cli.cache import cache_root
+    from vlm_cli.hub import is_repo_id, resolve_snapshot
+
+    if model:
+        path = Path(model).expanduser()
+        if path.is_dir():
+            return path, None
+        if is_repo_id(model):
+            return resolve_snapshot(model, revision, download=download), model
+        raise UsageError(f"--model {model}: no such model directory")
+    if os.environ.get("VLM_MODEL"):
+        path = Path(os.environ["VLM_MODEL"]).expanduser()
+        if not path.is_dir():
+            raise UsageError(f"VLM_MODEL={path}: no such model directory")
+        return path, None
+    default = cache_root() / "models" / "tiny-av"
+    if not (default / "config.json").exists():
+        raise UsageError(NO_MODEL)
+    return default, None
+
+
+@dataclasses.dataclass(frozen=True)
+class MediaFile:
+    """A media file named once: its path, kind (``video``, ``image`` or ``audio``, from the
+    extension) and content hash (sha256, memoised by the cache)."""
+
+    path: Path
+    kind: str
+    sha256: str
+
+    @property
+    def placeholder(self) -> str:
+        """The prompt placeholder of this kind: ``<video>``, ``<image>`` or ``<audio>``."""
+        return f"<{self.kind}>"
+
+
+@dataclasses.dataclass
+class FetchInfo:
+    """How a file's features were obtained.
+
+    Attributes:
+        cache: ``hit`` (read from the feature cache) or ``miss`` (decoded and encoded now).
+        audio: ``used``, ``absent`` (the file has no audio track) or ``disabled`` (``--no-audio``,
+            or a model without an audio branch).
+        frames: ``{"count", "timestamps"}`` (seconds) of the sampled frames, or None.
+        decode_s, encode_s: seconds spent decoding and encoding (a hit: reading, and 0).
+    """
+
+    cache: str
+    audio: str
+    frames: dict[str, Any] | None
+    decode_s: float
+    encode_s: float
+
+
+@dataclasses.dataclass
+class Answer:
+    """One answer: its text, token counts, and timings in seconds (prefill = time to the first
+    token; ``prefill_tokens``: tokens prefilled this turn, fewer when the KV cache of earlier
+    turns was kept)."""
+
+    text: str
+    tokens: int
+    prefill_tokens: int
+    prefill_s: float
+    generate_s: float
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Decode speed: the tokens after the first (which ends the prefill) per second."""
+        return (self.tokens - 1) / self.generate_s if self.generate_s > 0 else 0.0
+
+
+class Pipeline:
+    """A loaded model with its feature store: media in, answers out.
+
+    Args:
+        loaded: the model, its recipe and encoder sources (:func:`load_model`).
+        store: the feature store of that recipe (its sampling may differ from the recipe's).
+        name: how the model was named (``--model``, a hub id, or the default directory).
+        directory: where it was loaded from (a hub id's snapshot directory).
+    """
+
+    def __init__(self, loaded: Loaded, store: FeatureStore, name: str, directory: Path) -> None:
+        self.loaded, self.store, self.name, self.directory = loaded, store, name, directory
+
+    @classmethod
+    def load(cls, model: str | None = None, *, revision: str | None = None,
+             download: bool = False, device: str = "auto", frames: int | None = None,
+             fps: float | None = None) -> Pipeline:
+        """Resolve and load a model once (see :func:`resolve_model`).
+
+        Args:
+            frames: frames sampled uniformly per clip instead of the recipe's; with ``fps``, the
+                cap on the frames sampled at ``fps`` (frames per second).
+
+        Raises:
+            UsageError: no model. VlmError: a part missing from the cache.
+        """
+        from vlm_cli.cache import FeatureCache
+        from vlm_cli.features import FeatureStore
+        from vlm_cli.model.families import load_model
+        from vlm_cli.runtime import pick_device
+
+        directory, hub_id = resolve_model(model, revision, download=download)
+        device = pick_device(device)
+        loaded = load_model(directory, device=device, name=hub_id, revision=revision,
+                            download=download)
+        data = loaded.recipe.data
+        if fps is not None:
+            data = dataclasses.replace(data, sampling="fps", fps=fps, max_frames=frames)
+        elif frames is not None:
+            data = dataclasses.replace(data, frames=frames)
+        recipe = dataclasses.replace(loaded.recipe, data=data)
+        store = FeatureStore(recipe, FeatureCache(), device=device, encoders=loaded.encoders)
+        return cls(loaded, store, hub_id or str(directory), directory)
+
+    @property
+    def model(self) -> VideoLanguageModel:
+        return self.loaded.model
+
+    @property
+    def has_audio(self) -> bool:
+        """Whether the model has an audio branch."""
+        return "audio" in self.store.fingerprints
+
+    def media(self, path: str | Path) -> MediaFile:
+        """Name a media file once.
+
+        Raises:
+            MediaError: the file does not exist or cannot be read.
+        """
+        from vlm_cli.media.kinds import media_kind
+
+        path = Path(path)
+        if not path.is_file():
+            raise MediaError(path, "file not found")
+        return MediaFile(path, media_kind(path), self.store.cache.file_digest(path))
+
+    def features(self, ref: MediaFile, *, audio: bool = True) -> tuple[MediaInput, FetchInfo]:
+        """The file's features (from the cache, else decoded and encoded once and cached).
+
+        Args:
+            audio: False leaves the soundtrack out (``--no-audio``).
+
+        Raises:
+            MediaError: the file cannot be decoded.
+        """
+        features, info = self.store.fetch(ref.path, audio=audio)
+        return features, FetchInfo(info["cache"], info["audio"], info.get("frames"),
+                                   info["decode_s"], info["encode_s"])
+
+    def chat(self, media: MediaInput, ref: MediaFile) -> ChatSession:
+        """A conversation about one file (its features from :meth:`features`)."""
+        return ChatSession(self.model, media, ref.placeholder)
+
+    def answer_batch(self, questions: Sequence[tuple[MediaInput, MediaFile, str]], *,
+                     max_new_tokens: int = 32) -> list[str]:
+        """Greedy answers to one question per file, as one left-padded batch (the same tokens
+        as one by one)."""
+        from vlm_cli.model.chat import encode_prompt
+
+        tokenizer = self.model.tokenizer
+        prompts = [encode_prompt(tokenizer, [{"from": "human", "value": PROMPT.format(
+            placeholder=ref.placeholder, question=question)}]) for _, ref, question in questions]
+        answers = self.model.generate_batch(prompts, [[m] for m, _, _ in questions],
+                                            max_new_tokens=max_new_tokens)
+        return [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in answers]
+
+
+class ChatSession:
+    """A conversation about one media file (multi-turn: earlier rounds are context). The KV
+    cache of the conversation is kept between turns, so a follow-up question prefills only its
+    own tokens, not the soft prompt again.
+
+    Args:
+        model: a :class:`VideoLanguageModel` in eval mode.
+        media: the file's :class:`MediaInput` (from :meth:`Pipeline.features`).
+        placeholder: ``<video>``, ``<image>`` or ``<audio>``, put before the first question.
+    """
+
+    def __init__(self, model: Any, media: Any, placeholder: str) -> None:
+        from vlm_cli.model.vlm import Prefix
+
+        self.model, self.media, self.placeholder = model, media, placeholder
+        self.turns: list[dict[str, str]] = []
+        self.prefix = Prefix(set(model.media_token_ids))
+
+    def reset(self) -> None:
+        """Forget the conversation and its KV cache (the media stays)."""
+        from vlm_cli.model.vlm import Prefix
+
+        self.turns = []
+        self.prefix = Prefix(set(self.model.media_token_ids))
+
+    def ask(self, question: str, *, max_new_tokens: int = 64, temperature: float = 0.0,
+            top_p: float = 1.0, on_text: Callable[[str], None] | None = None) -> Answer:
+        """Answer ``question`` (greedy unless ``temperature`` > 0), streaming text deltas to
+        ``on_text``. The answer is appended to the history."""
+        from vlm_cli.model.chat import encode_prompt
+
+        tokenizer = self.model.tokenizer
+        value = (PROMPT.format(placeholder=self.placeholder, question=question)
+                 if not self.turns else question)
+        turns = self.turns + [{"from": "human", "value": value}]
+        ids: list[int] = []
+        text, first = "", None
+        start = time.perf_counter()
+        for (token,) in self.model.stream([encode_prompt(tokenizer, turns)], [[self.media]],
+                                          max_new_tokens=max_new_tokens, temperature=temperature,
+                                          top_p=top_p, prefix=self.prefix):
+            first = first or time.perf_counter()
+            if token is None or token == tokenizer.eos_token_id:
+                continue
+            ids.append(token)
+            now = tokenizer.decode(ids, skip_special_tokens=True)
+            if on_text is not None and now.startswith(text) and len(now) > len(text):
+                on_text(now[len(text):])
+            text = now
+        end = time.perf_counter()
+        text = tokenizer.decode(ids, skip_special_tokens=True).strip()
+        self.turns = turns + [{"from": "gpt", "value": text}]
+        first = first or end
+        return Answer(text, len(ids), self.prefix.prefilled, first - start, end - first)
