@@ -92,6 +92,7 @@ def test_alignment_needs_a_fresh_directory_and_views(aligned, tmp_path):
     assert bad.returncode == 2 and "no vision/ encoder" in bad.stderr
 
 
+@pytest.mark.slow
 def test_alignment_resume_after_kill_9_is_bit_exact(aligned, tmp_path):
     """The alignment stage runs on the same engine as stages 1 and 2: checkpoints and --resume."""
     from safetensors.torch import load_file
@@ -115,3 +116,29 @@ def test_alignment_resume_after_kill_9_is_bit_exact(aligned, tmp_path):
         ref = load_file(tmp_path / "ref" / part / "model.safetensors")
         got = load_file(killed / part / "model.safetensors")
         assert ref.keys() == got.keys() and all(torch.equal(ref[k], got[k]) for k in ref), part
+
+
+@pytest.mark.slow
+def test_alignment_two_processes_match_one(aligned, tmp_path):
+    """Alignment is data-parallel like stages 1 and 2: two processes splitting each batch end
+    with the weights of one process running the whole batch."""
+    from safetensors.torch import load_file
+
+    root, env, _ = aligned
+    accelerate = str(Path(sys.executable).with_name("accelerate"))
+    args = ["pretrain", str(root / "micro.yaml"), "--stage", "encoders", "--data",
+            str(root / "toy" / "stage1.json"), "--json"]
+    one = subprocess.run([VLM, *args, "--out", str(tmp_path / "one")], capture_output=True,
+                         text=True, env=env)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([accelerate, "launch", "--multi_gpu", "--num_processes", "2",
+                          "--main_process_port", "29541", "-m", "vlm_cli.cli", *args, "--out",
+                          str(tmp_path / "two")], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert two.returncode == 0, two.stderr[-2000:]
+    assert json.loads(two.stdout.strip().splitlines()[-1])["processes"] == 2
+    for part in ("vision", "audio"):
+        a = load_file(tmp_path / "one" / part / "model.safetensors")
+        b = load_file(tmp_path / "two" / part / "model.safetensors")
+        assert a.keys() == b.keys()
+        assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5, part

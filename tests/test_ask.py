@@ -108,6 +108,7 @@ def eval_args(home: Path, out: Path, *extra: str) -> list[str]:
             "--batch-size", "3", *extra]
 
 
+@pytest.mark.slow
 def test_eval_report_resume_and_two_processes(home, tmp_path, capsys):
     assert run(eval_args(home, tmp_path / "one")) == 0
     report = json.loads(capsys.readouterr().out)

@@ -52,8 +52,10 @@ def prompt(model, question: str = "what sound is playing ?") -> list[int]:
 
 def test_placeholders_expand_to_soft_prompt_rows_video_then_audio(model):
     ids = prompt(model)
-    rows, labels, prompts = model.expand([ids, ids], [[clip(0)], [clip(1, audio=False)]],
-                                         [ids, ids])
+    media = [clip(0), clip(1, audio=False)]
+    rows, labels = model.expand([ids, ids], [[m] for m in media], [ids, ids])
+    prompts = model.soft_prompts(media)
+    assert model.prompt_lengths(media) == [p.shape[0] for p in prompts]
     video = model.tokenizer.convert_tokens_to_ids("<video>")
     assert [p.shape for p in prompts] == [(T * N + 2, 32), (T * N, 32)]  # MLP rows + 2 queries
     assert rows[0].count(video) == T * N + 2 and rows[1].count(video) == T * N
@@ -68,7 +70,7 @@ def test_embed_puts_soft_prompts_in_place_for_a_mixed_batch(model, side):
     ids, short = prompt(model), prompt(model, "what colour ?")
     media = [[clip(0)], [clip(1, audio=False)]]
     embeds, mask, labels = model.embed([ids, short], media, [ids, short], padding_side=side)
-    _, _, prompts = model.expand([ids, short], media)
+    prompts = model.soft_prompts([m for (m,) in media])
     table = model.llm.get_input_embeddings()
     video = model.tokenizer.convert_tokens_to_ids("<video>")
     for b, (row, soft) in enumerate(zip([ids, short], prompts)):
@@ -186,7 +188,11 @@ def test_chat_keeps_the_kv_cache_of_earlier_turns(model):
 
     session = ChatSession(model, clip(0), "<video>")
     first = session.ask("what sound is playing ?", max_new_tokens=6)
+    calls = []
+    hook = model.connectors["video"].register_forward_hook(lambda *_: calls.append(1))
     second = session.ask("what colour is it ?", max_new_tokens=6)
+    hook.remove()
+    assert calls == []  # the follow-up neither prefills nor recomputes the soft prompt
     turns = session.turns[:-1]
     fresh = model.generate(encode_prompt(model.tokenizer, turns), [clip(0)], max_new_tokens=6)
     assert model.tokenizer.decode(fresh, skip_special_tokens=True).strip() == second.text

@@ -159,6 +159,7 @@ def test_image_audio_only_and_silent_video(home, tmp_path, capsys):
     assert got[("still.png", "vision")]["decoder"] == "image"
 
 
+@pytest.mark.slow
 def test_two_processes_at_once_then_nothing_to_compute(tmp_path, home):
     from vlm_cli.toyav import generate_toy_av
 

@@ -92,6 +92,7 @@ def test_existing_run_needs_resume(world, tmp_path, monkeypatch, capsys):
     assert "must include 'vision'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_resume_after_kill_9_is_bit_exact(world, tmp_path):
     root, env = world
     steps = ["train.stage1.max_steps=40", "train.stage1.log_every=10"]
@@ -115,6 +116,7 @@ def test_resume_after_kill_9_is_bit_exact(world, tmp_path):
     assert steps_logged == sorted(set(steps_logged))  # no duplicate lines after the resume
 
 
+@pytest.mark.slow
 def test_two_processes_match_one(world, tmp_path):
     root, env = world
     extra = ["train.stage1.max_steps=20"]

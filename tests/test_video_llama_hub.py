@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from hf_fixtures import make_tiny_ast, make_tiny_clip_vision, make_tiny_llama
 from hub_server import FakeHub, client_env
 
@@ -17,6 +18,7 @@ PARTS = {"openai/clip-vit-large-patch14": "vision", "MIT/ast-finetuned-audioset-
          "audio", "lmsys/vicuna-7b-v1.5": "llm"}
 
 
+@pytest.mark.slow
 def test_video_llama_recipe_from_hub_parts(tmp_path):
     from vlm_cli.toyav import generate_toy_av
 

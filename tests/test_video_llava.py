@@ -127,6 +127,7 @@ def test_image_uses_the_image_tower_without_cls(checkpoint, tmp_path):
     assert (logits_of(model, ids, features) - expected).abs().max().item() <= 1e-4
 
 
+@pytest.mark.slow
 def test_tune_lora_from_checkpoint_and_merge_back(checkpoint, tmp_path):
     from transformers import VideoLlavaForConditionalGeneration
 
@@ -191,6 +192,7 @@ def test_tune_lora_from_checkpoint_and_merge_back(checkpoint, tmp_path):
     assert again.returncode == 0 and json.loads(again.stdout)["skipped"] is True
 
 
+@pytest.mark.slow
 def test_from_the_hub_then_offline(checkpoint, tmp_path):
     with FakeHub() as hub:
         sha = hub.add_dir("org/tiny-video-llava", checkpoint)

@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tune": ("tune", "Stage 2: instruction-tune connectors + LLM (full or LoRA)."),
     "ask": ("ask", "Ask a trained model about a video, image or audio file."),
     "eval": ("eval", "Score a model on a video QA set (MSVD-QA style); predictions + report."),
+    "probe": ("probe", "Do answers follow the sound and frame order? Counterfactual variants."),
     "merge-lora": ("merge_lora", "Fold a run's LoRA adapter into its LLM; self-contained."),
     "cache": ("cache", "List, measure, prune or clear the feature cache."),
 }

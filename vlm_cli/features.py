@@ -24,6 +24,9 @@ from vlm_cli.recipe import Recipe
 VISION, AUDIO = "vision", "audio"
 #: The encoder of still images when the recipe has a separate one (``model.image``).
 IMAGE = "image"
+#: Vision encoders that see several frames at once (tubelets): their features of reordered
+#: frames must be encoded again; every other vision encoder runs frame by frame.
+CLIP_ENCODERS = frozenset({"vivit"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -234,6 +237,53 @@ class FeatureStore:
             info["audio"] = "used" if out.audio is not None else "absent"
         return out, info
 
+    def reordered_frames(self, path: str | Path, order: list[int], variant: str) -> Any:
+        """Vision features of ``path`` as if its sampled frames came in ``order`` (``vlm probe``'s
+        reverse / shuffle / still variants), without writing a media file.
+
+        A per-frame encoder (CLIP, SigLIP) gives each frame's features independently, so the
+        cached features are indexed (``features[order]``: no decoding). A clip encoder
+        (:data:`CLIP_ENCODERS`, e.g. ViViT's tubelets) sees the order: the frames are decoded,
+        reordered and encoded once, and cached under a key of their own (the sampling settings
+        plus ``frame_order: variant``), which never equals the original's.
+
+        Args:
+            path: a video (its features are fetched and cached first if needed).
+            order: indices into the sampled frames ``[0, T)``, length ``T``.
+            variant: the name of the order, part of the cache key (``reverse``, ``shuffle``...).
+
+        Returns:
+            ``[T', N, D]`` features, the dtype of the cached ones.
+
+        Raises:
+            MediaError: the file cannot be decoded. ValueError: ``order`` does not index the
+                sampled frames.
+        """
+        import torch
+
+        features, info = self.fetch(path, audio=False)
+        count = info["frames"]["count"]
+        if len(order) != count or not all(0 <= i < count for i in order):
+            raise ValueError(f"{path}: frame order {order} does not index its {count} frames")
+        name = self.encoder_name(VISION, path)
+        if self.fingerprints[name].get("arch") not in CLIP_ENCODERS:
+            return features.vision[torch.as_tensor(order)]
+        digest = self.cache.file_digest(path)
+        key = self.variant_key(path, digest, variant)
+        entry = self.cache.get(key)
+        if entry is not None:
+            return entry[0]["features"]
+        decoded = decode_media(self.request(path, [VISION]))
+        item = decoded[VISION]
+        item["frames"], item["timestamps"] = item["frames"][order], item["timestamps"][order]
+        return self.encode_and_store(path, digest, {VISION: key}, decoded,
+                                     variant=variant)[VISION]["features"]
+
+    def variant_key(self, path: str | Path, media_sha256: str, variant: str) -> str:
+        """The cache key of ``path``'s vision features under a frame-order ``variant``."""
+        return feature_key(media_sha256, self.fingerprints[self.encoder_name(VISION, path)],
+                           {**self.sampling[VISION], "frame_order": variant})
+
     def request(self, path: str | Path, modalities: list[str]) -> DecodeRequest:
         """The decode request producing the inputs of ``modalities`` for ``path``."""
         data = self.recipe.data
@@ -258,13 +308,16 @@ class FeatureStore:
         return self._encoders[modality]
 
     def encode_and_store(self, path: str | Path, media_sha256: str, keys: dict[str, str],
-                         decoded: dict[str, Any]) -> dict[str, dict[str, Any]]:
+                         decoded: dict[str, Any], *,
+                         variant: str | None = None) -> dict[str, dict[str, Any]]:
         """Run the frozen encoders on decoded inputs and write one cache entry per modality.
 
         Args:
             path: the media file (recorded in the provenance).
             media_sha256: its content hash. keys: modality -> cache key (from :meth:`keys`).
             decoded: the output of :func:`decode_media` for those modalities.
+            variant: the frame order the decoded frames were put in (recorded in the
+                provenance; see :meth:`reordered_frames`), or None.
 
         Returns:
             modality -> tensors written: vision ``{"features": [T,N,D], "timestamps": [T]}``; audio
@@ -278,6 +331,8 @@ class FeatureStore:
             provenance = {"modality": modality, "media": str(path), "media_sha256": media_sha256,
                           "encoder": self.fingerprints[name],
                           "sampling": self.sampling[modality]}
+            if variant is not None:
+                provenance["frame_order"] = variant
             if modality == VISION:
                 tensors = {"features": self.encoder(name).encode_frames(item["frames"]),
                            "timestamps": torch.as_tensor(item["timestamps"], dtype=torch.float64)}

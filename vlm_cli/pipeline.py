@@ -130,12 +130,14 @@ class Pipeline:
 
     Args:
         loaded: the model, its recipe and encoder sources (:func:`load_model`).
-        store: the feature store of that recipe (its sampling may differ from the recipe's).
+        store: the feature store of that recipe (its sampling may differ from the recipe's);
+            None for a text-only pipeline (the judge: :meth:`replies` without media).
         name: how the model was named (``--model``, a hub id, or the default directory).
         directory: where it was loaded from (a hub id's snapshot directory).
     """
 
-    def __init__(self, loaded: Loaded, store: FeatureStore, name: str, directory: Path) -> None:
+    def __init__(self, loaded: Loaded, store: FeatureStore | None, name: str,
+                 directory: Path) -> None:
         self.loaded, self.store, self.name, self.directory = loaded, store, name, directory
 
     @classmethod
@@ -176,7 +178,12 @@ class Pipeline:
     @property
     def has_audio(self) -> bool:
         """Whether the model has an audio branch."""
-        return "audio" in self.store.fingerprints
+        return self.store is not None and "audio" in self.store.fingerprints
+
+    def _store(self) -> FeatureStore:
+        if self.store is None:
+            raise UsageError(f"{self.name}: a text-only model; it cannot read media files")
+        return self.store
 
     def media(self, path: str | Path) -> MediaFile:
         """Name a media file once.
@@ -189,7 +196,7 @@ class Pipeline:
         path = Path(path)
         if not path.is_file():
             raise MediaError(path, "file not found")
-        return MediaFile(path, media_kind(path), self.store.cache.file_digest(path))
+        return MediaFile(path, media_kind(path), self._store().cache.file_digest(path))
 
     def features(self, ref: MediaFile, *, audio: bool = True) -> tuple[MediaInput, FetchInfo]:
         """The file's features (from the cache, else decoded and encoded once and cached).
@@ -200,7 +207,7 @@ class Pipeline:
         Raises:
             MediaError: the file cannot be decoded.
         """
-        features, info = self.store.fetch(ref.path, audio=audio)
+        features, info = self._store().fetch(ref.path, audio=audio)
         return features, FetchInfo(info["cache"], info["audio"], info.get("frames"),
                                    info["decode_s"], info["encode_s"])
 
@@ -212,13 +219,27 @@ class Pipeline:
                      max_new_tokens: int = 32) -> list[str]:
         """Greedy answers to one question per file, as one left-padded batch (the same tokens
         as one by one)."""
+        return self.replies([[{"from": "human", "value": PROMPT.format(
+            placeholder=ref.placeholder, question=question)}] for _, ref, question in questions],
+            [[media] for media, _, _ in questions], max_new_tokens=max_new_tokens)
+
+    def replies(self, conversations: Sequence[list[dict[str, str]]],
+                media: Sequence[list[MediaInput]] | None = None, *,
+                max_new_tokens: int = 32) -> list[str]:
+        """Greedy replies to whole conversations (LLaVA turns ``{"from", "value"}`` ending in a
+        user turn), as one left-padded batch: what :meth:`answer_batch` and the judge run.
+
+        Args:
+            media: per conversation, the :class:`MediaInput` of its placeholders, in order;
+                None for text-only conversations.
+        """
         from vlm_cli.model.chat import encode_prompt
 
         tokenizer = self.model.tokenizer
-        prompts = [encode_prompt(tokenizer, [{"from": "human", "value": PROMPT.format(
-            placeholder=ref.placeholder, question=question)}]) for _, ref, question in questions]
-        answers = self.model.generate_batch(prompts, [[m] for m, _, _ in questions],
-                                            max_new_tokens=max_new_tokens)
+        prompts = [encode_prompt(tokenizer, turns) for turns in conversations]
+        answers = self.model.generate_batch(
+            prompts, list(media) if media is not None else [[] for _ in prompts],
+            max_new_tokens=max_new_tokens)
         return [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in answers]
 
 

@@ -99,20 +99,21 @@ class Judge:
                  dtype: Any = None) -> None:
         from vlm_cli.cache import FeatureCache
         from vlm_cli.hub import resolve_pretrained
+        from vlm_cli.pipeline import Pipeline
 
         path = Path(name).expanduser()
         if (path / "recipe.yaml").is_file():  # a vlm run / merged directory
             from vlm_cli.eval.run import model_identity
-            from vlm_cli.model.families.vlm_run import load_run
 
-            _, self.model = load_run(path, device=device, dtype=dtype)
+            self.pipeline = Pipeline.load(str(path), device=device)
             self.identity: dict[str, Any] = {"name": name, **model_identity(path)}
         else:
             from transformers import AutoTokenizer
 
+            from vlm_cli.model.families import Loaded
             from vlm_cli.model.llm import build_llm
             from vlm_cli.model.vlm import VideoLanguageModel
-            from vlm_cli.recipe import LLMSpec, ModelSpec
+            from vlm_cli.recipe import LLMSpec, ModelSpec, Recipe
 
             directory, pinned = resolve_pretrained(name, revision, FeatureCache().file_digest)
             tokenizer = AutoTokenizer.from_pretrained(directory)
@@ -123,9 +124,12 @@ class Judge:
                 tokenizer.pad_token = tokenizer.eos_token
             spec = LLMSpec(pretrained=str(directory))
             llm = build_llm(spec, tokenizer, weights=directory, dtype=dtype)
-            self.model = VideoLanguageModel(ModelSpec(llm=spec), llm, tokenizer, {})
-            self.model.to(device).eval()
+            model = VideoLanguageModel(ModelSpec(llm=spec), llm, tokenizer, {})
+            model.to(device).eval()
+            loaded = Loaded(Recipe(name=name, model=ModelSpec(llm=spec)), model, "causal-lm")
+            self.pipeline = Pipeline(loaded, None, name, directory)
             self.identity = {"name": name, **pinned}
+        self.model = self.pipeline.model
         template = self.model.tokenizer.chat_template or ""
         self.identity["chat_template_sha256"] = hashlib.sha256(template.encode()).hexdigest()
         self.settings = {"prompt_sha256": hashlib.sha256(
@@ -136,13 +140,8 @@ class Judge:
 
     def replies(self, rows: list[tuple[str, str, str]]) -> list[str]:
         """Greedy replies to ``(question, answer, pred)`` triples, in order."""
-        from vlm_cli.model.chat import encode_prompt
-
-        tokenizer = self.model.tokenizer
-        prompts = [encode_prompt(tokenizer, judge_turns(*row)) for row in rows]
-        out = self.model.generate_batch(prompts, [[] for _ in rows],
-                                        max_new_tokens=MAX_NEW_TOKENS)
-        return [tokenizer.decode(ids, skip_special_tokens=True) for ids in out]
+        return self.pipeline.replies([judge_turns(*row) for row in rows],
+                                     max_new_tokens=MAX_NEW_TOKENS)
 
 
 def judge_predictions(judge: Judge, items: list[QAItem], predictions: dict[str, dict],

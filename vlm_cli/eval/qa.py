@@ -41,12 +41,15 @@ class QAItem:
 
 def load_qa(questions: Path, answers: Path | None = None,
             media_root: Path | None = None) -> list[QAItem]:
-    """Read Video-ChatGPT-layout QA files.
+    """Read a QA set: Video-ChatGPT-layout files, or LLaVA-style JSON.
 
     Args:
-        questions: ``[{"video_name", "question", "question_id", "type"?}]``.
+        questions: ``[{"video_name", "question", "question_id", "type"?}]`` with a separate
+            answers file; or LLaVA-style records ``{"id", "video", "conversations": [human,
+            gpt, ...], "type"?}``, whose first human turn (placeholders removed) is the question
+            and the gpt turn after it the answer.
         answers: ``[{"question_id", "answer"}]``; default: ``questions`` with ``questions``
-            replaced by ``answers`` in its file name.
+            replaced by ``answers`` in its file name. Not read for LLaVA-style records.
         media_root: directory of the videos; default: a ``media/`` directory beside the
             questions' directory when there is one (the toy-av layout), else the questions'
             directory. Names without an extension are tried with the extensions of
@@ -57,17 +60,23 @@ def load_qa(questions: Path, answers: Path | None = None,
     """
     from vlm_cli.data.records import load_records
 
-    answers = answers or questions.with_name(questions.name.replace("questions", "answers"))
-    try:
-        answer_rows = json.loads(answers.read_text())
-    except (OSError, ValueError) as err:
-        raise DataError(f"{answers}: cannot read answers ({err})") from err
-    by_id = {str(a["question_id"]): a for a in answer_rows if "question_id" in a}
     beside = questions.parent.parent / "media"
     root = media_root or (beside if beside.is_dir() else questions.parent)
+    records = load_records(questions, root)
+    by_id: dict[str, dict[str, Any]] = {}
+    if any(not r.conversations for r in records):
+        answers = answers or questions.with_name(questions.name.replace("questions", "answers"))
+        try:
+            answer_rows = json.loads(answers.read_text())
+        except (OSError, ValueError) as err:
+            raise DataError(f"{answers}: cannot read answers ({err})") from err
+        by_id = {str(a["question_id"]): a for a in answer_rows if "question_id" in a}
     items = []
-    for record in load_records(questions, root):
+    for record in records:
         row = record.raw
+        if record.conversations:
+            items.append(_llava_item(questions, record))
+            continue
         qid = str(row.get("question_id", record.id))
         if qid not in by_id or "answer" not in by_id[qid]:
             raise DataError(f"{answers}: no answer for question_id {qid!r}")
@@ -77,6 +86,23 @@ def load_qa(questions: Path, answers: Path | None = None,
                             str(by_id[qid]["answer"]),
                             str(row.get("type") or by_id[qid].get("type") or "all")))
     return items
+
+
+def _llava_item(path: Path, record: Any) -> QAItem:
+    """The first question and answer of a LLaVA-style record."""
+    from vlm_cli.model.chat import MEDIA_TOKENS
+
+    turns = record.conversations
+    first = next((k for k, t in enumerate(turns) if t.get("from") == "human"), None)
+    if first is None or first + 1 >= len(turns) or turns[first + 1].get("from") != "gpt" \
+            or not record.media:
+        raise DataError(f"{path}: record {record.id!r} needs a media file and a human turn "
+                        "followed by a gpt turn")
+    question = str(turns[first]["value"])
+    for token in MEDIA_TOKENS:
+        question = question.replace(token, "")
+    return QAItem(str(record.id), record.media[0].path, question.strip(),
+                  str(turns[first + 1]["value"]), str(record.raw.get("type") or "all"))
 
 
 def score(items: list[QAItem], predictions: dict[str, str]) -> dict[str, Any]:

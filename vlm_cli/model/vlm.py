@@ -81,6 +81,29 @@ class VideoLanguageModel(nn.Module):
         out = connector(batch, mask)
         return [out[i, : connector.num_tokens(f.shape[0], f.shape[1])] for i, f in enumerate(feats)]
 
+    def prompt_lengths(self, media: Sequence[MediaInput]) -> list[int]:
+        """Soft-prompt rows per media input (what :meth:`soft_prompts` returns, counted from the
+        feature shapes without running a connector).
+
+        Raises:
+            DataError: a modality without its connector, or an input with no features.
+        """
+        lengths = []
+        for i, m in enumerate(media):
+            n = 0
+            for modality, name in (("vision", "video"), ("audio", "audio")):
+                feats = getattr(m, modality)
+                if feats is None:
+                    continue
+                if name not in self.connectors:
+                    raise DataError(f"the model has no {name} connector for {modality} features")
+                n += self.connectors[name].num_tokens(feats.shape[0],
+                                                      feats.shape[1] if feats.dim() > 2 else 1)
+            if not n:
+                raise DataError(f"media input {i} has neither vision nor audio features")
+            lengths.append(n)
+        return lengths
+
     def soft_prompts(self, media: Sequence[MediaInput]) -> list[torch.Tensor]:
         """One ``[M_i, H]`` soft prompt per media input (video tokens, then audio tokens)."""
         parts: list[list[torch.Tensor]] = [[] for _ in media]
@@ -103,14 +126,14 @@ class VideoLanguageModel(nn.Module):
 
     def expand(self, input_ids: Sequence[Sequence[int]], media: Sequence[Sequence[MediaInput]],
                labels: Sequence[Sequence[int]] | None = None,
-               ) -> tuple[list[list[int]], list[list[int]] | None, list[torch.Tensor]]:
+               ) -> tuple[list[list[int]], list[list[int]] | None]:
         """Expand each placeholder token into as many copies as its soft prompt has rows (as
-        transformers' Video-LLaVA processor expands ``<video>`` at tokenisation).
+        transformers' Video-LLaVA processor expands ``<video>`` at tokenisation); the rows are
+        counted by :meth:`prompt_lengths`, no connector runs.
 
         Returns:
-            ``(ids, labels, prompts)``: per sample, the expanded ids (and labels, with
-            ``IGNORE_INDEX`` on every placeholder copy; None without labels), and the soft prompts
-            ``[M_i, H]`` in the order of the placeholders (sample by sample).
+            ``(ids, labels)``: per sample, the expanded ids (and labels, with ``IGNORE_INDEX`` on
+            every placeholder copy; None without labels).
 
         Raises:
             DataError: a sample's placeholder count differs from its media count.
@@ -120,9 +143,7 @@ class VideoLanguageModel(nn.Module):
             if found != len(media[b]):
                 raise DataError(f"sample {b}: {found} media placeholders but {len(media[b])} "
                                 "media files")
-        flat = [m for sample in media for m in sample]
-        prompts = self.soft_prompts(flat) if flat else []
-        lengths = iter(p.shape[0] for p in prompts)
+        lengths = iter(self.prompt_lengths([m for sample in media for m in sample]))
         rows, label_rows = [], [] if labels is not None else None
         for b, ids in enumerate(input_ids):
             row, lab = [], []
@@ -135,7 +156,12 @@ class VideoLanguageModel(nn.Module):
             rows.append(row)
             if label_rows is not None:
                 label_rows.append(lab)
-        return rows, label_rows, prompts
+        return rows, label_rows
+
+    def _flat_prompts(self, media: Sequence[Sequence[MediaInput]]) -> list[torch.Tensor]:
+        """The soft prompts of every sample's media, in placeholder order."""
+        flat = [m for sample in media for m in sample]
+        return self.soft_prompts(flat) if flat else []
 
     def embed(self, input_ids: Sequence[Sequence[int]], media: Sequence[Sequence[MediaInput]],
               labels: Sequence[Sequence[int]] | None = None, padding_side: str = "right",
@@ -159,10 +185,10 @@ class VideoLanguageModel(nn.Module):
             DataError: a sample's placeholder count differs from its media count, or the
                 expanded placeholders and the soft-prompt rows differ in number.
         """
-        rows, label_rows, prompts = self.expand(input_ids, media, labels)
+        rows, label_rows = self.expand(input_ids, media, labels)
         ids, mask, lab = self.pad(rows, label_rows, padding_side)
         embeds = self.llm.get_input_embeddings()(ids)
-        return self.scatter(ids, mask, embeds, prompts), mask, lab
+        return self.scatter(ids, mask, embeds, self._flat_prompts(media)), mask, lab
 
     def pad(self, rows: Sequence[Sequence[int]], label_rows: Sequence[Sequence[int]] | None = None,
             padding_side: str = "right") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -247,7 +273,7 @@ class VideoLanguageModel(nn.Module):
         from transformers import DynamicCache
 
         eos = self.tokenizer.eos_token_id
-        rows, _, prompts = self.expand(input_ids, media)
+        rows, _ = self.expand(input_ids, media)
         ids, mask, _ = self.pad(rows, padding_side="left")
         keep = prefix.reusable(rows) if prefix is not None else 0
         if keep:  # continue the cached conversation: prefill only the new tokens (no padding)
@@ -259,7 +285,8 @@ class VideoLanguageModel(nn.Module):
             ids = new  # the mask stays [1, keep + new]: cached and new positions
         else:
             cache = DynamicCache()
-            embeds = self.scatter(ids, mask, self.llm.get_input_embeddings()(ids), prompts)
+            embeds = self.scatter(ids, mask, self.llm.get_input_embeddings()(ids),
+                                  self._flat_prompts(media))  # connectors run on a full prefill only
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
         if prefix is not None:
             prefix.prefilled = int(ids.shape[1])

@@ -151,6 +151,7 @@ class AlignSummary:
     seconds: float
     final_loss: float
     train_accuracy: dict[str, float]
+    processes: int = 1
 
 
 def run_align(recipe: Recipe, run_dir: Path, *, data: Path | None, media_root: Path | None,
@@ -235,7 +236,7 @@ def run_align(recipe: Recipe, run_dir: Path, *, data: Path | None, media_root: P
     accuracy = {name: round(sum(h[-window:]) / len(h[-window:]), 4)
                 for name, h in hits.items() if h}
     return AlignSummary(str(run_dir), "encoders", len(records), result.steps, result.seconds,
-                        result.final_loss, accuracy)
+                        result.final_loss, accuracy, accelerator.num_processes)
 
 
 def _save(run_dir: Path, recipe: Recipe, model: AlignmentModel, spec: AlignSpec,
