@@ -85,7 +85,7 @@ def stage1_throughput(encoders: Path, toy: Path, steps: int = 40) -> tuple[float
         model = VideoLanguageModel(recipe.model, build_llm(recipe.model.llm, tokenizer),
                                    tokenizer, feature_dims(recipe))
         set_trainable(model, recipe.train.stage1.freeze, "train.stage1")
-        dataset = FeatureDataset(records, tokenizer, store, 256)
+        dataset = FeatureDataset(records, model, store, 256)
         if mode == "recompute":
             dataset._features = recompute
         with tempfile.TemporaryDirectory() as tmp:

@@ -88,6 +88,9 @@ def ask(
     vlm = pipeline.model
     console.info(f"model {pipeline.name} on {pipeline.store.device}, {vlm.llm.dtype} "
                  f"({vlm.llm.config._attn_implementation} attention)")
+    if pipeline.loaded.licence:
+        console.info(f"weights licence: {pipeline.loaded.licence}; check that your use is "
+                     "allowed")
     llm_spec = pipeline.loaded.recipe.model.llm
     if llm_spec is not None and llm_spec.tokenizer == "toy-av":
         console.info("note: a toy-av model: it knows only toy-av's colours, shapes, motion "

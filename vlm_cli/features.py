@@ -24,9 +24,10 @@ from vlm_cli.recipe import Recipe
 VISION, AUDIO = "vision", "audio"
 #: The encoder of still images when the recipe has a separate one (``model.image``).
 IMAGE = "image"
-#: Vision encoders that see several frames at once (tubelets): their features of reordered
-#: frames must be encoded again; every other vision encoder runs frame by frame.
-CLIP_ENCODERS = frozenset({"vivit"})
+#: Vision encoders that run frame by frame: the features of reordered frames are the cached
+#: ones reordered. Any other (ViViT's tubelets, Qwen2.5-Omni's 2-frame patches) sees the order
+#: and encodes reordered frames again.
+PER_FRAME_ENCODERS = frozenset({"clip", "siglip"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,8 +59,8 @@ def decode_media(request: DecodeRequest) -> dict[str, Any]:
     Raises:
         MediaError: the file is missing or cannot be decoded.
     """
-    from vlm_cli.media import (NoAudio, audio_clip_fbanks, audio_clip_log_mels, load_audio,
-                               load_video)
+    from vlm_cli.media import (NoAudio, audio_clip_fbanks, audio_clip_log_mels,
+                               audio_track_log_mel, load_audio, load_video)
 
     out: dict[str, Any] = {}
     if request.frames is not None:
@@ -73,8 +74,8 @@ def decode_media(request: DecodeRequest) -> dict[str, Any]:
             out[AUDIO] = {"absent": track.reason}
         else:
             settings = dict(request.audio)
-            frontend = {"kaldi_fbank": audio_clip_fbanks,
-                        "whisper_log_mel": audio_clip_log_mels}[settings.pop("frontend")]
+            frontend = {"kaldi_fbank": audio_clip_fbanks, "whisper_log_mel": audio_clip_log_mels,
+                        "whisper_track": audio_track_log_mel}[settings.pop("frontend")]
             clips = frontend(track, **settings)
             out[AUDIO] = {"spectrogram": clips.spectrogram.numpy(), "starts": clips.starts,
                           "duration": track.duration}
@@ -182,9 +183,9 @@ class FeatureStore:
                                "this data with the same recipe")
             tensors, _ = entry
             if modality == VISION:
-                out.vision = tensors["features"]
+                out.vision, out.vision_meta = _split_entry(tensors)
             elif "features" in tensors:  # an absent audio track gives no audio input
-                out.audio = tensors["features"]
+                out.audio, out.audio_meta = _split_entry(tensors)
         return out
 
     def fetch(self, path: str | Path, *, audio: bool = True) -> tuple[Any, dict[str, Any]]:
@@ -226,11 +227,11 @@ class FeatureStore:
         out = MediaInput()
         if VISION in entries:
             tensors = entries[VISION][0]
-            out.vision = tensors["features"]
+            out.vision, out.vision_meta = _split_entry(tensors)
             stamps = [round(float(t), 3) for t in tensors["timestamps"]]
             info["frames"] = {"count": len(stamps), "timestamps": stamps}
         if AUDIO in entries and "features" in entries[AUDIO][0]:
-            out.audio = entries[AUDIO][0]["features"]
+            out.audio, out.audio_meta = _split_entry(entries[AUDIO][0])
         if not audio or AUDIO not in self.fingerprints:
             info["audio"] = "disabled"  # --no-audio, or a recipe without an audio branch
         else:
@@ -241,11 +242,12 @@ class FeatureStore:
         """Vision features of ``path`` as if its sampled frames came in ``order`` (``vlm probe``'s
         reverse / shuffle / still variants), without writing a media file.
 
-        A per-frame encoder (CLIP, SigLIP) gives each frame's features independently, so the
-        cached features are indexed (``features[order]``: no decoding). A clip encoder
-        (:data:`CLIP_ENCODERS`, e.g. ViViT's tubelets) sees the order: the frames are decoded,
-        reordered and encoded once, and cached under a key of their own (the sampling settings
-        plus ``frame_order: variant``), which never equals the original's.
+        A per-frame encoder (:data:`PER_FRAME_ENCODERS`: CLIP, SigLIP) gives each frame's
+        features independently, so the cached features are indexed (``features[order]``: no
+        decoding). Any other (ViViT's tubelets) sees the order: the frames are decoded, put in
+        ``order`` (at the original frames' times) and encoded once, and cached under a key of
+        their own (the sampling settings plus ``frame_order: variant``), which never equals the
+        original's.
 
         Args:
             path: a video (its features are fetched and cached first if needed).
@@ -266,7 +268,7 @@ class FeatureStore:
         if len(order) != count or not all(0 <= i < count for i in order):
             raise ValueError(f"{path}: frame order {order} does not index its {count} frames")
         name = self.encoder_name(VISION, path)
-        if self.fingerprints[name].get("arch") not in CLIP_ENCODERS:
+        if self.fingerprints[name].get("arch") in PER_FRAME_ENCODERS:
             return features.vision[torch.as_tensor(order)]
         digest = self.cache.file_digest(path)
         key = self.variant_key(path, digest, variant)
@@ -275,9 +277,19 @@ class FeatureStore:
             return entry[0]["features"]
         decoded = decode_media(self.request(path, [VISION]))
         item = decoded[VISION]
-        item["frames"], item["timestamps"] = item["frames"][order], item["timestamps"][order]
+        item["frames"] = item["frames"][order]
         return self.encode_and_store(path, digest, {VISION: key}, decoded,
                                      variant=variant)[VISION]["features"]
+
+    def frame_rate(self, frames: int, duration: float | None) -> float | None:
+        """The nominal rate of ``frames`` sampled frames, in frames per second: the recipe's
+        ``fps`` when the frames are that far apart (not thinned out by ``max_frames``), else
+        ``frames / duration``; None for a still image or an unknown duration."""
+        sampling = self.sampling[VISION]
+        if sampling["strategy"] == "fps" and (not duration or sampling["max_frames"] is None
+                                              or frames < sampling["max_frames"]):
+            return sampling["fps"]
+        return frames / duration if duration else None
 
     def variant_key(self, path: str | Path, media_sha256: str, variant: str) -> str:
         """The cache key of ``path``'s vision features under a frame-order ``variant``."""
@@ -293,8 +305,9 @@ class FeatureStore:
                       if data.sampling == "fps" else {"num_frames": data.frames})
         audio = None
         if AUDIO in modalities:
-            audio = {"num_clips": data.audio_clips, "clip_seconds": data.clip_seconds,
-                     **audio_frontend(self.recipe.model.audio)}
+            audio = self.sources[AUDIO].decode or {
+                "num_clips": data.audio_clips, "clip_seconds": data.clip_seconds,
+                **audio_frontend(self.recipe.model.audio)}
         return DecodeRequest(str(path), media_kind(path), frames, audio)
 
     def encoder(self, modality: str):
@@ -334,17 +347,30 @@ class FeatureStore:
             if variant is not None:
                 provenance["frame_order"] = variant
             if modality == VISION:
-                tensors = {"features": self.encoder(name).encode_frames(item["frames"]),
-                           "timestamps": torch.as_tensor(item["timestamps"], dtype=torch.float64)}
+                stamps = torch.as_tensor(item["timestamps"], dtype=torch.float64)
+                tensors = _as_entry(self.encoder(name).encode_frames(
+                    item["frames"], fps=self.frame_rate(len(stamps), item["duration"])))
+                tensors["timestamps"] = stamps
                 provenance.update(decoder=item["decoder"], duration=item["duration"],
                                   num_decodable=item["num_decodable"])
             elif "absent" in item:
                 tensors = {}
                 provenance.update(audio="absent", reason=item["absent"])
             else:
-                tensors = {"features": self.encoder(AUDIO).encode_clips(item["spectrogram"]),
-                           "starts": torch.as_tensor(item["starts"], dtype=torch.float64)}
+                tensors = _as_entry(self.encoder(AUDIO).encode_clips(item["spectrogram"]))
+                tensors["starts"] = torch.as_tensor(item["starts"], dtype=torch.float64)
                 provenance.update(audio="present", duration=item["duration"])
             self.cache.put(keys[modality], tensors, provenance)
             written[modality] = tensors
         return written
+
+
+def _as_entry(encoded: Any) -> dict[str, Any]:
+    """An encoder's output as cache-entry tensors: ``{"features": ...}`` for a tensor; a dict
+    (features plus a family's own tensors, e.g. ``grid_thw``) as it is."""
+    return dict(encoded) if isinstance(encoded, dict) else {"features": encoded}
+
+
+def _split_entry(tensors: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+    """A cache entry's ``features`` and its other tensors."""
+    return tensors["features"], {k: v for k, v in tensors.items() if k != "features"}

@@ -49,14 +49,23 @@ def is_weight_file(name: str) -> bool:
     return base not in _NOT_WEIGHTS and any(fnmatch.fnmatch(base, g) for g in WEIGHT_GLOBS)
 
 
+#: Weight-key prefixes of speech-output modules (Qwen2.5-Omni's talker and token2wav, Qwen3-Omni's
+#: code2wav): text out needs none of them, so shards holding only these are never fetched.
+SPEECH_OUTPUT_PREFIXES = ("talker.", "token2wav.", "code2wav.")
+
+
 def index_shards(text: str) -> set[str] | None:
-    """The shard file names a weight index (``*.safetensors.index.json``, ``weight_map``) names,
-    or None when ``text`` is not such an index."""
+    """The shard file names a weight index (``*.safetensors.index.json``, ``weight_map``) names
+    for weights we load (not only :data:`SPEECH_OUTPUT_PREFIXES` keys), or None when ``text`` is
+    not such an index."""
     try:
         weight_map = json.loads(text).get("weight_map")
     except (ValueError, AttributeError):
         return None
-    return set(weight_map.values()) if isinstance(weight_map, dict) else None
+    if not isinstance(weight_map, dict):
+        return None
+    return {shard for key, shard in weight_map.items()
+            if not str(key).startswith(SPEECH_OUTPUT_PREFIXES)}
 
 
 def select_files(files: list[str], index_text: dict[str, str] | None = None) -> list[str]:

@@ -39,11 +39,11 @@ def adapter_sha256(run_dir: Path) -> str:
 
 
 def probe_logits(model: Any) -> Any:
-    """Logits ``[1, L, V] float32`` of a fixed probe: one question about seeded random media
-    features (the same for every model with these feature widths)."""
+    """Logits ``[L, V] float32`` of a fixed probe: one question about seeded random media
+    features (the same for every model with these feature widths), or, for a model without
+    connectors of ours (a family whose towers feed the LLM directly), the question alone."""
     import torch
 
-    from vlm_cli.model.chat import encode_prompt
     from vlm_cli.model.vlm import MediaInput
 
     generator = torch.Generator().manual_seed(0)
@@ -53,11 +53,10 @@ def probe_logits(model: Any) -> Any:
         "video" in model.connectors else None,
         audio=torch.randn(1, dims["audio"], generator=generator) if "audio" in dims and
         "audio" in model.connectors else None)
-    ids = encode_prompt(model.tokenizer, [{"from": "human",
-                                           "value": "<video>\nWhat sound is playing?"}])
-    with torch.no_grad():
-        embeds, mask, _ = model.embed([ids], [[media]])
-        return model.llm(inputs_embeds=embeds, attention_mask=mask).logits.float()
+    with_media = media.vision is not None or media.audio is not None
+    ids = model.encode_prompt([{"from": "human", "value": ("<video>\n" if with_media else "")
+                                + "What sound is playing?"}])
+    return model.logits(ids, [media] if with_media else [])
 
 
 def merge_lora(run_dir: Path, out: Path, *, dtype: str | None = None, verify: bool = False,

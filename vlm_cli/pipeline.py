@@ -205,9 +205,16 @@ class Pipeline:
             audio: False leaves the soundtrack out (``--no-audio``).
 
         Raises:
-            MediaError: the file cannot be decoded.
+            MediaError: the file cannot be decoded. UsageError: the file would not fit the
+                model (e.g. more tokens than its context); the message names what to lower.
         """
-        features, info = self._store().fetch(ref.path, audio=audio)
+        store = self._store()
+        if self.loaded.check is not None:  # over the model's limits: one line, before decoding
+            data = store.recipe.data
+            fps = data.fps if data.sampling == "fps" else None
+            self.loaded.check(ref.path, fps=fps,
+                              frames=data.max_frames if fps else data.frames, audio=audio)
+        features, info = store.fetch(ref.path, audio=audio)
         return features, FetchInfo(info["cache"], info["audio"], info.get("frames"),
                                    info["decode_s"], info["encode_s"])
 
@@ -233,10 +240,8 @@ class Pipeline:
             media: per conversation, the :class:`MediaInput` of its placeholders, in order;
                 None for text-only conversations.
         """
-        from vlm_cli.model.chat import encode_prompt
-
         tokenizer = self.model.tokenizer
-        prompts = [encode_prompt(tokenizer, turns) for turns in conversations]
+        prompts = [self.model.encode_prompt(turns) for turns in conversations]
         answers = self.model.generate_batch(
             prompts, list(media) if media is not None else [[] for _ in prompts],
             max_new_tokens=max_new_tokens)
@@ -272,8 +277,6 @@ class ChatSession:
             top_p: float = 1.0, on_text: Callable[[str], None] | None = None) -> Answer:
         """Answer ``question`` (greedy unless ``temperature`` > 0), streaming text deltas to
         ``on_text``. The answer is appended to the history."""
-        from vlm_cli.model.chat import encode_prompt
-
         tokenizer = self.model.tokenizer
         value = (PROMPT.format(placeholder=self.placeholder, question=question)
                  if not self.turns else question)
@@ -281,7 +284,7 @@ class ChatSession:
         ids: list[int] = []
         text, first = "", None
         start = time.perf_counter()
-        for (token,) in self.model.stream([encode_prompt(tokenizer, turns)], [[self.media]],
+        for (token,) in self.model.stream([self.model.encode_prompt(turns)], [[self.media]],
                                           max_new_tokens=max_new_tokens, temperature=temperature,
                                           top_p=top_p, prefix=self.prefix):
             first = first or time.perf_counter()

@@ -22,8 +22,8 @@ from vlm_cli.media.kinds import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, VIDEO_EXTENS
 _LAZY = {
     **dict.fromkeys(("AST_FBANK_MEAN", "AST_FBANK_STD", "IMAGEBIND_FBANK_MEAN",
                      "IMAGEBIND_FBANK_STD", "SAMPLE_RATE", "AudioClips", "AudioTrack", "NoAudio",
-                     "audio_clip_fbanks",
-    "audio_clip_log_mels", "audio_clip_log_mels", "kaldi_fbank", "load_audio",
+                     "audio_clip_fbanks", "audio_clip_log_mels", "audio_track_log_mel",
+                     "kaldi_fbank", "load_audio",
                      "sample_audio_clips", "whisper_log_mel"),
                     "vlm_cli.media.audio"),
     **dict.fromkeys(("MediaInfo", "probe_media"), "vlm_cli.media.probe"),
@@ -56,6 +56,7 @@ __all__ = [
     "VideoFrames",
     "audio_clip_fbanks",
     "audio_clip_log_mels",
+    "audio_track_log_mel",
     "fps_frame_indices",
     "kaldi_fbank",
     "load_audio",

@@ -13,6 +13,7 @@ only for resampling (``torchaudio.functional.resample``) and fbank
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import dataclass
 
@@ -397,3 +398,39 @@ def audio_clip_log_mels(
                              num_mel_bins=num_mel_bins, target_frames=target_frames)
              for s in first.tolist()]
     return AudioClips(spectrogram=torch.stack(feats), starts=starts)
+
+
+def audio_track_log_mel(track: AudioTrack | NoAudio, *, processor: str) -> AudioClips:
+    """The whole track as one Whisper log-mel spectrogram, by the feature extractor of a
+    checkpoint's processor (``preprocessor_config.json``: Qwen2.5-Omni's 128 bins, 10 ms hop):
+    the frames the processor marks valid, without its padding to 300 s.
+
+    The extractor pads the waveform with zeros to a fixed length before its STFT and floors the
+    log spectrogram at its maximum minus 8; frames of the real samples only depend on the
+    samples within half a window, so padding to the next frames beyond the track (instead of to
+    300 s) gives the same values (the tests compare with the processor).
+
+    Args:
+        track: mono 16 kHz. processor: the checkpoint directory.
+
+    Returns:
+        :class:`AudioClips` with ``spectrogram [1, mel_bins, M] float32`` (``M`` =
+        ceil(samples / hop)) and ``starts`` ``[0.0]``.
+
+    Raises:
+        MediaError: ``track`` is :class:`NoAudio`.
+    """
+    from transformers import WhisperFeatureExtractor
+
+    if isinstance(track, NoAudio):
+        raise MediaError(track.path, track.reason)
+    extractor = WhisperFeatureExtractor.from_pretrained(processor)
+    wave = np.asarray(track.waveform, dtype=np.float32)
+    hop = extractor.hop_length
+    frames = max(1, math.ceil(len(wave) / hop))
+    padded = (frames + math.ceil(extractor.n_fft / hop) + 1) * hop
+    extractor.n_samples, extractor.nb_max_frames = padded, padded // hop
+    feats = extractor(wave, sampling_rate=track.sample_rate, padding="max_length",
+                      return_tensors="np")["input_features"][0]
+    return AudioClips(spectrogram=torch.from_numpy(np.ascontiguousarray(feats[None, :, :frames])),
+                      starts=np.zeros(1))

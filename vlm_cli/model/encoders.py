@@ -135,10 +135,12 @@ class VisionEncoder(nn.Module):
         return feats.reshape(b, times, n // times, d)
 
     @torch.no_grad()
-    def encode_frames(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
+    def encode_frames(self, frames: np.ndarray | torch.Tensor,
+                      fps: float | None = None) -> torch.Tensor:
         """Frames ``[T, H, W, 3] uint8`` of one clip -> features ``[T', N, D]`` on CPU in the
         encoder dtype (T' = T for per-frame encoders). A still image (T = 1) given to a per-clip
-        encoder is a static clip: its frame is repeated ``num_frames`` times."""
+        encoder is a static clip: its frame is repeated ``num_frames`` times. ``fps`` (the
+        frames' rate) does not change these encoders' features."""
         pixels = self.preprocess(frames)
         if self.per_clip and pixels.shape[0] == 1:
             pixels = pixels.expand(self.model.config.num_frames, -1, -1, -1)

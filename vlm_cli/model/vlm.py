@@ -31,10 +31,14 @@ class MediaInput:
         vision: ``[T, N, D_v]`` per-frame features (video or image), or None.
         audio: ``[K, D_a]`` (pooled) or ``[K, N, D_a]`` per-clip features, or None (no audio
             track, audio disabled, or a recipe without audio).
+        vision_meta, audio_meta: the other tensors cached with them (frame timestamps in s,
+            clip starts in s; a family's own, e.g. Qwen2.5-Omni's ``grid_thw``).
     """
 
     vision: torch.Tensor | None = None
     audio: torch.Tensor | None = None
+    vision_meta: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
+    audio_meta: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
 
 
 class VideoLanguageModel(nn.Module):
@@ -64,6 +68,21 @@ class VideoLanguageModel(nn.Module):
                                                        feature_dims["audio"], width)
         vocab = tokenizer.get_vocab()  # a text-only LLM (an eval judge) may have none of them
         self.media_token_ids = {vocab[t]: t for t in MEDIA_TOKENS if t in vocab}
+
+    def encode_prompt(self, turns: Sequence[dict[str, Any]]) -> list[int]:
+        """Token ids of a conversation ending in a user turn, plus the assistant prefix
+        (:func:`vlm_cli.model.chat.encode_prompt`: the tokenizer's chat template)."""
+        from vlm_cli.model.chat import encode_prompt
+
+        return encode_prompt(self.tokenizer, turns)
+
+    def encode_conversation(self, turns: Sequence[dict[str, Any]],
+                            max_length: int) -> tuple[list[int], list[int]]:
+        """Ids and labels (assistant tokens only) of a training conversation
+        (:func:`vlm_cli.model.chat.encode_conversation`)."""
+        from vlm_cli.model.chat import encode_conversation
+
+        return encode_conversation(self.tokenizer, turns, max_length)
 
     # --- soft prompts --------------------------------------------------------------------------
 
@@ -238,13 +257,13 @@ class VideoLanguageModel(nn.Module):
             batch, so that accumulation steps and processes weigh every token equally.
         """
         embeds, mask, lab = self.embed(input_ids, media, labels)
-        logits = self.llm(inputs_embeds=embeds, attention_mask=mask).logits
-        shift_logits = logits[:, :-1].float()
-        shift_labels = lab[:, 1:]
-        loss = nn.functional.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]),
-                                           shift_labels.reshape(-1), ignore_index=IGNORE_INDEX,
-                                           reduction="sum")
-        return loss, (shift_labels != IGNORE_INDEX).sum()
+        return next_token_loss(self.llm(inputs_embeds=embeds, attention_mask=mask).logits, lab)
+
+    @torch.no_grad()
+    def logits(self, input_ids: Sequence[int], media: Sequence[MediaInput]) -> torch.Tensor:
+        """``[L, vocab]`` float logits of one prompt (merge verification, tests)."""
+        embeds, mask, _ = self.embed([input_ids], [list(media)])
+        return self.llm(inputs_embeds=embeds, attention_mask=mask).logits[0].float()
 
     # --- generation ----------------------------------------------------------------------------
 
@@ -296,7 +315,7 @@ class VideoLanguageModel(nn.Module):
         for _ in range(max_new_tokens):
             out = self.llm(**step_input, attention_mask=mask, position_ids=positions,
                            cache=cache, use_cache=True)
-            tokens = _next_tokens(out.logits[:, -1].float(), temperature, top_p)
+            tokens = next_tokens(out.logits[:, -1].float(), temperature, top_p)
             yield [None if d else t for d, t in zip(done, tokens)]
             done = [d or (t == eos and not ignore_eos) for d, t in zip(done, tokens)]
             if all(done):
@@ -315,13 +334,8 @@ class VideoLanguageModel(nn.Module):
                        max_new_tokens: int = 32) -> list[list[int]]:
         """Greedy answers for several prompts at once (left-padded; the same tokens as
         :meth:`generate` one by one). Returns each answer's ids without end-of-sequence."""
-        answers: list[list[int]] = [[] for _ in input_ids]
-        eos = self.tokenizer.eos_token_id
-        for tokens in self.stream(input_ids, media, max_new_tokens=max_new_tokens):
-            for answer, t in zip(answers, tokens):
-                if t is not None and t != eos:
-                    answer.append(t)
-        return answers
+        return collect(self.stream(input_ids, media, max_new_tokens=max_new_tokens),
+                       len(input_ids), self.tokenizer.eos_token_id)
 
     def generate(self, input_ids: Sequence[int], media: Sequence[MediaInput], *,
                  max_new_tokens: int = 32, temperature: float = 0.0, top_p: float = 1.0,
@@ -369,7 +383,29 @@ class Prefix:
         return n if n > last_media else 0
 
 
-def _next_tokens(logits: torch.Tensor, temperature: float, top_p: float) -> list[int]:
+def next_token_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed next-token cross-entropy of ``logits [B, L, V]`` against ``labels [B, L]``
+    (shifted by one; ``IGNORE_INDEX`` carries no loss), in fp32, and the count of labelled
+    tokens: ``(loss_sum, n_tokens)``."""
+    shift_logits, shift_labels = logits[:, :-1].float(), labels[:, 1:]
+    loss = nn.functional.cross_entropy(shift_logits.reshape(-1, shift_logits.shape[-1]),
+                                       shift_labels.reshape(-1), ignore_index=IGNORE_INDEX,
+                                       reduction="sum")
+    return loss, (shift_labels != IGNORE_INDEX).sum()
+
+
+def collect(steps: Iterator[list[int | None]], n: int, eos: int | None) -> list[list[int]]:
+    """The answers of a token stream (:meth:`VideoLanguageModel.stream`) of ``n`` prompts: each
+    prompt's ids in order, without the end-of-sequence token."""
+    answers: list[list[int]] = [[] for _ in range(n)]
+    for tokens in steps:
+        for answer, t in zip(answers, tokens):
+            if t is not None and t != eos:
+                answer.append(t)
+    return answers
+
+
+def next_tokens(logits: torch.Tensor, temperature: float, top_p: float) -> list[int]:
     """Next token per row of ``logits [B, V]``: argmax when ``temperature`` is 0, else a sample
     from the temperature-scaled distribution restricted to the top-p mass (nucleus sampling,
     Holtzman et al. 2020, as transformers' ``TopPLogitsWarper``)."""

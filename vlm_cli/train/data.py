@@ -17,7 +17,7 @@ from typing import Any
 from vlm_cli.data.records import Record
 from vlm_cli.errors import DataError, VlmError
 from vlm_cli.features import FeatureStore
-from vlm_cli.model.chat import IGNORE_INDEX, MEDIA_TOKENS, encode_conversation
+from vlm_cli.model.chat import IGNORE_INDEX, MEDIA_TOKENS
 from vlm_cli.model.vlm import MediaInput
 
 
@@ -37,7 +37,8 @@ class FeatureDataset:
 
     Args:
         records: from :func:`vlm_cli.data.load_records` (each with conversations).
-        tokenizer: with the chat template and media tokens.
+        model: what tokenises a conversation (``encode_conversation``) and knows its media
+            tokens (``media_token_ids``): a ``VideoLanguageModel`` or a family's own model.
         store: feature store of the recipe (its cache must already hold every file's features).
         max_length: token limit per sample.
         memory_items: media files kept in memory (LRU).
@@ -47,16 +48,16 @@ class FeatureDataset:
             differs from its media count (the message names the record id).
     """
 
-    def __init__(self, records: Sequence[Record], tokenizer: Any, store: FeatureStore,
+    def __init__(self, records: Sequence[Record], model: Any, store: FeatureStore,
                  max_length: int, memory_items: int = 4096) -> None:
         self.store = store
-        media_ids = {tokenizer.convert_tokens_to_ids(t) for t in MEDIA_TOKENS}
+        media_ids = set(model.media_token_ids)
         self.items: list[tuple[list[int], list[int], list[Path]]] = []
         for record in records:
             if not record.conversations:
                 raise DataError(f"record {record.id!r}: no conversations")
             try:
-                ids, labels = encode_conversation(tokenizer, record.conversations, max_length)
+                ids, labels = model.encode_conversation(record.conversations, max_length)
             except DataError as err:
                 raise DataError(f"record {record.id!r}: {err}") from err
             placeholders = sum(i in media_ids for i in ids)

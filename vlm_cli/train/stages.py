@@ -54,8 +54,11 @@ def _apply_lora(model: Any, stage: StageSpec) -> None:
     from peft import LoraConfig, get_peft_model
 
     lora = stage.lora
+    # A causal LM (ours, Video-LLaVA-hf's) is a CAUSAL_LM task; a family's bare decoder (the
+    # Qwen2.5-Omni thinker's language model) takes a task-free adapter.
+    task = "CAUSAL_LM" if hasattr(model.llm, "prepare_inputs_for_generation") else None
     config = LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                        target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
+                        target_modules=list(lora.target_modules), task_type=task)
     import warnings
 
     with warnings.catch_warnings():  # peft calls a transformers attribute deprecated in v5
@@ -79,7 +82,7 @@ def _checkpoint(source: Path) -> tuple[Path, str, str] | None:
     family = family_of(directory)
     if family is None:
         raise UsageError(f"--from {source}: not a run directory nor a supported checkpoint "
-                         "(Video-LLaVA-hf)")
+                         "(Video-LLaVA-hf, Qwen2.5-Omni)")
     return None if family == "vlm-run" else (directory, name, family)
 
 
@@ -206,6 +209,10 @@ def setup_stage(recipe: Recipe, stage_name: str, run_dir: Path, *, data: Path | 
         console.info(f"{stage_name} on {device}: LLM {str(llm_dtype).removeprefix('torch.')} "
                      f"({'frozen' if freeze_llm else 'trained'}), connectors "
                      f"float32, autocast {accelerator.mixed_precision}")
+    if not model.connectors and not freeze_llm:
+        raise UsageError(f"train.{stage_name}.freeze: a {checkpoint[2]} checkpoint is tuned "
+                         "through LoRA only: freeze [vision, audio, llm] and set "
+                         f"train.{stage_name}.lora")
     trained = set_trainable(model, stage.freeze, f"train.{stage_name}")
     if stage.lora is not None:
         _apply_lora(model, stage)
@@ -213,7 +220,7 @@ def setup_stage(recipe: Recipe, stage_name: str, run_dir: Path, *, data: Path | 
     if stage.gradient_checkpointing:
         model.llm.activation_checkpointing_enable()  # transformers 5.24's name
         model.llm.enable_input_require_grads()
-    dataset = FeatureDataset(records, model.tokenizer, store, stage.max_length)
+    dataset = FeatureDataset(records, model, store, stage.max_length)
     run_dir.mkdir(parents=True, exist_ok=True)
     parent_name = (checkpoint[1] if checkpoint else str(from_run.resolve())) if from_run else None
     return StageSetup(recipe, stage_name, stage, model, dataset, store, accelerator, trained,

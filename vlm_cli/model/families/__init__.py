@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 #: Family name -> module; tried in this order by :func:`family_of`.
 FAMILIES: dict[str, str] = {
     "video-llava-hf": "vlm_cli.model.families.video_llava_hf",
+    "qwen2.5-omni": "vlm_cli.model.families.qwen2_5_omni",
     "vlm-run": "vlm_cli.model.families.vlm_run",
 }
 
@@ -44,11 +45,16 @@ class EncoderSource:
         fingerprint: everything that changes its features (the feature-cache key); computed
             without loading weights.
         build: builds the encoder (:class:`~vlm_cli.model.encoders.VisionEncoder` or
-            ``AudioEncoder``), called on the first cache miss only.
+            ``AudioEncoder``, or a family's own with ``encode_frames`` / ``encode_clips``),
+            called on the first cache miss only.
+        decode: for an audio encoder, the decode settings of its input (``frontend`` and that
+            function's keyword arguments; see :func:`vlm_cli.features.decode_media`) when they
+            are not the recipe's 2 s clips; None otherwise.
     """
 
     fingerprint: dict[str, Any]
     build: Callable[[], Any]
+    decode: dict[str, Any] | None = None
 
 
 @dataclasses.dataclass
@@ -61,12 +67,19 @@ class Loaded:
         family: the family name (a key of :data:`FAMILIES`).
         encoders: the frozen encoders by feature name (``vision``, ``image``, ``audio``) when the
             family provides them itself; None when they are built from ``recipe``.
+        check: ``check(path, *, fps, frames, audio)`` raises ``UsageError`` when a media file
+            would not fit the model (e.g. over its context), from the file's header, before any
+            decoding; None when there is nothing to check.
+        licence: the weights' licence as the model card states it (:func:`read_licence`), or
+            None when the checkpoint has no card that says.
     """
 
     recipe: Recipe
     model: VideoLanguageModel
     family: str
     encoders: dict[str, EncoderSource] | None = None
+    check: Callable[..., Any] | None = None
+    licence: str | None = None
 
 
 def read_config(directory: str | Path) -> dict[str, Any]:
@@ -79,6 +92,31 @@ def read_config(directory: str | Path) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     return config if isinstance(config, dict) else {}
+
+
+def read_licence(directory: str | Path) -> str | None:
+    """The licence a checkpoint's model card (``README.md``, YAML front matter) declares:
+    ``license_name`` (e.g. ``qwen-research``) or ``license`` (e.g. ``apache-2.0``,
+    ``cc-by-nc-sa-4.0``), with ``license_link`` when given; None without a card or a licence."""
+    import yaml
+
+    try:
+        text = (Path(directory) / "README.md").read_text(errors="replace")
+    except OSError:
+        return None
+    if not text.startswith("---"):
+        return None
+    try:
+        card = yaml.safe_load(text.split("---", 2)[1])
+    except (yaml.YAMLError, IndexError):
+        return None
+    if not isinstance(card, dict):
+        return None
+    name = card.get("license_name") or card.get("license")
+    if not name or name == "other":
+        return None
+    link = card.get("license_link")
+    return f"{name} ({link})" if link else str(name)
 
 
 def family_module(name: str) -> ModuleType:
@@ -113,6 +151,8 @@ def load_model(directory: Path, *, device: str = "cpu", dtype: Any = None,
     family = family_of(directory)
     if family is None:
         raise UsageError(f"{directory}: not a vlm run directory, a merged vlm model nor a "
-                         "supported checkpoint (Video-LLaVA-hf)")
-    return family_module(family).load(directory, device=device, dtype=dtype, name=name,
-                                      revision=revision, download=download)
+                         "supported checkpoint (Video-LLaVA-hf, Qwen2.5-Omni)")
+    loaded = family_module(family).load(directory, device=device, dtype=dtype, name=name,
+                                        revision=revision, download=download)
+    loaded.licence = loaded.licence or read_licence(directory)
+    return loaded

@@ -191,25 +191,26 @@ def load(directory: Path, *, device: str = "cpu", dtype: Any = None, name: str |
 
     recipe, config = read_run(directory)
     dtype = dtype or resolve_dtype(recipe.model.llm.dtype, device)
-    encoders = None
-    if config.base:
+    encoders, check = None, None
+    if config.base:  # the base family's model, its LLM then adapted or replaced
         base = load_base(config, device="cpu", dtype=dtype, download=download)
-        llm, tokenizer, encoders = base.model.llm, base.model.tokenizer, base.encoders
+        model, encoders, check = base.model, base.encoders, base.check
         if config.llm_weights:  # a fully fine-tuned LLM replaces the base's
-            llm = build_llm(recipe.model.llm, tokenizer, weights=config.llm_weights, dtype=dtype)
+            model.llm = build_llm(recipe.model.llm, model.tokenizer, weights=config.llm_weights,
+                                  dtype=dtype)
     else:
         fetch_missing(recipe_repos(recipe), download)
         tokenizer = load_tokenizer(recipe.model.llm, source=directory / "tokenizer")
         llm = build_llm(recipe.model.llm, tokenizer, weights=config.llm_weights, dtype=dtype)
+        model = VideoLanguageModel(recipe.model, llm, tokenizer, config.feature_dims)
     if config.adapter:
         from peft import PeftModel
 
         with warnings.catch_warnings():  # peft calls a transformers attribute deprecated in v5
             warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
-            llm = PeftModel.from_pretrained(llm, directory / "adapter")
-    model = VideoLanguageModel(recipe.model, llm, tokenizer, config.feature_dims)
+            model.llm = PeftModel.from_pretrained(model.llm, directory / "adapter")
     model.connectors.load_state_dict(load_file(directory / "connectors.safetensors"))
-    return Loaded(recipe, model.to(device).eval(), "vlm-run", encoders)
+    return Loaded(recipe, model.to(device).eval(), "vlm-run", encoders, check)
 
 
 def load_run(run_dir: Path, *, device: str = "cpu", dtype: Any = None) -> tuple[Recipe, Any]:
