@@ -14,12 +14,12 @@ app = typer.Typer(add_completion=False, rich_markup_mode="rich")
 
 @app.command()
 def ask(
-    media: Annotated[Optional[Path], typer.Argument(
-        help="A video, image or audio file.", show_default=False)] = None,
-    question: Annotated[Optional[str], typer.Argument(
-        help="The question. Without it: an interactive chat about the file (also reads "
-             "questions piped on stdin, one per line; /reset, /quit).", show_default=False)]
-    = None,
+    args: Annotated[Optional[list[str]], typer.Argument(
+        metavar="MEDIA... [QUESTION]",
+        help="One or more video, image or audio files, then the question. One file without a "
+             "question: an interactive chat about it (also reads questions piped on stdin, one "
+             "per line; /reset, /quit). Several files: the question about each, one answer per "
+             "line, in one process.", show_default=False)] = None,
     model: Annotated[Optional[str], typer.Option(
         help="A run directory (stage 1 or 2), a merged model, a Video-LLaVA-hf checkpoint, or "
              "a hub id in the Hugging Face cache \\[default: $VLM_MODEL, else "
@@ -59,7 +59,9 @@ def ask(
     encoding, and a follow-up question in a chat reuses the conversation's KV cache. A file
     without an audio track is answered from the picture, with a note. With --batch, many files
     are answered in one process (greedy, batched); a bad file is one error record and the rest go
-    on."""
+    on. Several files and a question (`vlm ask *.mp4 "what sound is playing?"`) take the same
+    batch path: one line per file (`file: answer`, or a JSON object with --json), in one
+    process, so the start-up is paid once."""
     import sys
     import time
 
@@ -67,12 +69,8 @@ def ask(
     from vlm_cli.errors import UsageError
     from vlm_cli.pipeline import Pipeline
 
-    if batch is not None:
-        if media is not None:
-            raise UsageError("--batch FILE takes no MEDIA / QUESTION arguments")
-    elif media is None:
-        raise UsageError("vlm ask: give MEDIA (and a QUESTION), or --batch FILE")
-    elif out is not None:
+    media, question, several = _split_args(args or [], batch is not None)
+    if out is not None and batch is None:
         raise UsageError("--out goes with --batch")
     started = time.perf_counter()
     requests = None
@@ -80,7 +78,10 @@ def ask(
         from vlm_cli.batch import read_requests
 
         requests = read_requests(batch)
-    elif not media.is_file():  # and so does a missing file
+    elif several:  # one question about each file, on the batch path
+        requests = [{"id": str(i), "media": str(path), "question": question}
+                    for i, path in enumerate(several)]
+    elif not media.is_file():  # a missing file fails before the model loads
         from vlm_cli.errors import MediaError
 
         raise MediaError(media, "file not found")
@@ -100,8 +101,15 @@ def ask(
     if requests is not None:
         from vlm_cli.batch import answer_requests
 
-        answer_requests(pipeline, requests, batch.parent, out, audio=not no_audio,
-                        batch_size=batch_size, max_new_tokens=max_new_tokens)
+        counts = answer_requests(pipeline, requests, batch.parent if batch else Path("."), out,
+                                 audio=not no_audio, batch_size=batch_size,
+                                 max_new_tokens=max_new_tokens,
+                                 text=batch is None and not json_out)
+        if several and counts["failed"]:
+            from vlm_cli.errors import VlmError
+
+            raise VlmError(f"{counts['failed']} of {len(several)} files could not be answered "
+                           "(reasons above)")
         return
     ref = pipeline.media(media)
     features, info = pipeline.features(ref, audio=not no_audio)
@@ -155,3 +163,29 @@ def ask(
             continue
         if line:
             answer(line)
+
+
+def _split_args(args: list[str], batch: bool) -> tuple[Path | None, str | None, list[Path]]:
+    """``MEDIA... [QUESTION]`` -> ``(media, question, several)``: one file with an optional
+    question, or several files (``several``) and the question that comes last.
+
+    Raises:
+        UsageError: arguments with --batch, none without it, or several files without a
+            question.
+    """
+    from vlm_cli.errors import UsageError
+
+    if batch:
+        if args:
+            raise UsageError("--batch FILE takes no MEDIA / QUESTION arguments")
+        return None, None, []
+    if not args:
+        raise UsageError("vlm ask: give MEDIA (and a QUESTION), or --batch FILE")
+    if len(args) == 1:
+        return Path(args[0]), None, []
+    if len(args) == 2:
+        return Path(args[0]), args[1], []
+    *paths, question = args
+    if Path(question).is_file():
+        raise UsageError(f"vlm ask: {len(args)} files and no question; put the question last")
+    return None, question, [Path(p) for p in paths]

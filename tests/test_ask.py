@@ -219,3 +219,25 @@ def test_batch_file_errors_are_one_line(home, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error: ") and "bad.jsonl:1" in err[-1]
     assert run(["ask", "--batch", str(bad), "clip.mp4", "--model", str(home / "run")]) == 2
+
+
+def test_several_clips_one_question_in_one_process(home, tmp_path, capsys):
+    """`vlm ask a.mp4 b.mp4 ... QUESTION`: one line per clip, in order, the answers of one by
+    one; --json gives one object per line; a bad file is reported and the exit code says so."""
+    clips = [str(home / "toy" / "media" / f"toyav-0000{i}.mp4") for i in (1, 2, 3)]
+    model = ["--model", str(home / "run")]
+    assert run(["ask", *clips, "What sound is playing?", *model]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split(": ", 1)[0] for line in lines] == clips
+    for clip, line in zip(clips, lines):
+        code, single, _ = ask_json(capsys, clip, "What sound is playing?", *model)
+        assert code == 0 and line.split(": ", 1)[1] == single["answer"]
+    assert run(["ask", *clips[:2], "What sound is playing?", "--json", *model]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["media"] for r in rows] == clips[:2] and all("answer" in r for r in rows)
+    assert run(["ask", clips[0], str(tmp_path / "missing.mp4"), "What sound?", *model]) == 1
+    captured = capsys.readouterr()
+    assert captured.out.startswith(clips[0] + ": ")
+    assert "missing.mp4: error: " in captured.err and "1 of 2 files" in captured.err
+    assert run(["ask", *clips, *model]) == 2  # several files and no question
+    assert "put the question last" in capsys.readouterr().err

@@ -53,10 +53,12 @@ def read_requests(path: Path) -> list[dict[str, str]]:
 
 def answer_requests(pipeline: Pipeline, requests: list[dict[str, str]], root: Path,
                     out: Path | None, *, audio: bool = True, batch_size: int = 8,
-                    max_new_tokens: int = 64) -> dict[str, int]:
+                    max_new_tokens: int = 64, text: bool = False) -> dict[str, int]:
     """Answer ``requests`` (:func:`read_requests`; media relative to ``root``) with
     ``pipeline`` (greedy, ``batch_size`` at a time), writing one JSON line per request to
-    ``out`` (appended; resumable) or stdout. Progress goes to stderr.
+    ``out`` (appended; resumable) or stdout. Progress goes to stderr. With ``text`` (several
+    files on the command line, no ``--json``) each answer is one ``media: answer`` line on
+    stdout instead, and an error one ``media: error: reason`` line on stderr.
 
     Returns:
         Counts: ``answered``, ``failed`` and ``skipped`` (answered by an earlier run).
@@ -70,19 +72,24 @@ def answer_requests(pipeline: Pipeline, requests: list[dict[str, str]], root: Pa
     sink = open(out, "a", encoding="utf-8") if out else sys.stdout
     try:
         with console.progress_bar("answers") as bar:
-            task = bar.add_task("ask --batch", total=len(todo))
+            task = bar.add_task("ask", total=len(todo))
             for start in range(0, len(todo), batch_size):
                 rows = _answer(pipeline, todo[start:start + batch_size], root, audio,
                                max_new_tokens)
                 for row in rows:
-                    sink.write(json.dumps(row) + "\n")
+                    if not text:
+                        sink.write(json.dumps(row) + "\n")
+                    elif "error" in row:
+                        console.warn(f"{row['media']}: error: {row['error']}")
+                    else:
+                        sink.write(f"{row['media']}: {row['answer']}\n")
                     counts["failed" if "error" in row else "answered"] += 1
                 sink.flush()
                 bar.advance(task, len(rows))
     finally:
         if out:
             sink.close()
-    console.info(f"ask --batch: {counts['answered']} answered, {counts['failed']} failed, "
+    console.info(f"ask: {counts['answered']} answered, {counts['failed']} failed, "
                  f"{counts['skipped']} already answered" + (f"; answers in {out}" if out else ""))
     return counts
 
@@ -96,7 +103,7 @@ def _answer(pipeline: Pipeline, requests: list[dict[str, str]], root: Path, audi
         try:
             ref = pipeline.media(root / request["media"])
             features, info = pipeline.features(ref, audio=audio)
-        except MediaError as err:
+        except (MediaError, UsageError) as err:  # unreadable, or over the model's limits
             rows[request["id"]] = {**request, "error": str(err)}
             continue
         ready.append((request, features, ref, info))
