@@ -116,11 +116,11 @@ def test_variant_features_and_their_cache_keys(home, tmp_path):
     for clip in clips:
         base, _ = store.fetch(clip)
         for name in ("reverse", "shuffle", "still"):
-            feats = store.reordered_frames(clip, frame_order(name, 4), name)
+            feats, _ = store.reordered_frames(clip, frame_order(name, 4), name)
             assert feats.shape == base.vision.shape
             variants.add(store.variant_key(clip, store.cache.file_digest(clip), name))
-        again = store.reordered_frames(clip, frame_order("reverse", 4), "reverse")
-        assert torch.equal(again, store.reordered_frames(clip, [3, 2, 1, 0], "reverse"))
+        again, _ = store.reordered_frames(clip, frame_order("reverse", 4), "reverse")
+        assert torch.equal(again, store.reordered_frames(clip, [3, 2, 1, 0], "reverse")[0])
         assert not torch.equal(again, base.vision)  # the encoder saw the order
     assert len(variants) == 6 and not variants & originals
     provenance = [e.metadata for e in store.cache.entries() if "frame_order" in e.metadata]
@@ -133,8 +133,8 @@ def test_variant_features_and_their_cache_keys(home, tmp_path):
     (tmp_path / "clip.yaml").write_text(MICRO.replace(VISION_VIVIT, VISION_CLIP))
     per_frame = FeatureStore(load_recipe(str(tmp_path / "clip.yaml")), FeatureCache())
     base, _ = per_frame.fetch(clips[0], audio=False)
-    got = per_frame.reordered_frames(clips[0], [3, 2, 1, 0], "reverse")
-    assert torch.equal(got, base.vision.flip(0))
+    got, meta = per_frame.reordered_frames(clips[0], [3, 2, 1, 0], "reverse")
+    assert torch.equal(got, base.vision.flip(0)) and "timestamps" in meta
     with pytest.raises(ValueError):
         per_frame.reordered_frames(clips[0], [0, 1], "reverse")
 

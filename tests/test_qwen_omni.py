@@ -282,6 +282,7 @@ def test_tune_lora_then_merge_loads_in_transformers(checkpoint, tmp_path):
     assert json.loads(ask.stdout)["audio"] == "used"
 
 
+@pytest.mark.slow
 def test_eval_then_rerun_encodes_nothing(checkpoint, tmp_path):
     data = tmp_path / "qa.json"
     data.write_text(json.dumps([
@@ -307,3 +308,27 @@ def test_eval_then_rerun_encodes_nothing(checkpoint, tmp_path):
     assert again.returncode == 0, again.stderr[-2000:]
     assert cached() == entries  # nothing encoded (nor rewritten) again
     assert json.loads(again.stdout)["accuracy"] == json.loads(first.stdout)["accuracy"]
+
+
+@pytest.mark.slow
+def test_probe_runs_on_the_family(checkpoint, tmp_path):
+    """`vlm probe` works for Qwen2.5-Omni: frame variants re-encoded (its 2-frame patches see the
+    order) and cached under keys of their own; the soundtrack swapped and muted."""
+    data = tmp_path / "qa.json"
+    data.write_text(json.dumps([
+        {"id": f"q{i}", "video": str(clip), "type": "sound", "conversations": [
+            {"from": "human", "value": "<video>\nWhat sound is playing?"},
+            {"from": "gpt", "value": "engine"}]}
+        for i, clip in enumerate((WITH_AUDIO, SHARED_MEDIA / "sample_demo_3.mp4"))]))
+    env = {**os.environ, "VLM_HOME": str(tmp_path / "home")}
+    out = subprocess.run([VLM, "probe", str(data), "--model", str(checkpoint), "--variants",
+                          "reverse,swap-audio,mute", "--max-new-tokens", "3", "--out",
+                          str(tmp_path / "probe"), "--json"],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    report = json.loads(out.stdout)
+    assert set(report["summary"]["sound"]) == {"original", "reverse", "swap-audio", "mute"}
+    rows = [json.loads(line) for line in (tmp_path / "probe" / "probe.jsonl").read_text()
+            .splitlines()]
+    assert {r["audio"] for r in rows if r["variant"] == "swap-audio"} == {"swapped"}
+    assert {r["audio"] for r in rows if r["variant"] == "mute"} == {"muted"}

@@ -255,7 +255,9 @@ class FeatureStore:
             variant: the name of the order, part of the cache key (``reverse``, ``shuffle``...).
 
         Returns:
-            ``[T', N, D]`` features, the dtype of the cached ones.
+            ``(features, meta)``: ``[T', N, D]`` features (the dtype of the cached ones) and
+            the other tensors of their entry (as :class:`vlm_cli.model.vlm.MediaInput`'s
+            ``vision_meta``).
 
         Raises:
             MediaError: the file cannot be decoded. ValueError: ``order`` does not index the
@@ -269,17 +271,17 @@ class FeatureStore:
             raise ValueError(f"{path}: frame order {order} does not index its {count} frames")
         name = self.encoder_name(VISION, path)
         if self.fingerprints[name].get("arch") in PER_FRAME_ENCODERS:
-            return features.vision[torch.as_tensor(order)]
+            return features.vision[torch.as_tensor(order)], features.vision_meta
         digest = self.cache.file_digest(path)
         key = self.variant_key(path, digest, variant)
         entry = self.cache.get(key)
         if entry is not None:
-            return entry[0]["features"]
+            return _split_entry(entry[0])
         decoded = decode_media(self.request(path, [VISION]))
         item = decoded[VISION]
         item["frames"] = item["frames"][order]
-        return self.encode_and_store(path, digest, {VISION: key}, decoded,
-                                     variant=variant)[VISION]["features"]
+        return _split_entry(self.encode_and_store(path, digest, {VISION: key}, decoded,
+                                                  variant=variant)[VISION])
 
     def frame_rate(self, frames: int, duration: float | None) -> float | None:
         """The nominal rate of ``frames`` sampled frames, in frames per second: the recipe's

@@ -198,21 +198,19 @@ def plan(items: Sequence[QAItem], variants: Sequence[str], kinds: dict[Path, str
 def variant_input(pipeline: Any, case: Case) -> tuple[Any, Any, str]:
     """The model input of ``case``: ``(MediaInput, MediaFile, audio)`` where ``audio`` is
     ``used``, ``absent``, ``disabled`` (no audio branch), ``muted`` or ``swapped``."""
-    from vlm_cli.model.vlm import MediaInput
-
     ref = pipeline.media(case.item.media)
     media, info = pipeline.features(ref)
     audio = info.audio
     if case.variant in FRAME_VARIANTS:
         order = frame_order(case.variant, info.frames["count"])
-        media = MediaInput(vision=pipeline.store.reordered_frames(ref.path, order, case.variant),
-                           audio=media.audio)
+        vision, meta = pipeline.store.reordered_frames(ref.path, order, case.variant)
+        media = dataclasses.replace(media, vision=vision, vision_meta=meta)
     elif case.variant == "mute":
-        media = MediaInput(vision=media.vision)
+        media = dataclasses.replace(media, audio=None, audio_meta={})
         audio = "muted" if audio == "used" else audio
     elif case.variant == "swap-audio" and pipeline.has_audio:
         donor, donor_info = pipeline.features(pipeline.media(case.donor))
-        media = MediaInput(vision=media.vision, audio=donor.audio)
+        media = dataclasses.replace(media, audio=donor.audio, audio_meta=donor.audio_meta)
         audio = "swapped" if donor_info.audio == "used" else "absent"
     return media, ref, audio
 
