@@ -299,8 +299,8 @@ def test_eval_then_rerun_encodes_nothing(checkpoint, tmp_path):
                            text=True, env=env, timeout=300)
     assert first.returncode == 0, first.stderr[-2000:]
     assert json.loads(first.stdout)["n"] == 2
-    cached = lambda: {p.name: p.stat().st_mtime_ns  # noqa: E731
-                      for p in (tmp_path / "home").rglob("*.safetensors")}
+    cached = lambda: {p.name: p.stat().st_ino  # a rewrite is a new file; a read only touches it
+                      for p in (tmp_path / "home").rglob("*.safetensors")}  # noqa: E731
     entries = cached()
     assert len(entries) == 3  # the clip's frames and audio, the audio file
     again = subprocess.run([*args, "--out", str(tmp_path / "e2")], capture_output=True,
