@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from vlm_cli.commands.options import Download
+from vlm_cli.commands.options import Download, Model, Revision
 
 app = typer.Typer(add_completion=False, rich_markup_mode="rich")
 
@@ -20,10 +20,7 @@ def ask(
              "question: an interactive chat about it (also reads questions piped on stdin, one "
              "per line; /reset, /quit). Several files: the question about each, one answer per "
              "line, in one process.", show_default=False)] = None,
-    model: Annotated[Optional[str], typer.Option(
-        help="A run directory (stage 1 or 2), a merged model, a Video-LLaVA-hf checkpoint, or "
-             "a hub id in the Hugging Face cache \\[default: $VLM_MODEL, else "
-             "$VLM_HOME/models/tiny-av].", show_default=False)] = None,
+    model: Model = None,
     batch: Annotated[Optional[Path], typer.Option(
         help="Answer the requests of a JSONL file instead, one {\"id\", \"media\", \"question\"} "
              "per line (media relative to the file's folder); one JSON answer per line on stdout "
@@ -47,8 +44,7 @@ def ask(
     top_p: Annotated[float, typer.Option(min=0.0, max=1.0, help="Nucleus sampling mass.")] = 1.0,
     seed: Annotated[Optional[int], typer.Option(help="Random seed for sampling.",
                                                 show_default=False)] = None,
-    revision: Annotated[Optional[str], typer.Option(
-        help="Hub revision of --model when it is a hub id.", show_default=False)] = None,
+    revision: Revision = None,
     download: Download = False,
     json_out: Annotated[bool, typer.Option(
         "--json", help="Print one JSON object per answer (answer, frames, audio, cache, "

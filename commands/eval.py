@@ -7,7 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from vlm_cli.commands.options import Download, Json, Workers
+from vlm_cli.commands.options import (Answers, BatchSize, Download, Json, Limit, MaxNewTokens,
+                                      Model, QAMediaRoot, Revision, Workers)
 
 app = typer.Typer(add_completion=False, rich_markup_mode="rich")
 
@@ -16,22 +17,14 @@ app = typer.Typer(add_completion=False, rich_markup_mode="rich")
 def evaluate(
     data: Annotated[Path, typer.Option(
         help="Questions in the Video-ChatGPT layout (video_name, question, question_id, type).")],
-    model: Annotated[Optional[str], typer.Option(
-        help="A run directory, merged model, Video-LLaVA-hf checkpoint or cached hub id "
-             "\\[default: $VLM_MODEL, else $VLM_HOME/models/tiny-av].",
-        show_default=False)] = None,
-    answers: Annotated[Optional[Path], typer.Option(
-        help="Answers file \\[default: DATA with 'questions' replaced by 'answers'].",
-        show_default=False)] = None,
-    media_root: Annotated[Optional[Path], typer.Option(
-        help="Video directory \\[default: media/ beside DATA's folder, else DATA's folder].",
-        show_default=False)] = None,
+    model: Model = None,
+    answers: Answers = None,
+    media_root: QAMediaRoot = None,
     out: Annotated[Optional[Path], typer.Option(
         help="Output directory \\[default: eval/<model>-<data>].", show_default=False)] = None,
-    limit: Annotated[Optional[int], typer.Option(min=1, help="Only the first N questions.",
-                                                 show_default=False)] = None,
-    batch_size: Annotated[int, typer.Option(min=1, help="Questions answered at once.")] = 16,
-    max_new_tokens: Annotated[int, typer.Option(min=1, help="Answer length limit.")] = 16,
+    limit: Limit = None,
+    batch_size: BatchSize = 16,
+    max_new_tokens: MaxNewTokens = 16,
     judge: Annotated[Optional[str], typer.Option(
         help="Also score each prediction with this local chat LLM (a run directory, a local "
              "directory or a cached hub id): yes/no + 0-5 as in Video-ChatGPT, greedy, strict "
@@ -39,8 +32,7 @@ def evaluate(
     judge_revision: Annotated[Optional[str], typer.Option(
         help="Hub revision of --judge.", show_default=False)] = None,
     workers: Workers = 2,
-    revision: Annotated[Optional[str], typer.Option(
-        help="Hub revision of --model when it is a hub id.", show_default=False)] = None,
+    revision: Revision = None,
     download: Download = False,
     json_out: Json = False,
 ) -> None:

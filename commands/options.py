@@ -19,6 +19,24 @@ MediaRoot = Annotated[Optional[Path], typer.Option(
 Encoders = Annotated[Optional[Path], typer.Option(
     help="An encoders run (vlm pretrain --stage encoders) whose encoders to use.",
     show_default=False)]
+Model = Annotated[Optional[str], typer.Option(
+    help="A run directory, merged model, checkpoint directory (Video-LLaVA-hf, Qwen2.5-Omni) or "
+         "cached hub id \\[default: $VLM_MODEL, else $VLM_HOME/models/tiny-av].",
+    show_default=False)]
+Revision = Annotated[Optional[str], typer.Option(
+    help="Hub revision of --model when it is a hub id.", show_default=False)]
+# A QA set (vlm eval, vlm probe).
+Answers = Annotated[Optional[Path], typer.Option(
+    help="Answers file \\[default: DATA with 'questions' replaced by 'answers'].",
+    show_default=False)]
+QAMediaRoot = Annotated[Optional[Path], typer.Option(
+    "--media-root",
+    help="Video directory \\[default: media/ beside DATA's folder, else DATA's folder].",
+    show_default=False)]
+Limit = Annotated[Optional[int], typer.Option(min=1, help="Only the first N questions.",
+                                              show_default=False)]
+BatchSize = Annotated[int, typer.Option(min=1, help="Answers generated at once.")]
+MaxNewTokens = Annotated[int, typer.Option(min=1, help="Answer length limit in tokens.")]
 Download = Annotated[bool, typer.Option(
     "--download", help="Fetch hub parts missing from the Hugging Face cache (as `vlm download` "
     "would) instead of stopping with the `vlm download` command to run.")]

@@ -7,7 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from vlm_cli.commands.options import Download, Json, Workers
+from vlm_cli.commands.options import (Answers, BatchSize, Download, Json, Limit, MaxNewTokens,
+                                      Model, QAMediaRoot, Revision, Workers)
 
 app = typer.Typer(add_completion=False, rich_markup_mode="rich")
 
@@ -17,32 +18,23 @@ def probe(
     data: Annotated[Path, typer.Argument(
         help="Questions: Video-ChatGPT layout (with its answers file) or LLaVA-style JSON.",
         show_default=False)],
-    model: Annotated[Optional[str], typer.Option(
-        help="A run directory, merged model, checkpoint directory or cached hub id "
-             "\\[default: $VLM_MODEL, else $VLM_HOME/models/tiny-av].",
-        show_default=False)] = None,
+    model: Model = None,
     variants: Annotated[str, typer.Option(
         help="Comma-separated: reverse, shuffle, still (frame order), swap-audio (another "
              "clip's soundtrack), mute (no audio).")] = "reverse,shuffle,still,swap-audio,mute",
-    answers: Annotated[Optional[Path], typer.Option(
-        help="Answers file \\[default: DATA with 'questions' replaced by 'answers'].",
-        show_default=False)] = None,
+    answers: Answers = None,
     labels: Annotated[Optional[Path], typer.Option(
         help="Clip labels JSONL ({video, colour, direction, sound, ...} per clip) giving each "
              "variant's truth \\[default: clips.jsonl beside DATA's folder, when there is one].",
         show_default=False)] = None,
-    media_root: Annotated[Optional[Path], typer.Option(
-        help="Media directory \\[default: media/ beside DATA's folder, else DATA's folder].",
-        show_default=False)] = None,
+    media_root: QAMediaRoot = None,
     out: Annotated[Optional[Path], typer.Option(
         help="Output directory \\[default: probe/<model>-<data>].", show_default=False)] = None,
-    limit: Annotated[Optional[int], typer.Option(min=1, help="Only the first N questions.",
-                                                 show_default=False)] = None,
-    batch_size: Annotated[int, typer.Option(min=1, help="Answers generated at once.")] = 16,
-    max_new_tokens: Annotated[int, typer.Option(min=1, help="Answer length limit.")] = 16,
+    limit: Limit = None,
+    batch_size: BatchSize = 16,
+    max_new_tokens: MaxNewTokens = 16,
     workers: Workers = 2,
-    revision: Annotated[Optional[str], typer.Option(
-        help="Hub revision of --model when it is a hub id.", show_default=False)] = None,
+    revision: Revision = None,
     download: Download = False,
     json_out: Json = False,
 ) -> None:

@@ -71,3 +71,18 @@ def micro_world(tmp_path_factory, name: str, recipe_yaml: str, *, clips: int, se
     generate_toy_av(root / "toy", clips=clips, seed=seed, workers=1)
     (root / "micro.yaml").write_text(recipe_yaml)
     return root, {**os.environ, "VLM_HOME": str(root / "home")}
+
+
+def trained_run(tmp_path_factory, name: str, recipe_yaml: str, *, clips: int, seed: int):
+    """:func:`micro_world` plus a stage-1 run of the recipe on it (``root / "run"``): the model
+    the ask, eval and probe tests question. Returns the root."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root, env = micro_world(tmp_path_factory, name, recipe_yaml, clips=clips, seed=seed)
+    out = subprocess.run([str(Path(sys.executable).with_name("vlm")), "pretrain",
+                          str(root / "micro.yaml"), "--data", str(root / "toy" / "stage1.json"),
+                          "--out", str(root / "run")], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    return root

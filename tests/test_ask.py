@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from media_factory import SHARED_MEDIA, moving_frames, write_png, write_video
-from micro import micro_recipe, micro_world
+from micro import micro_recipe, trained_run
 from vlm_cli.cli import run
 
 VLM = str(Path(sys.executable).with_name("vlm"))
@@ -24,12 +24,7 @@ MICRO = micro_recipe(
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    root, env = micro_world(tmp_path_factory, "ask", MICRO, clips=8, seed=4)
-    out = subprocess.run([VLM, "pretrain", str(root / "micro.yaml"), "--data",
-                          str(root / "toy" / "stage1.json"), "--out", str(root / "run")],
-                         capture_output=True, text=True, env=env)
-    assert out.returncode == 0, out.stderr
-    return root
+    return trained_run(tmp_path_factory, "ask", MICRO, clips=8, seed=4)
 
 
 @pytest.fixture

@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from micro import VISION_VIVIT, micro_recipe, micro_world
+from micro import VISION_VIVIT, micro_recipe, trained_run
 from vlm_cli.cli import run
 from vlm_cli.eval.probe import (VARIANTS, derangement, frame_order, parse_variants, summarise,
                                 variant_truth)
 from vlm_cli.errors import UsageError
 
-VLM = str(Path(sys.executable).with_name("vlm"))
 MICRO = micro_recipe(vision=VISION_VIVIT,
                      train="  stage1: {freeze: [vision, audio], batch_size: 4, max_steps: 2, "
                            "max_length: 128}")
@@ -82,11 +79,7 @@ def test_summary_counts_changes_and_variant_accuracy():
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    root, env = micro_world(tmp_path_factory, "probe", MICRO, clips=6, seed=7)
-    out = subprocess.run([VLM, "pretrain", str(root / "micro.yaml"), "--data",
-                          str(root / "toy" / "stage1.json"), "--out", str(root / "run")],
-                         capture_output=True, text=True, env=env)
-    assert out.returncode == 0, out.stderr
+    root = trained_run(tmp_path_factory, "probe", MICRO, clips=6, seed=7)
     qa = root / "toy" / "qa"
     for part in ("questions", "answers"):  # every held-out clip in one QA set
         rows = [r for split in ("val", "test", "probe")
