@@ -225,13 +225,16 @@ def test_conversation_labels_are_the_answers_and_im_end(family):
 
 @pytest.mark.slow
 def test_tune_lora_then_merge_loads_in_transformers(checkpoint, tmp_path):
-    """`vlm tune --from` the checkpoint (LoRA on the language model, towers frozen, features
-    from the cache), `vlm merge-lora` into a thinker checkpoint that transformers' own classes
-    load and that gives our merged model's logits; `vlm ask` on the merge."""
+    """From the (fake) hub: `vlm download`, then offline `vlm tune --from` the hub id (LoRA on
+    the language model, towers frozen, features from the cache; the talker's shard never
+    fetched), `vlm merge-lora` into a thinker checkpoint that transformers' own classes load and
+    that gives our merged model's logits; `vlm ask` on the merge."""
     from transformers import Qwen2_5OmniProcessor, Qwen2_5OmniThinkerForConditionalGeneration
 
     from vlm_cli.merge import probe_logits
     from vlm_cli.model.families import load_model
+
+    from hub_server import FakeHub, client_env
 
     data = tmp_path / "train.json"
     data.write_text(json.dumps([
@@ -239,9 +242,15 @@ def test_tune_lora_then_merge_loads_in_transformers(checkpoint, tmp_path):
             {"from": "human", "value": "<video>\nWhat sound is playing?"},
             {"from": "gpt", "value": "a boat engine"}]}
         for i, clip in enumerate((WITH_AUDIO, SILENT))]))
-    env = {**os.environ, "VLM_HOME": str(tmp_path / "home")}
+    with FakeHub() as hub:  # download (the thinker's shards), then everything offline
+        hub.add_dir("Qwen/Qwen2.5-Omni-3B", checkpoint)
+        env = client_env(tmp_path / "hf", hub.url, VLM_HOME=str(tmp_path / "home"))
+        got = subprocess.run([VLM, "download", "Qwen/Qwen2.5-Omni-3B"], capture_output=True,
+                             text=True, env=env, timeout=300)
+        assert got.returncode == 0, got.stderr
+    env["HF_HUB_OFFLINE"] = "1"
     tune = subprocess.run(
-        [VLM, "tune", "qwen2.5-omni-3b", "--from", str(checkpoint), "--data", str(data),
+        [VLM, "tune", "qwen2.5-omni-3b", "--from", "Qwen/Qwen2.5-Omni-3B", "--data", str(data),
          "--out", str(tmp_path / "run"), "--json",
          "train.stage2.lora={rank: 4, alpha: 8, dropout: 0.0}", "train.stage2.batch_size=2",
          "train.stage2.max_steps=3", "train.stage2.lr=1e-2", "train.stage2.max_length=4096"],
@@ -254,7 +263,7 @@ def test_tune_lora_then_merge_loads_in_transformers(checkpoint, tmp_path):
     assert merge.returncode == 0, merge.stderr[-3000:]
     assert json.loads(merge.stdout)["max_abs_logit_diff_saved"] <= 1e-4
 
-    os.environ["VLM_HOME"] = env["VLM_HOME"]
+    os.environ["VLM_HOME"] = env["VLM_HOME"]  # in-process loads below: local directories
     try:
         base = load_model(checkpoint).model
         merged = load_model(tmp_path / "merged")
