@@ -181,8 +181,9 @@ def setup_stage(recipe: Recipe, stage_name: str, run_dir: Path, *, data: Path | 
         parent_recipe, parent = read_run(from_run)
         dtype = resolve_dtype(parent_recipe.model.llm.dtype, device) if freeze_llm \
             else torch.float32
-        loaded = load(from_run, dtype=dtype)
-        parent_model, encoders = loaded.model, loaded.encoders
+        if parent.base:  # the base family's encoders feed the feature store
+            loaded = load(from_run, dtype=dtype)
+            parent_model, encoders = loaded.model, loaded.encoders
         llm_weights, base = parent.llm_weights, parent.base
     if from_run is not None:
         recipe = dataclasses.replace(recipe, model=parent_recipe.model, data=parent_recipe.data)
@@ -193,8 +194,13 @@ def setup_stage(recipe: Recipe, stage_name: str, run_dir: Path, *, data: Path | 
         ensure_features(records, store, workers=workers, on_clip=on_clip)
     accelerator.wait_for_everyone()
 
-    torch.manual_seed(stage.seed)  # connector initialisation
+    # One seed before any model is built or loaded here, so that the random numbers the stage
+    # draws (new connectors; a parent run's construction, then the LoRA matrices) do not depend
+    # on what ran before (e.g. encoders built to fill a cold cache).
+    torch.manual_seed(stage.seed)
     llm_dtype = resolve_dtype(recipe.model.llm.dtype, device) if freeze_llm else torch.float32
+    if parent_model is None and from_run is not None and checkpoint is None:
+        parent_model = load(from_run, dtype=dtype).model
     if parent_model is not None:
         model = parent_model
     else:
