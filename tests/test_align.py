@@ -142,3 +142,18 @@ def test_alignment_two_processes_match_one(aligned, tmp_path):
         b = load_file(tmp_path / "two" / part / "model.safetensors")
         assert a.keys() == b.keys()
         assert max((a[k] - b[k]).abs().max().item() for k in a) < 1e-5, part
+
+
+def test_aligned_encoders_keep_a_branch_the_recipe_leaves_out(aligned, tmp_path):
+    """`--encoders RUN model.audio=null`: the aligned vision encoder, no audio branch (a model
+    trained without audio, e.g. to check with `vlm probe` that sound answers come from the
+    picture)."""
+    from vlm_cli.recipe import load_recipe
+    from vlm_cli.train.align import use_aligned_encoders
+
+    root, _, _ = aligned
+    recipe = load_recipe(str(root / "micro.yaml"), ["model.audio=null",
+                                                   "model.audio_connector=null"])
+    got = use_aligned_encoders(recipe, root / "enc")
+    assert got.model.audio is None and got.model.audio_connector is None
+    assert got.model.vision.pretrained == str((root / "enc" / "vision").resolve())

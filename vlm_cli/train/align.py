@@ -255,19 +255,20 @@ def _save(run_dir: Path, recipe: Recipe, model: AlignmentModel, spec: AlignSpec,
 
 def use_aligned_encoders(recipe: Recipe, encoders_dir: Path) -> Recipe:
     """``recipe`` with its vision and audio encoders loaded from an alignment run directory
-    (``RUN/vision``, ``RUN/audio``) instead of randomly initialised from their configs.
+    (``RUN/vision``, ``RUN/audio``) instead of randomly initialised from their configs. A branch
+    the recipe leaves out (``model.audio=null``: a model trained without audio) stays out.
 
     Raises:
         UsageError: ``encoders_dir`` is not an alignment run directory.
     """
+    model, parts = recipe.model, {}
     for part in ("vision", "audio"):
         if not (encoders_dir / part / "config.json").exists():
             raise UsageError(f"--encoders {encoders_dir}: no {part}/ encoder (run "
                              "`vlm pretrain RECIPE --stage encoders` first)")
-    model = recipe.model
-    vision = dataclasses.replace(model.vision, pretrained=str((encoders_dir / "vision").resolve()),
-                                 config=None, revision=None)
-    audio = dataclasses.replace(model.audio, pretrained=str((encoders_dir / "audio").resolve()),
-                                config=None, revision=None)
-    return dataclasses.replace(recipe, model=dataclasses.replace(model, vision=vision,
-                                                                 audio=audio))
+        spec = getattr(model, part)
+        if spec is not None:
+            parts[part] = dataclasses.replace(spec, pretrained=str((encoders_dir / part)
+                                                                   .resolve()),
+                                              config=None, revision=None)
+    return dataclasses.replace(recipe, model=dataclasses.replace(model, **parts))
