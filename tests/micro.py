@@ -73,16 +73,34 @@ def micro_world(tmp_path_factory, name: str, recipe_yaml: str, *, clips: int, se
     return root, {**os.environ, "VLM_HOME": str(root / "home")}
 
 
+def run_in_home(home: str, args: list[str]) -> tuple[int, str]:
+    """``vlm ARGS`` in this process (no interpreter start-up) with ``VLM_HOME=home``, for
+    module-scoped fixtures (which cannot use monkeypatch). Returns ``(exit code, stdout)``."""
+    import contextlib
+    import io
+    import os
+
+    from vlm_cli.cli import run
+
+    saved, out = os.environ.get("VLM_HOME"), io.StringIO()
+    os.environ["VLM_HOME"] = home
+    try:
+        with contextlib.redirect_stdout(out):
+            code = run(args)
+    finally:
+        if saved is None:
+            del os.environ["VLM_HOME"]
+        else:
+            os.environ["VLM_HOME"] = saved
+    return code, out.getvalue()
+
+
 def trained_run(tmp_path_factory, name: str, recipe_yaml: str, *, clips: int, seed: int):
     """:func:`micro_world` plus a stage-1 run of the recipe on it (``root / "run"``): the model
     the ask, eval and probe tests question. Returns the root."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
     root, env = micro_world(tmp_path_factory, name, recipe_yaml, clips=clips, seed=seed)
-    out = subprocess.run([str(Path(sys.executable).with_name("vlm")), "pretrain",
-                          str(root / "micro.yaml"), "--data", str(root / "toy" / "stage1.json"),
-                          "--out", str(root / "run")], capture_output=True, text=True, env=env)
-    assert out.returncode == 0, out.stderr
+    code, _ = run_in_home(env["VLM_HOME"], ["pretrain", str(root / "micro.yaml"), "--data",
+                                            str(root / "toy" / "stage1.json"), "--out",
+                                            str(root / "run")])
+    assert code == 0, "the micro stage-1 run failed"
     return root

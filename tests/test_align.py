@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from micro import VISION_VIVIT, micro_recipe, micro_world
+from micro import VISION_VIVIT, micro_recipe, micro_world, run_in_home
 from vlm_cli.recipe import ViewSpec
 from vlm_cli.train.align import IGNORE, joint_labels, view_labels
 
@@ -42,11 +42,11 @@ def test_view_labels_match_whole_words_longest_first():
 @pytest.fixture(scope="module")
 def aligned(tmp_path_factory):
     root, env = micro_world(tmp_path_factory, "align", MICRO_AV, clips=12, seed=2)
-    out = subprocess.run([VLM, "pretrain", str(root / "micro.yaml"), "--stage", "encoders",
-                          "--data", str(root / "toy" / "stage1.json"), "--out",
-                          str(root / "enc"), "--json"], capture_output=True, text=True, env=env)
-    assert out.returncode == 0, out.stderr
-    return root, env, json.loads(out.stdout)
+    code, out = run_in_home(env["VLM_HOME"], ["pretrain", str(root / "micro.yaml"), "--stage",
+                                              "encoders", "--data", str(root / "toy" / "stage1.json"),
+                                              "--out", str(root / "enc"), "--json"])
+    assert code == 0
+    return root, env, json.loads(out)
 
 
 def test_alignment_run_directory(aligned):
@@ -59,6 +59,7 @@ def test_alignment_run_directory(aligned):
     assert json.loads((root / "enc" / "config.json").read_text())["stage"] == "encoders"
 
 
+@pytest.mark.slow
 def test_stage1_with_aligned_encoders(aligned, tmp_path):
     root, env, _ = aligned
     out = subprocess.run([VLM, "pretrain", str(root / "micro.yaml"), "--encoders",

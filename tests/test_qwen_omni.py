@@ -178,6 +178,7 @@ def test_an_over_long_clip_is_refused_before_decoding(family):
         model.context = saved
 
 
+@pytest.mark.slow
 def test_from_the_hub_without_the_talker_then_offline_ask(checkpoint, tmp_path):
     from hub_server import FakeHub, client_env
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from micro import micro_recipe, micro_world, run_killed_at
+from micro import micro_recipe, micro_world, run_in_home, run_killed_at
 from vlm_cli.cli import run
 
 VLM = str(Path(sys.executable).with_name("vlm"))
@@ -29,8 +29,9 @@ MICRO = micro_recipe(
 def world(tmp_path_factory):
     """A 12-clip toy-av set, preprocessed once under its own VLM_HOME, and the micro recipe."""
     root, env = micro_world(tmp_path_factory, "train", MICRO, clips=12, seed=1)
-    subprocess.run([VLM, "preprocess", str(root / "toy" / "clips.jsonl"), "--recipe",
-                    str(root / "micro.yaml")], check=True, capture_output=True, env=env)
+    code, _ = run_in_home(env["VLM_HOME"], ["preprocess", str(root / "toy" / "clips.jsonl"),
+                                            "--recipe", str(root / "micro.yaml")])
+    assert code == 0
     return root, env
 
 
