@@ -73,25 +73,36 @@ def micro_world(tmp_path_factory, name: str, recipe_yaml: str, *, clips: int, se
     return root, {**os.environ, "VLM_HOME": str(root / "home")}
 
 
-def run_in_home(home: str, args: list[str]) -> tuple[int, str]:
-    """``vlm ARGS`` in this process (no interpreter start-up) with ``VLM_HOME=home``, for
-    module-scoped fixtures (which cannot use monkeypatch). Returns ``(exit code, stdout)``."""
-    import contextlib
-    import io
+import contextlib
+
+
+@contextlib.contextmanager
+def vlm_home(home: str):
+    """``VLM_HOME=home`` for the duration (restored after), for module-scoped fixtures and
+    in-process loads, which cannot use monkeypatch."""
     import os
+
+    saved = os.environ.get("VLM_HOME")
+    os.environ["VLM_HOME"] = str(home)
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("VLM_HOME", None)
+        else:
+            os.environ["VLM_HOME"] = saved
+
+
+def run_in_home(home: str, args: list[str]) -> tuple[int, str]:
+    """``vlm ARGS`` in this process (no interpreter start-up) with ``VLM_HOME=home``. Returns
+    ``(exit code, stdout)``."""
+    import io
 
     from vlm_cli.cli import run
 
-    saved, out = os.environ.get("VLM_HOME"), io.StringIO()
-    os.environ["VLM_HOME"] = home
-    try:
-        with contextlib.redirect_stdout(out):
-            code = run(args)
-    finally:
-        if saved is None:
-            del os.environ["VLM_HOME"]
-        else:
-            os.environ["VLM_HOME"] = saved
+    out = io.StringIO()
+    with vlm_home(home), contextlib.redirect_stdout(out):
+        code = run(args)
     return code, out.getvalue()
 
 

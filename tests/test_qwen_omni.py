@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from media_factory import SHARED_MEDIA, moving_frames, write_png
+from micro import vlm_home
 from omni_fixtures import make_tiny_qwen_omni
 
 VLM = str(Path(sys.executable).with_name("vlm"))
@@ -44,16 +45,15 @@ def reference(checkpoint):
 
 @pytest.fixture(scope="module")
 def family(checkpoint, tmp_path_factory):
-    os.environ["VLM_HOME"] = str(tmp_path_factory.mktemp("omni-home"))
     from vlm_cli.cache import FeatureCache
     from vlm_cli.features import FeatureStore
     from vlm_cli.model.families import load_model
 
-    loaded = load_model(checkpoint)
-    assert loaded.family == "qwen2.5-omni"
-    store = FeatureStore(loaded.recipe, FeatureCache(), encoders=loaded.encoders)
-    yield loaded, store
-    del os.environ["VLM_HOME"]
+    with vlm_home(tmp_path_factory.mktemp("omni-home")):
+        loaded = load_model(checkpoint)
+        assert loaded.family == "qwen2.5-omni"
+        store = FeatureStore(loaded.recipe, FeatureCache(), encoders=loaded.encoders)
+        yield loaded, store
 
 
 def expected_logits(reference, kind: str, path: Path | None = None, frames=None, fps=2.0,
@@ -264,8 +264,7 @@ def test_tune_lora_then_merge_loads_in_transformers(checkpoint, tmp_path):
     assert merge.returncode == 0, merge.stderr[-3000:]
     assert json.loads(merge.stdout)["max_abs_logit_diff_saved"] <= 1e-4
 
-    os.environ["VLM_HOME"] = env["VLM_HOME"]  # in-process loads below: local directories
-    try:
+    with vlm_home(env["VLM_HOME"]):  # in-process loads below: local directories
         base = load_model(checkpoint).model
         merged = load_model(tmp_path / "merged")
         assert merged.family == "qwen2.5-omni"
@@ -283,8 +282,6 @@ def test_tune_lora_then_merge_loads_in_transformers(checkpoint, tmp_path):
         expected = expected_logits((processor, thinker), "video", WITH_AUDIO, frames=frames)
         got, _ = our_logits((merged, store), WITH_AUDIO, "video")
         assert close(got, expected) <= 1e-4
-    finally:
-        del os.environ["VLM_HOME"]
     ask = subprocess.run([VLM, "ask", str(WITH_AUDIO), QUESTION, "--model",
                           str(tmp_path / "merged"), "--json", "--max-new-tokens", "4"],
                          capture_output=True, text=True, env=env, timeout=300)
