@@ -223,3 +223,27 @@ def test_from_the_hub_then_offline(checkpoint, tmp_path):
             env=client_env(other, hub.url, VLM_HOME=str(tmp_path / "home")), timeout=300)
         assert fetched.returncode == 0, fetched.stderr[-2000:]
         assert json.loads(fetched.stdout)["answer"] == json.loads(ask.stdout)["answer"]
+
+
+def test_probe_on_the_checkpoint(checkpoint, tmp_path, capsys):
+    """`vlm probe` on a Video-LLaVA-hf checkpoint: frame variants from its per-frame tower's
+    cached features (nothing re-encoded), and the note that it has no audio branch."""
+    from vlm_cli.cache import FeatureCache
+    from vlm_cli.cli import run
+
+    clips = [CLIP, SHARED_MEDIA / "boat.mp4"]
+    data = tmp_path / "qa.json"
+    data.write_text(json.dumps([
+        {"id": f"q{i}", "video": str(c), "type": "motion", "conversations": [
+            {"from": "human", "value": "<video>\nWhat is moving?"},
+            {"from": "gpt", "value": "a dog"}]} for i, c in enumerate(clips)]))
+    code = run(["probe", str(data), "--model", str(checkpoint), "--variants",
+                "reverse,still,swap-audio", "--max-new-tokens", "3", "--out",
+                str(tmp_path / "probe"), "--json"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    report = json.loads(captured.out)
+    assert set(report["summary"]["motion"]) == {"original", "reverse", "still", "swap-audio"}
+    assert any("no audio branch" in note for note in report["notes"])
+    variants = [e for e in FeatureCache().entries() if "frame_order" in e.metadata]
+    assert variants == []  # per-frame CLIP towers: the cached features, reordered
