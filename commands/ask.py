@@ -179,7 +179,7 @@ def _split_args(args: list[str], batch: bool) -> tuple[Path | None, str | None, 
         raise UsageError("vlm ask: give MEDIA (and a QUESTION), or --batch FILE")
     if len(args) == 1:
         return Path(args[0]), None, []
-    if len(args) == 2:
+    if len(args) == 2 and not (Path(args[0]).is_file() and Path(args[1]).is_file()):
         return Path(args[0]), args[1], []
     *paths, question = args
     if Path(question).is_file():

@@ -236,3 +236,16 @@ def test_several_clips_one_question_in_one_process(home, tmp_path, capsys):
     assert "missing.mp4: error: " in captured.err and "1 of 2 files" in captured.err
     assert run(["ask", *clips, *model]) == 2  # several files and no question
     assert "put the question last" in capsys.readouterr().err
+
+
+def test_an_audio_file_with_no_audio_is_one_clear_error(home, capsys):
+    model = ["--model", str(home / "run")]
+    assert run(["ask", str(SHARED_MEDIA / "dog_audio.wav"), "What do you hear?", "--no-audio",
+                *model]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("error: ") and "nothing to answer from" in err[-1]
+    clip = str(home / "toy" / "media" / "toyav-00001.mp4")  # in a batch: one error line, the rest go on
+    assert run(["ask", clip, str(SHARED_MEDIA / "dog_audio.wav"), "What?", "--no-audio",
+                *model]) == 1
+    captured = capsys.readouterr()
+    assert captured.out.startswith(clip + ": ") and "nothing to answer from" in captured.err

@@ -339,3 +339,34 @@ def test_probe_runs_on_the_family(checkpoint, tmp_path):
             .splitlines()]
     assert {r["audio"] for r in rows if r["variant"] == "swap-audio"} == {"swapped"}
     assert {r["audio"] for r in rows if r["variant"] == "mute"} == {"muted"}
+
+
+def test_bad_combinations_are_one_clear_error(family, checkpoint, tmp_path):
+    """A placeholder of another kind than its file, a picture the processor refuses, and
+    --frames with the family's rate sampling (the cap on the frames, not ignored)."""
+    from vlm_cli.errors import DataError, MediaError
+    from vlm_cli.pipeline import Pipeline
+
+    loaded, store = family
+    video, _ = store.fetch(WITH_AUDIO)
+    ids = loaded.model.encode_prompt([{"from": "human", "value": f"<image>\n{QUESTION}"}])
+    with pytest.raises(DataError, match="<image> placeholder for a video"):
+        loaded.model.expand(ids, [video])
+    strip = write_png(tmp_path / "strip.png", moving_frames(1, 10, 4000)[0])
+    with pytest.raises(MediaError, match="refuses this picture"):
+        loaded.check(strip, fps=2.0, frames=768, audio=True)
+    with vlm_home(tmp_path / "home"):
+        capped = Pipeline.load(str(checkpoint), frames=6)
+    assert capped.store.sampling["vision"] == {"strategy": "fps", "fps": 2.0, "max_frames": 6}
+
+
+def test_a_slow_video_is_placed_at_its_own_rate(family, tmp_path):
+    """Frames 1 s apart (a 1 fps clip, every frame taken at --fps 2) are placed 1 s apart in
+    TMRoPE time, not at the requested 2 fps."""
+    from media_factory import write_video
+
+    loaded, store = family
+    clip = write_video(tmp_path / "slides.mp4", moving_frames(6, 64, 64), fps=1)
+    media, info = store.fetch(clip)
+    assert info["frames"]["count"] == 6
+    assert float(media.vision_meta["second_per_grid"]) == pytest.approx(2.0, rel=0.05)

@@ -59,6 +59,7 @@ def decode_media(request: DecodeRequest) -> dict[str, Any]:
     Raises:
         MediaError: the file is missing or cannot be decoded.
     """
+    from vlm_cli.errors import MediaError
     from vlm_cli.media import (NoAudio, audio_clip_fbanks, audio_clip_log_mels,
                                audio_track_log_mel, load_audio, load_video)
 
@@ -76,7 +77,10 @@ def decode_media(request: DecodeRequest) -> dict[str, Any]:
             settings = dict(request.audio)
             frontend = {"kaldi_fbank": audio_clip_fbanks, "whisper_log_mel": audio_clip_log_mels,
                         "whisper_track": audio_track_log_mel}[settings.pop("frontend")]
-            clips = frontend(track, **settings)
+            try:
+                clips = frontend(track, **settings)
+            except ValueError as err:  # e.g. longer than the model's audio front end takes
+                raise MediaError(request.path, str(err)) from None
             out[AUDIO] = {"spectrogram": clips.spectrogram.numpy(), "starts": clips.starts,
                           "duration": track.duration}
     return out
@@ -283,15 +287,22 @@ class FeatureStore:
         return _split_entry(self.encode_and_store(path, digest, {VISION: key}, decoded,
                                                   variant=variant)[VISION])
 
-    def frame_rate(self, frames: int, duration: float | None) -> float | None:
-        """The nominal rate of ``frames`` sampled frames, in frames per second: the recipe's
-        ``fps`` when the frames are that far apart (not thinned out by ``max_frames``), else
-        ``frames / duration``; None for a still image or an unknown duration."""
+    def frame_rate(self, timestamps: Any, duration: float | None) -> float | None:
+        """The nominal rate of the sampled frames (``timestamps`` in seconds), in frames per
+        second: the recipe's ``fps`` when the frames are that far apart, else their real rate
+        (a video slower than ``fps``, whose every frame is taken; frames thinned out by
+        ``max_frames``; uniform sampling): ``count / duration``, or the timestamps' mean spacing
+        when the duration is unknown. None for a still image."""
+        count = len(timestamps)
+        if count < 2 and not duration:
+            return None
+        real = count / duration if duration else (count - 1) / max(
+            float(timestamps[-1]) - float(timestamps[0]), 1e-6)
         sampling = self.sampling[VISION]
-        if sampling["strategy"] == "fps" and (not duration or sampling["max_frames"] is None
-                                              or frames < sampling["max_frames"]):
-            return sampling["fps"]
-        return frames / duration if duration else None
+        if sampling["strategy"] == "fps":
+            return min(sampling["fps"], real) if real < 0.95 * sampling["fps"] \
+                else sampling["fps"]
+        return real
 
     def variant_key(self, path: str | Path, media_sha256: str, variant: str) -> str:
         """The cache key of ``path``'s vision features under a frame-order ``variant``."""
@@ -351,7 +362,7 @@ class FeatureStore:
             if modality == VISION:
                 stamps = torch.as_tensor(item["timestamps"], dtype=torch.float64)
                 tensors = _as_entry(self.encoder(name).encode_frames(
-                    item["frames"], fps=self.frame_rate(len(stamps), item["duration"])))
+                    item["frames"], fps=self.frame_rate(stamps, item["duration"])))
                 tensors["timestamps"] = stamps
                 provenance.update(decoder=item["decoder"], duration=item["duration"],
                                   num_decodable=item["num_decodable"])

@@ -142,13 +142,15 @@ class Pipeline:
 
     @classmethod
     def load(cls, model: str | None = None, *, revision: str | None = None,
-             download: bool = False, device: str = "auto", frames: int | None = None,
-             fps: float | None = None) -> Pipeline:
+             download: bool = False, device: str = "auto", dtype: Any = None,
+             frames: int | None = None, fps: float | None = None) -> Pipeline:
         """Resolve and load a model once (see :func:`resolve_model`).
 
         Args:
-            frames: frames sampled uniformly per clip instead of the recipe's; with ``fps``, the
-                cap on the frames sampled at ``fps`` (frames per second).
+            dtype: the LLM's torch dtype (default: the family's choice for the device).
+            frames: frames sampled uniformly per clip instead of the recipe's; with ``fps``, or
+                for a model that samples by rate (Qwen2.5-Omni), the cap on the frames sampled
+                at that rate.
 
         Raises:
             UsageError: no model. VlmError: a part missing from the cache.
@@ -160,11 +162,14 @@ class Pipeline:
 
         directory, hub_id = resolve_model(model, revision, download=download)
         device = pick_device(device)
-        loaded = load_model(directory, device=device, name=hub_id, revision=revision,
-                            download=download)
+        loaded = load_model(directory, device=device, dtype=dtype, name=hub_id,
+                            revision=revision, download=download)
         data = loaded.recipe.data
         if fps is not None:
-            data = dataclasses.replace(data, sampling="fps", fps=fps, max_frames=frames)
+            data = dataclasses.replace(data, sampling="fps", fps=fps,
+                                       max_frames=frames or data.max_frames)
+        elif frames is not None and data.sampling == "fps":
+            data = dataclasses.replace(data, max_frames=frames)
         elif frames is not None:
             data = dataclasses.replace(data, frames=frames)
         recipe = dataclasses.replace(loaded.recipe, data=data)
@@ -215,6 +220,9 @@ class Pipeline:
             self.loaded.check(ref.path, fps=fps,
                               frames=data.max_frames if fps else data.frames, audio=audio)
         features, info = store.fetch(ref.path, audio=audio)
+        if features.vision is None and features.audio is None:
+            raise UsageError(f"{ref.path}: nothing to answer from (an audio file with "
+                             "--no-audio, or a kind of file this model has no encoder for)")
         return features, FetchInfo(info["cache"], info["audio"], info.get("frames"),
                                    info["decode_s"], info["encode_s"])
 

@@ -105,7 +105,7 @@ class Judge:
         if (path / "recipe.yaml").is_file():  # a vlm run / merged directory
             from vlm_cli.eval.run import model_identity
 
-            self.pipeline = Pipeline.load(str(path), device=device)
+            self.pipeline = Pipeline.load(str(path), device=device, dtype=dtype)
             self.identity: dict[str, Any] = {"name": name, **model_identity(path)}
         else:
             from transformers import AutoTokenizer

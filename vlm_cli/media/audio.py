@@ -419,6 +419,8 @@ def audio_track_log_mel(track: AudioTrack | NoAudio, *, processor: str) -> Audio
 
     Raises:
         MediaError: ``track`` is :class:`NoAudio`.
+        ValueError: longer than the extractor takes (``nb_max_frames``: 300 s for
+            Qwen2.5-Omni); the message says what to do.
     """
     from transformers import WhisperFeatureExtractor
 
@@ -428,6 +430,10 @@ def audio_track_log_mel(track: AudioTrack | NoAudio, *, processor: str) -> Audio
     wave = np.asarray(track.waveform, dtype=np.float32)
     hop = extractor.hop_length
     frames = max(1, math.ceil(len(wave) / hop))
+    if frames > extractor.nb_max_frames:  # the processor would cut it silently; we do not
+        raise ValueError(f"{len(wave) / track.sample_rate:.0f} s of audio, over the "
+                         f"{extractor.nb_max_frames * hop / track.sample_rate:.0f} s this "
+                         "model's audio front end takes; use --no-audio or cut the clip")
     padded = (frames + math.ceil(extractor.n_fft / hop) + 1) * hop
     extractor.n_samples, extractor.nb_max_frames = padded, padded // hop
     feats = extractor(wave, sampling_rate=track.sample_rate, padding="max_length",

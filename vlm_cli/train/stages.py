@@ -216,9 +216,9 @@ def setup_stage(recipe: Recipe, stage_name: str, run_dir: Path, *, data: Path | 
                      f"({'frozen' if freeze_llm else 'trained'}), connectors "
                      f"float32, autocast {accelerator.mixed_precision}")
     if not model.connectors and not freeze_llm:
-        raise UsageError(f"train.{stage_name}.freeze: a {checkpoint[2]} checkpoint is tuned "
-                         "through LoRA only: freeze [vision, audio, llm] and set "
-                         f"train.{stage_name}.lora")
+        family = checkpoint[2] if checkpoint else (base or {}).get("family", "this")
+        raise UsageError(f"train.{stage_name}.freeze: a {family} model is tuned through LoRA "
+                         f"only: freeze [vision, audio, llm] and set train.{stage_name}.lora")
     trained = set_trainable(model, stage.freeze, f"train.{stage_name}")
     if stage.lora is not None:
         _apply_lora(model, stage)

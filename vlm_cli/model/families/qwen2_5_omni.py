@@ -39,7 +39,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from vlm_cli.errors import DataError, UsageError, VlmError
+from vlm_cli.errors import DataError, MediaError, UsageError, VlmError
 from vlm_cli.model.families import EncoderSource, Loaded, read_config
 
 MODEL_TYPES = ("qwen2_5_omni", "qwen2_5_omni_thinker")
@@ -88,6 +88,14 @@ class Budget:
     @property
     def total(self) -> int:
         return self.video + self.audio
+
+
+def media_kind_of(media: Any) -> str:
+    """What a :class:`~vlm_cli.model.vlm.MediaInput` of this family holds: ``video`` (frames
+    placed in time: ``second_per_grid``), ``image`` (one grid) or ``audio`` (no frames)."""
+    if media.vision is None:
+        return "audio"
+    return "video" if "second_per_grid" in media.vision_meta else "image"
 
 
 # --- the model -----------------------------------------------------------------------------------
@@ -186,11 +194,24 @@ class OmniThinker(nn.Module):
         video alone, an image, or an audio file.
 
         Raises:
-            DataError: the placeholder count differs from the media count.
+            DataError: the placeholder count differs from the media count; a placeholder of
+                another kind than its file (``<image>`` for a video: the processor's layouts
+                differ); or a row with several videos, some with audio and some without
+                (TMRoPE takes one audio-in-video setting per row).
         """
         found = [t for t in ids if t in self.media_token_ids]
         if len(found) != len(media):
             raise DataError(f"{len(found)} media placeholders but {len(media)} media files")
+        for t, m in zip(found, media):
+            if self.media_token_ids[t] != media_kind_of(m):
+                raise DataError(f"a <{self.media_token_ids[t]}> placeholder for a "
+                                f"{media_kind_of(m)}: Qwen2.5-Omni needs the placeholder of the "
+                                "file's kind")
+        videos = {m.audio is not None for t, m in zip(found, media)
+                  if self.media_token_ids[t] == "video"}
+        if len(videos) > 1:
+            raise DataError("videos with and without audio in one sample: Qwen2.5-Omni places "
+                            "them with one audio-in-video setting; split the sample")
         pieces = iter(media)
         out: list[int] = []
         for t in ids:
@@ -405,7 +426,13 @@ class OmniThinker(nn.Module):
             if info.kind == "video":  # the reference per-frame cap (cap_pixels_per_frame)
                 share = int(vp.max_video_tokens * factor * factor * 0.9)
                 high = max(min(high, share * vp.temporal_patch_size // count), int(low * 1.05))
-            h, w = smart_resize(info.height, info.width, factor, low, high)
+            if not info.height or not info.width:
+                raise MediaError(path, "no picture size in the file's header")
+            try:
+                h, w = smart_resize(info.height, info.width, factor, low, high)
+            except ValueError as err:  # e.g. an aspect ratio over 200
+                raise MediaError(path, f"Qwen2.5-Omni's processor refuses this picture "
+                                       f"({info.width} x {info.height} px): {err}") from None
             grids = math.ceil(count / vp.temporal_patch_size) if info.kind == "video" else 1
             budget.frames = count
             budget.video = grids * (h // (vp.patch_size * vp.merge_size)) * (
@@ -513,13 +540,15 @@ def _fingerprints(directory: Path, source: dict[str, Any], processor: Any,
 
 def thinker_directory(directory: Path) -> Path:
     """``directory`` itself when every shard its weight index names is present; else a view of
-    it (symbolic links, under ``$VLM_HOME/views``) whose index names only the thinker's shards,
-    which is what ``vlm download`` fetches (:func:`vlm_cli.hub.needed_shards`).
+    it (symbolic links, under ``$VLM_HOME/views``; rebuilt when the directory's files change)
+    whose index names only the thinker's shards, which is what ``vlm download`` fetches
+    (:func:`vlm_cli.hub.index_shards`).
 
     Raises:
         VlmError: a shard holding thinker weights is missing.
     """
     import os
+    import shutil
     import tempfile
 
     from vlm_cli.cache import cache_root
@@ -539,20 +568,23 @@ def thinker_directory(directory: Path) -> Path:
                        "`vlm download` for this model again")
     digest = hashlib.sha256(f"{directory.resolve()}\n{index_path.read_text()}".encode())
     view = cache_root() / "views" / digest.hexdigest()[:16]
-    if (view / "model.safetensors.index.json").is_file():
+    files = {p.name: p.resolve() for p in directory.iterdir()
+             if p.is_file() and p.name != index_path.name}
+    if (view / index_path.name).is_file() and {
+            p.name: p.resolve() for p in view.iterdir() if p.is_symlink()} == files:
         return view
     view.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=view.parent, prefix=".tmp-"))
-    for path in directory.iterdir():
-        if path.name != index_path.name and path.is_file():
-            os.symlink(path.resolve(), tmp / path.name)
-    (tmp / index_path.name).write_text(json.dumps({**index, "weight_map": kept}, indent=1))
     try:
+        for name, target in files.items():
+            os.symlink(target, tmp / name)
+        (tmp / index_path.name).write_text(json.dumps({**index, "weight_map": kept}, indent=1))
+        shutil.rmtree(view, ignore_errors=True)  # stale: files were added since
         os.replace(tmp, view)
-    except OSError:  # another process made it first
-        import shutil
-
+    except OSError:  # another process made it first, or the disk refused: leave no partial view
         shutil.rmtree(tmp, ignore_errors=True)
+        if not (view / index_path.name).is_file():
+            raise
     return view
 
 
