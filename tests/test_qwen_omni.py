@@ -370,3 +370,25 @@ def test_a_slow_video_is_placed_at_its_own_rate(family, tmp_path):
     media, info = store.fetch(clip)
     assert info["frames"]["count"] == 6
     assert float(media.vision_meta["second_per_grid"]) == pytest.approx(2.0, rel=0.05)
+
+
+def test_preprocess_refuses_an_over_long_clip_before_decoding(family, tmp_path):
+    """`vlm eval` / `probe` / `tune` preprocess first: a clip over the context is one failure
+    record there, and nothing is decoded or cached for it."""
+    from vlm_cli.cache import FeatureCache
+    from vlm_cli.features import FeatureStore
+    from vlm_cli.preprocess import preprocess
+
+    loaded, _ = family
+    model = loaded.model
+    model.context, saved = 600, model.context
+    try:
+        with vlm_home(tmp_path / "home"):
+            store = FeatureStore(loaded.recipe, FeatureCache(), encoders=loaded.encoders,
+                                 check=loaded.check)
+            summary = preprocess([WITH_AUDIO], store, workers=1)
+            assert summary.computed == 0 and len(summary.failed) == 1
+            assert "over the model's context" in summary.failed[0].reason
+            assert not list(FeatureCache().entries())
+    finally:
+        model.context = saved

@@ -125,14 +125,17 @@ class FeatureStore:
         encoders: the frozen encoders a checkpoint family provides itself
             (:attr:`vlm_cli.model.families.Loaded.encoders`), by feature name; None builds them
             from ``recipe``.
+        check: the family's check of a media file against the model's limits
+            (:attr:`vlm_cli.model.families.Loaded.check`), run by :meth:`check_media`; or None.
 
     Raises:
         VlmError: pretrained encoder weights are not available locally.
     """
 
     def __init__(self, recipe: Recipe, cache: FeatureCache, device: str = "auto",
-                 encoders: dict[str, Any] | None = None) -> None:
+                 encoders: dict[str, Any] | None = None, check: Any = None) -> None:
         self.recipe = recipe
+        self.check = check
         self.cache = cache
         self.device = device
         self.sources = encoders if encoders is not None else recipe_encoders(recipe,
@@ -140,6 +143,22 @@ class FeatureStore:
         self.fingerprints = {name: source.fingerprint for name, source in self.sources.items()}
         self.sampling = {VISION: recipe.data.frame_sampling(), AUDIO: recipe.data.audio_sampling()}
         self._encoders: dict[str, Any] = {}
+
+    def check_media(self, path: str | Path, *, audio: bool = True) -> None:
+        """Refuse a file the model cannot take with this sampling (e.g. more tokens than its
+        context), from the file's header, before anything is decoded; nothing to do for models
+        without limits to check.
+
+        Raises:
+            UsageError: the file would not fit; the message names the setting to lower.
+            MediaError: the header cannot be read, or the model refuses the picture.
+        """
+        if self.check is None:
+            return
+        data = self.recipe.data
+        fps = data.fps if data.sampling == "fps" else None
+        self.check(Path(path), fps=fps, frames=data.max_frames if fps else data.frames,
+                   audio=audio)
 
     def modalities(self, path: str | Path) -> list[str]:
         """The modalities this recipe extracts from ``path`` (by its kind: video, image, audio)."""

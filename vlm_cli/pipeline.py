@@ -173,7 +173,8 @@ class Pipeline:
         elif frames is not None:
             data = dataclasses.replace(data, frames=frames)
         recipe = dataclasses.replace(loaded.recipe, data=data)
-        store = FeatureStore(recipe, FeatureCache(), device=device, encoders=loaded.encoders)
+        store = FeatureStore(recipe, FeatureCache(), device=device, encoders=loaded.encoders,
+                             check=loaded.check)
         return cls(loaded, store, hub_id or str(directory), directory)
 
     @property
@@ -214,11 +215,7 @@ class Pipeline:
                 model (e.g. more tokens than its context); the message names what to lower.
         """
         store = self._store()
-        if self.loaded.check is not None:  # over the model's limits: one line, before decoding
-            data = store.recipe.data
-            fps = data.fps if data.sampling == "fps" else None
-            self.loaded.check(ref.path, fps=fps,
-                              frames=data.max_frames if fps else data.frames, audio=audio)
+        store.check_media(ref.path, audio=audio)  # over the model's limits: before decoding
         features, info = store.fetch(ref.path, audio=audio)
         if features.vision is None and features.audio is None:
             raise UsageError(f"{ref.path}: nothing to answer from (an audio file with "

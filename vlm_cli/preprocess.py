@@ -130,6 +130,11 @@ def preprocess(paths: Sequence[Path], store: FeatureStore, *, workers: int = 2,
         found = store.cached(keys)
         missing = {m: k for m, k in keys.items() if m not in found}
         if missing:
+            try:  # a file over the model's limits fails here, before it is decoded
+                store.check_media(path)
+            except (MediaError, UsageError) as err:
+                fail(path, str(err).removeprefix(f"{path}: "))
+                continue
             todo.append((path, digest, missing))
         else:
             summary.hits += 1

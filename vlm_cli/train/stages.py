@@ -170,26 +170,27 @@ def setup_stage(recipe: Recipe, stage_name: str, run_dir: Path, *, data: Path | 
     # a fully trained one in fp32 (master weights; the forward pass runs under autocast).
     freeze_llm = "llm" in stage.freeze
     checkpoint = _checkpoint(from_run) if from_run is not None else None
-    llm_weights, base, parent_model, encoders = None, None, None, None
+    llm_weights, base, parent_model, encoders, check = None, None, None, None, None
     if checkpoint is not None:  # a checkpoint of another family, instead of a stage-1 run
         directory, name, family = checkpoint
         base = {"family": family, "name": name, "revision": None}
         dtype = resolve_dtype("auto", device) if freeze_llm else torch.float32
         loaded = load_model(directory, name=name, dtype=dtype)
         parent_recipe, parent_model, encoders = loaded.recipe, loaded.model, loaded.encoders
+        check = loaded.check
     elif from_run is not None:
         parent_recipe, parent = read_run(from_run)
         dtype = resolve_dtype(parent_recipe.model.llm.dtype, device) if freeze_llm \
             else torch.float32
         if parent.base:  # the base family's encoders feed the feature store
             loaded = load(from_run, dtype=dtype)
-            parent_model, encoders = loaded.model, loaded.encoders
+            parent_model, encoders, check = loaded.model, loaded.encoders, loaded.check
         llm_weights, base = parent.llm_weights, parent.base
     if from_run is not None:
         recipe = dataclasses.replace(recipe, model=parent_recipe.model, data=parent_recipe.data)
     root = media_root or (Path(recipe.data.media_root) if recipe.data.media_root else None)
     records = load_records(data_path, root)
-    store = FeatureStore(recipe, FeatureCache(), device=device, encoders=encoders)
+    store = FeatureStore(recipe, FeatureCache(), device=device, encoders=encoders, check=check)
     if accelerator.is_main_process:
         ensure_features(records, store, workers=workers, on_clip=on_clip)
     accelerator.wait_for_everyone()
