@@ -519,7 +519,7 @@ class OmniTower(nn.Module):
                 "mel_frames": torch.tensor(mel.shape[-1])}
 
 
-def _fingerprints(directory: Path, source: dict[str, Any], processor: Any,
+def _fingerprints(source: dict[str, Any], processor: Any,
                   dtype: Any) -> dict[str, dict[str, Any]]:
     """What changes each tower's output: the weights, the processor's settings, the dtype."""
     vp, ip, fe = processor.video_processor, processor.image_processor, processor.feature_extractor
@@ -598,13 +598,12 @@ def load(directory: Path, *, device: str = "cpu", dtype: Any = None, name: str |
         VlmError: thinker weights are missing.
     """
     from transformers import Qwen2_5OmniProcessor, Qwen2_5OmniThinkerForConditionalGeneration
+    from transformers.utils import logging as hf_logging
 
     from vlm_cli.cache import FeatureCache
     from vlm_cli.hub import resolve_pretrained
     from vlm_cli.recipe import DataSpec, LLMSpec, ModelSpec, Recipe, TrainSpec
     from vlm_cli.runtime import resolve_dtype
-
-    from transformers.utils import logging as hf_logging
 
     dtype = dtype or resolve_dtype("auto", device)
     source_dir = thinker_directory(directory)
@@ -618,7 +617,7 @@ def load(directory: Path, *, device: str = "cpu", dtype: Any = None, name: str |
         hf_logging.set_verbosity(level)
     model = OmniThinker(thinker, processor)
     _, source = resolve_pretrained(name or str(directory), revision, FeatureCache().file_digest)
-    fingerprints = _fingerprints(directory, source, processor, dtype)
+    fingerprints = _fingerprints(source, processor, dtype)
     towers = {"vision": "video", "image": "image", "audio": "audio"}
     encoders = {feature: EncoderSource(fingerprints[feature],
                                        lambda kind=kind: OmniTower(thinker, processor, kind),
