@@ -261,7 +261,8 @@ class FeatureStore:
             info["audio"] = "used" if out.audio is not None else "absent"
         return out, info
 
-    def reordered_frames(self, path: str | Path, order: list[int], variant: str) -> Any:
+    def reordered_frames(self, path: str | Path, order: list[int], variant: str,
+                         base: Any = None) -> Any:
         """Vision features of ``path`` as if its sampled frames came in ``order`` (``vlm probe``'s
         reverse / shuffle / still variants), without writing a media file.
 
@@ -276,6 +277,8 @@ class FeatureStore:
             path: a video (its features are fetched and cached first if needed).
             order: indices into the sampled frames ``[0, T)``, length ``T``.
             variant: the name of the order, part of the cache key (``reverse``, ``shuffle``...).
+            base: the file's :class:`vlm_cli.model.vlm.MediaInput` when the caller has already
+                fetched it (not read again); None fetches it.
 
         Returns:
             ``(features, meta)``: ``[T', N, D]`` features (the dtype of the cached ones) and
@@ -288,8 +291,8 @@ class FeatureStore:
         """
         import torch
 
-        features, info = self.fetch(path, audio=False)
-        count = info["frames"]["count"]
+        features = base if base is not None else self.fetch(path, audio=False)[0]
+        count = len(features.vision_meta["timestamps"])
         if len(order) != count or not all(0 <= i < count for i in order):
             raise ValueError(f"{path}: frame order {order} does not index its {count} frames")
         name = self.encoder_name(VISION, path)

@@ -203,7 +203,7 @@ def variant_input(pipeline: Any, case: Case) -> tuple[Any, Any, str]:
     audio = info.audio
     if case.variant in FRAME_VARIANTS:
         order = frame_order(case.variant, info.frames["count"])
-        vision, meta = pipeline.store.reordered_frames(ref.path, order, case.variant)
+        vision, meta = pipeline.store.reordered_frames(ref.path, order, case.variant, media)
         media = dataclasses.replace(media, vision=vision, vision_meta=meta)
     elif case.variant == "mute":
         media = dataclasses.replace(media, audio=None, audio_meta={})

@@ -188,10 +188,15 @@ class OmniThinker(nn.Module):
             raise DataError("conversation has no assistant tokens within max_length")
         return ids, labels
 
-    def expand(self, ids: Sequence[int], media: Sequence[Any]) -> list[int]:
+    def expand(self, ids: Sequence[int], media: Sequence[Any],
+               labels: Sequence[int] | None = None) -> Any:
         """Replace each media token by its tokens, as the processor does at tokenisation: a
         video with its audio interleaved in 2 s chunks (``replace_video_with_audio_token``), a
         video alone, an image, or an audio file.
+
+        Returns:
+            The expanded ids; with ``labels``, ``(ids, labels)``, the media tokens labelled
+            ``IGNORE_INDEX``.
 
         Raises:
             DataError: the placeholder count differs from the media count; a placeholder of
@@ -212,14 +217,19 @@ class OmniThinker(nn.Module):
         if len(videos) > 1:
             raise DataError("videos with and without audio in one sample: Qwen2.5-Omni places "
                             "them with one audio-in-video setting; split the sample")
+        from vlm_cli.model.chat import IGNORE_INDEX
+
         pieces = iter(media)
         out: list[int] = []
-        for t in ids:
+        out_labels: list[int] = []
+        for j, t in enumerate(ids):
             if t not in self.media_token_ids:
                 out.append(t)
+                out_labels.append(labels[j] if labels is not None else IGNORE_INDEX)
                 continue
             m = next(pieces)
             kind = self.media_token_ids[t]
+            before = len(out)
             if kind == "video" and m.vision is not None and m.audio is not None:
                 text = self.processor.replace_video_with_audio_token(
                     {"video_grid_thw": [[int(x) for x in m.vision_meta["grid_thw"]]],
@@ -236,21 +246,19 @@ class OmniThinker(nn.Module):
                 if m.audio is None:
                     raise DataError("an <audio> placeholder without an audio track")
                 out += [t] * m.audio.shape[0]
-        return out
+            out_labels += [IGNORE_INDEX] * (len(out) - before)  # media tokens carry no loss
+        return out if labels is None else (out, out_labels)
 
-    def positions(self, row: list[int], media: Sequence[Any],
-                  kinds: Sequence[str]) -> tuple[torch.Tensor, int]:
+    def positions(self, row: list[int], media: Sequence[Any]) -> tuple[torch.Tensor, int]:
         """TMRoPE position ids ``[3, L]`` of one expanded row and its rope delta (the position
         of the next token minus ``L``), from the thinker's own ``get_rope_index``.
-
-        Args:
-            kinds: per media input, ``video``, ``image`` or ``audio`` (its placeholder).
         """
         device = self.thinker.device
         ids = torch.as_tensor([row], device=device)
         grids: dict[str, list[torch.Tensor]] = {"image": [], "video": []}
         seconds, mel, in_video = [], [], False
-        for m, kind in zip(media, kinds):
+        for m in media:
+            kind = media_kind_of(m)  # the placeholder's, checked by expand
             if m.vision is not None:
                 grids[kind].append(torch.as_tensor(m.vision_meta["grid_thw"]))
                 if kind == "video":
@@ -264,10 +272,6 @@ class OmniThinker(nn.Module):
             in_video, torch.as_tensor(mel, device=device) if mel else None,
             torch.as_tensor(seconds, device=device) if seconds else None)
         return position_ids[:, 0], int(torch.as_tensor(delta).reshape(-1)[0])
-
-    def kinds(self, ids: Sequence[int]) -> list[str]:
-        """The kind of each placeholder of an unexpanded prompt, in order."""
-        return [self.media_token_ids[t] for t in ids if t in self.media_token_ids]
 
     def embed_row(self, row: list[int], media: Sequence[Any]) -> torch.Tensor:
         """``[L, H]`` input embeddings of one expanded row: token embeddings with the tower
@@ -289,8 +293,7 @@ class OmniThinker(nn.Module):
                 embeds = embeds.masked_scatter(where[:, None].expand_as(embeds), values)
         return embeds
 
-    def batch(self, rows: Sequence[list[int]], media: Sequence[Sequence[Any]],
-              input_ids: Sequence[Sequence[int]], side: str,
+    def batch(self, rows: Sequence[list[int]], media: Sequence[Sequence[Any]], side: str,
               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[int]]:
         """Expanded rows padded into a batch on ``side`` (``left`` for generation, ``right``
         for training): ``inputs_embeds [B, L, H]``, ``attention_mask [B, L]``, TMRoPE
@@ -309,7 +312,7 @@ class OmniThinker(nn.Module):
             where = slice(length - n, length) if side == "left" else slice(0, n)
             embeds[b, where] = self.embed_row(row, m)
             mask[b, where] = 1
-            positions[:, b, where], delta = self.positions(row, m, self.kinds(input_ids[b]))
+            positions[:, b, where], delta = self.positions(row, m)
             deltas.append(delta - (length - n))
         return embeds, mask, positions, deltas
 
@@ -321,15 +324,9 @@ class OmniThinker(nn.Module):
         from vlm_cli.model.chat import IGNORE_INDEX
         from vlm_cli.model.vlm import next_token_loss
 
-        rows, label_rows = [], []
-        for ids, lab, m in zip(input_ids, labels, media):
-            pieces, expanded = iter(m), []
-            for t, label in zip(ids, lab):  # media tokens carry no loss
-                expanded += ([IGNORE_INDEX] * len(self.expand([t], [next(pieces)]))
-                             if t in self.media_token_ids else [label])
-            rows.append(self.expand(ids, m))
-            label_rows.append(expanded)
-        embeds, mask, positions, _ = self.batch(rows, media, input_ids, "right")
+        rows, label_rows = zip(*(self.expand(ids, m, lab)
+                                 for ids, lab, m in zip(input_ids, labels, media)))
+        embeds, mask, positions, _ = self.batch(rows, media, "right")
         target = torch.full(mask.shape, IGNORE_INDEX, dtype=torch.long, device=mask.device)
         for b, lab in enumerate(label_rows):
             target[b, :len(lab)] = torch.as_tensor(lab, device=mask.device)
@@ -352,7 +349,7 @@ class OmniThinker(nn.Module):
         from vlm_cli.model.vlm import next_tokens
 
         rows = [self.expand(ids, m) for ids, m in zip(input_ids, media)]
-        embeds, mask, positions, deltas = self.batch(rows, media, input_ids, "left")
+        embeds, mask, positions, deltas = self.batch(rows, media, "left")
         device = mask.device
         if prefix is not None:
             prefix.prefilled = mask.shape[1]
@@ -381,7 +378,7 @@ class OmniThinker(nn.Module):
     def logits(self, input_ids: Sequence[int], media: Sequence[Any]) -> torch.Tensor:
         """``[L, vocab]`` float logits of one prompt (the tests' comparison with transformers)."""
         row = self.expand(input_ids, media)
-        pos, _ = self.positions(row, media, self.kinds(input_ids))
+        pos, _ = self.positions(row, media)
         out = self.thinker.model.language_model(
             inputs_embeds=self.embed_row(row, media)[None], position_ids=pos[:, None],
             attention_mask=torch.ones(1, len(row), dtype=torch.long, device=self.thinker.device))
