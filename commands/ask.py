@@ -47,7 +47,7 @@ def ask(
     revision: Revision = None,
     download: Download = False,
     json_out: Annotated[bool, typer.Option(
-        "--json", help="Print one JSON object per answer (answer, frames, audio, cache, "
+        "--json", help="Print one JSON object per answer (answer, frames, audio, branches, cache, "
                        "timings) instead of streaming text.")] = False,
 ) -> None:
     """Answer questions about MEDIA, streaming the answer to stdout token by token (greedy by
@@ -126,7 +126,7 @@ def ask(
             console.print_json({
                 "answer": result.text, "question": text, "model": pipeline.name,
                 "media": str(media), "frames": info.frames, "audio": info.audio,
-                "cache": info.cache,
+                "branches": info.branches, "cache": info.cache,
                 "timings": {"load": round(load_s, 4), "decode": round(info.decode_s, 4),
                             "encode": round(info.encode_s, 4),
                             "prefill": round(result.prefill_s, 4),

@@ -80,13 +80,13 @@ def _hub(name: Optional[str], recipe: Optional[str], *, revision: Optional[str],
     if recipe is not None:
         from vlm_cli.recipe import load_recipe
 
-        targets = recipe_repos(load_recipe(recipe))
+        targets = [(repo, rev, None) for repo, rev in recipe_repos(load_recipe(recipe))]
         if not targets:
             console.info(f"{recipe}: references no hub repository; nothing to download")
     else:
-        targets = [(name, revision)]
+        targets = [(name, revision, None)]
     results = []
-    for repo_id, rev in targets:
+    for repo_id, rev, prefixes in targets:
         with console.progress_bar("MB") as bar:
             tasks: list[int] = []  # one, added when the transfer starts (none when offline)
 
@@ -97,8 +97,11 @@ def _hub(name: Optional[str], recipe: Optional[str], *, revision: Optional[str],
 
             got = fetch(repo_id, revision=rev, repo_type=repo_type,
                         include=include if recipe is None else None,
-                        exclude=exclude if recipe is None else None, on_bytes=on_bytes)
+                        exclude=exclude if recipe is None else None, on_bytes=on_bytes,
+                        prefixes=prefixes)
         results.append(got)
+        if repo_type == "model" and not include and prefixes is None:
+            targets += _required(Path(got.path), [t[0] for t in targets])
         if got.offline:
             console.info(f"{repo_id}: HF_HUB_OFFLINE is set: resolved from the cache only")
         if not json_out:
@@ -107,7 +110,19 @@ def _hub(name: Optional[str], recipe: Optional[str], *, revision: Optional[str],
             console.stdout.print(f"  {got.path}")
     if json_out:
         rows = [dataclasses.asdict(r) for r in results]
-        console.print_json(rows[0] if recipe is None else {"recipe": recipe, "repos": rows})
+        console.print_json(rows[0] if recipe is None and len(rows) == 1 else
+                           {"recipe": recipe, "repos": rows} if recipe else
+                           {**rows[0], "requires": rows[1:]})
+
+
+def _required(directory: Path, queued: list[str]) -> list[tuple[str, None, tuple[str, ...]]]:
+    """Other hub parts the downloaded checkpoint's family needs (Video-LLaMA: BLIP-2's vision
+    tower and Q-Former, only the shards holding them), not already queued."""
+    from vlm_cli.model.families import family_module, family_of
+
+    family = family_of(directory)
+    requires = getattr(family_module(family), "requires", None) if family else None
+    return [t for t in (requires(directory) if requires else []) if t[0] not in queued]
 
 
 def _toy_av(name: str, out: Path, *, clips: int, seed: int, size: int, fps: int,

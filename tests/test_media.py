@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
+
 import os
 import subprocess
 import sys
@@ -63,7 +65,7 @@ def _sample(name: str) -> Path:
 def no_decord(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make decord fail on every file, as on a file it cannot read."""
 
-    def refuse(path: object, select: object) -> None:
+    def refuse(path: object, select: object, size: object = None) -> None:
         raise video_module._DecordFailed("disabled by test")
 
     monkeypatch.setattr(video_module, "_load_with_decord", refuse)
@@ -105,7 +107,7 @@ def test_sample_video_pyav_matches_decord(name: str, monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(
         video_module,
         "_load_with_decord",
-        lambda path, select: (_ for _ in ()).throw(video_module._DecordFailed("test")),
+        lambda path, select, size=None: (_ for _ in ()).throw(video_module._DecordFailed("test")),
     )
     vf = load_video(_sample(name))
     assert vf.decoder == "pyav"
@@ -449,9 +451,10 @@ def test_sample_audio_clips_long() -> None:
     clips, starts = sample_audio_clips(wave, num_clips=8, clip_seconds=2.0)
     assert clips.shape == (8, 32_000) and clips.dtype == torch.float32
     assert starts.dtype == np.float64
-    np.testing.assert_allclose(starts, np.linspace(0, 8, 8))
-    for clip, start in zip(clips, starts):
-        first = int(round(start * 16_000))
+    # pytorchvideo's ConstantClipsPerVideoSampler: k * (10 - 2) / 8 s; ImageBind's int(start * rate)
+    np.testing.assert_allclose(starts, np.arange(8.0))
+    for k, clip in enumerate(clips):
+        first = int(Fraction(8, 8) * k * 16_000)
         torch.testing.assert_close(clip, wave[first : first + 32_000])
 
 
@@ -525,7 +528,7 @@ _RSS_SCRIPT = textwrap.dedent(
         vf = load_video(path, num_frames=8)
         assert vf.frames.shape[0] == 8 and vf.decoder == ("decord" if decord else "pyav")
 
-    def _refuse(path, select):
+    def _refuse(path, select, size=None):
         raise video._DecordFailed("test")
 
     short, long = sys.argv[1:3]

@@ -111,5 +111,5 @@ def _answer(pipeline: Pipeline, requests: list[dict[str, str]], root: Path, audi
                                     max_new_tokens=max_new_tokens) if ready else []
     for (request, _, _, info), answer in zip(ready, answers):
         rows[request["id"]] = {**request, "answer": answer, "audio": info.audio,
-                               "cache": info.cache}
+                               "branches": info.branches, "cache": info.cache}
     return [rows[r["id"]] for r in requests]

@@ -27,7 +27,7 @@ IMAGE = "image"
 #: Vision encoders that run frame by frame: the features of reordered frames are the cached
 #: ones reordered. Any other (ViViT's tubelets, Qwen2.5-Omni's 2-frame patches) sees the order
 #: and encodes reordered frames again.
-PER_FRAME_ENCODERS = frozenset({"clip", "siglip"})
+PER_FRAME_ENCODERS = frozenset({"clip", "siglip", "blip2-qformer"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,7 +39,8 @@ class DecodeRequest:
         frames: keyword arguments of :func:`vlm_cli.media.load_video` (``num_frames`` or
             ``fps`` + ``max_frames``), or None when vision features are not needed.
         audio: clip sampling and spectrogram settings (``frontend``: ``kaldi_fbank`` or
-            ``whisper_log_mel``, and that function's keyword arguments), or None.
+            ``whisper_log_mel``, and that function's keyword arguments; ``mix``: how
+            :func:`vlm_cli.media.load_audio` makes mono, default ``mean``), or None.
     """
 
     path: str
@@ -61,7 +62,7 @@ def decode_media(request: DecodeRequest) -> dict[str, Any]:
     """
     from vlm_cli.errors import MediaError
     from vlm_cli.media import (NoAudio, audio_clip_fbanks, audio_clip_log_mels,
-                               audio_track_log_mel, load_audio, load_video)
+                               audio_track_log_mel, imagebind_clip_fbanks, load_audio, load_video)
 
     out: dict[str, Any] = {}
     if request.frames is not None:
@@ -70,13 +71,14 @@ def decode_media(request: DecodeRequest) -> dict[str, Any]:
                        "decoder": video.decoder, "duration": video.duration,
                        "num_decodable": video.num_decodable}
     if request.audio is not None:
-        track = load_audio(request.path)
+        settings = dict(request.audio)
+        track = load_audio(request.path, mix=settings.pop("mix", "mean"))
         if isinstance(track, NoAudio):
             out[AUDIO] = {"absent": track.reason}
         else:
-            settings = dict(request.audio)
             frontend = {"kaldi_fbank": audio_clip_fbanks, "whisper_log_mel": audio_clip_log_mels,
-                        "whisper_track": audio_track_log_mel}[settings.pop("frontend")]
+                        "whisper_track": audio_track_log_mel,
+                        "imagebind_fbank": imagebind_clip_fbanks}[settings.pop("frontend")]
             try:
                 clips = frontend(track, **settings)
             except ValueError as err:  # e.g. longer than the model's audio front end takes
@@ -337,7 +339,9 @@ class FeatureStore:
         frames = None
         if VISION in modalities:
             frames = ({"num_frames": None, "fps": data.fps, "max_frames": data.max_frames}
-                      if data.sampling == "fps" else {"num_frames": data.frames})
+                      if data.sampling == "fps" else {"num_frames": data.frames,
+                                                       "sampling": data.sampling})
+            frames.update(self.sources[self.encoder_name(VISION, path)].decode or {})
         audio = None
         if AUDIO in modalities:
             audio = self.sources[AUDIO].decode or {

@@ -14,7 +14,11 @@ One module below the model layer. Weights stay in the Hugging Face hub cache (``
   pickled ``.bin``, sharded and ``consolidated``, TensorFlow / Flax / ONNX / GGUF exports), and a
   model needs one copy. :func:`select_files` keeps every non-weight file and one format of
   weights: safetensors when there are any, else PyTorch ``.bin``; when a weight index
-  (``*.safetensors.index.json``) names the shards, only those shards.
+  (``*.safetensors.index.json``) names the shards, only those shards. A research release whose
+  top level holds only ``.pth`` checkpoints (Video-LLaMA's ``VL_*.pth``, ``imagebind_huge.pth``)
+  keeps them. A model that needs only part of a checkpoint (Video-LLaMA takes BLIP-2's vision
+  tower and Q-Former, not its 11B T5) names the weight-key ``prefixes`` it loads: only the
+  shards holding such keys are fetched, and the snapshot counts as complete without the rest.
 
 Interrupted transfers: huggingface_hub retries a dropped connection itself and continues a large
 file with an HTTP Range request; files already complete are kept, so running the command again
@@ -54,30 +58,41 @@ def is_weight_file(name: str) -> bool:
 SPEECH_OUTPUT_PREFIXES = ("talker.", "token2wav.", "code2wav.")
 
 
-def index_shards(text: str) -> set[str] | None:
+def index_shards(text: str, prefixes: tuple[str, ...] | None = None) -> set[str] | None:
     """The shard file names a weight index (``*.safetensors.index.json``, ``weight_map``) names
-    for weights we load (not only :data:`SPEECH_OUTPUT_PREFIXES` keys), or None when ``text`` is
-    not such an index."""
+    for weights we load, or None when ``text`` is not such an index.
+
+    Args:
+        prefixes: the weight-key prefixes the model loads (e.g. ``("vision_model.", "qformer.")``);
+            None: every key but :data:`SPEECH_OUTPUT_PREFIXES`.
+    """
     try:
         weight_map = json.loads(text).get("weight_map")
     except (ValueError, AttributeError):
         return None
     if not isinstance(weight_map, dict):
         return None
+    if prefixes is not None:
+        return {shard for key, shard in weight_map.items() if str(key).startswith(prefixes)}
     return {shard for key, shard in weight_map.items()
             if not str(key).startswith(SPEECH_OUTPUT_PREFIXES)}
 
 
-def select_files(files: list[str], index_text: dict[str, str] | None = None) -> list[str]:
+def select_files(files: list[str], index_text: dict[str, str] | None = None,
+                 prefixes: tuple[str, ...] | None = None) -> list[str]:
     """The files a model needs from a repository listing: all non-weight files, plus one format
     of weights (safetensors, else PyTorch ``.bin``), restricted to the shards named by weight
-    index files when there are any.
+    index files when there are any; and the top-level ``.pth`` checkpoints of a release whose
+    top level has no safetensors or ``.bin`` weights (Video-LLaMA's ``VL_*.pth``, ``AL_*.pth``,
+    ``imagebind_huge.pth`` beside ``llama-2-7b-chat-hf/*.bin``).
 
     Args:
         files: every path in the repository (forward slashes).
         index_text: contents of the weight index files (``*.index.json``) by path, when known;
             shards not named by an index in the same folder are left out (e.g. a
             ``consolidated.safetensors`` beside ``model-0000x-of-0000n.safetensors``).
+        prefixes: only the shards holding weight keys with these prefixes (see
+            :func:`index_shards`); None for the whole model.
 
     Returns:
         The selected paths, sorted. Only non-weight files when the repository has no safetensors
@@ -88,7 +103,7 @@ def select_files(files: list[str], index_text: dict[str, str] | None = None) -> 
     chosen = [f for f in weights if f.endswith(fmt)]
     named: dict[str, set[str]] = {}  # folder -> shards its index names
     for path, text in (index_text or {}).items():
-        shards = index_shards(text) if path.endswith(fmt + ".index.json") else None
+        shards = index_shards(text, prefixes) if path.endswith(fmt + ".index.json") else None
         if shards is None:
             continue
         folder = PurePosixPath(path).parent
@@ -99,6 +114,9 @@ def select_files(files: list[str], index_text: dict[str, str] | None = None) -> 
         fmt + ".index.json") and is_weight_file(f[: -len(".index.json")])]
     keep = [f for f in files if not is_weight_file(f) and f not in other_index
             and PurePosixPath(f).name not in _NOT_WEIGHTS]  # pickled training state: unneeded
+    top = [f for f in weights if "/" not in f]
+    if top and not any(f.endswith((".safetensors", ".bin")) for f in top):
+        chosen += [f for f in top if f.endswith(".pth")]
     return sorted(keep + chosen)
 
 
@@ -119,7 +137,8 @@ class Downloaded:
 
 def download_snapshot(repo_id: str, *, revision: str | None = None, repo_type: str = "model",
              include: list[str] | None = None, exclude: list[str] | None = None,
-             on_bytes: Callable[[int, int], None] | None = None) -> Downloaded:
+             on_bytes: Callable[[int, int], None] | None = None,
+             prefixes: tuple[str, ...] | None = None) -> Downloaded:
     """Download a snapshot of ``repo_id`` into the Hugging Face hub cache.
 
     Args:
@@ -132,6 +151,8 @@ def download_snapshot(repo_id: str, *, revision: str | None = None, repo_type: s
             bytes written to the repository's cache folder since the start, and the size of the
             selected files (huggingface_hub's own progress bars are off; see
             :func:`vlm_cli.runtime.quiet_third_party`).
+        prefixes: only the weight shards holding keys with these prefixes
+            (:func:`select_files`); None for the whole model.
 
     Returns:
         A :class:`Downloaded`. With ``HF_HUB_OFFLINE=1`` nothing is fetched: the snapshot is
@@ -149,7 +170,7 @@ def download_snapshot(repo_id: str, *, revision: str | None = None, repo_type: s
     if constants.HF_HUB_OFFLINE:
         with _hub_errors(label, repo_type):
             if repo_type == "model" and not include and not exclude:
-                path = str(resolve_snapshot(repo_id, revision))  # skipped formats are fine
+                path = str(resolve_snapshot(repo_id, revision, prefixes=prefixes))
             else:
                 path = snapshot_download(repo_id, revision=revision, repo_type=repo_type,
                                          allow_patterns=include, ignore_patterns=exclude,
@@ -167,7 +188,7 @@ def download_snapshot(repo_id: str, *, revision: str | None = None, repo_type: s
         elif repo_type == "model":
             indexes = {f: _read_text(repo_id, info.sha, f) for f in files
                        if f.endswith(".index.json")}
-            files = select_files(files, indexes)
+            files = select_files(files, indexes, prefixes)
             if not any(f.endswith((".safetensors", ".bin")) for f in files):
                 raise VlmError(f"{label}: no safetensors or PyTorch .bin weights in this "
                                "repository; pass --include to choose files explicitly")
@@ -320,10 +341,11 @@ def local_path(name: str, revision: str | None, *, download: bool = False) -> Pa
 
 
 #: (hub cache, repo id, revision) -> its complete snapshot directory, resolved once per process.
-_SNAPSHOTS: dict[tuple[str, str, str | None], Path] = {}
+_SNAPSHOTS: dict[tuple[str, str, str | None, tuple[str, ...] | None], Path] = {}
 
 
-def resolve_snapshot(name: str, revision: str | None, *, download: bool = False) -> Path:
+def resolve_snapshot(name: str, revision: str | None, *, download: bool = False,
+                     prefixes: tuple[str, ...] | None = None) -> Path:
     """The local snapshot directory of hub repo ``name`` at ``revision``, complete: every
     non-weight file of the cached listing, and the weights (every shard a weight index names, or
     at least one weight file). Resolved once per process.
@@ -331,6 +353,8 @@ def resolve_snapshot(name: str, revision: str | None, *, download: bool = False)
     Args:
         download: fetch what is missing (``vlm download``'s default file selection) instead of
             failing; a command's ``--download``.
+        prefixes: the weight-key prefixes the caller loads: shards holding none of them need
+            not be there (see :func:`select_files`).
 
     Raises:
         VlmError: not in the Hugging Face cache, or only partly (an interrupted download); the
@@ -339,7 +363,7 @@ def resolve_snapshot(name: str, revision: str | None, *, download: bool = False)
     from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
-    key = (str(constants.HF_HUB_CACHE), name, revision)
+    key = (str(constants.HF_HUB_CACHE), name, revision, prefixes)
     if key in _SNAPSHOTS:
         return _SNAPSHOTS[key]
     rev = f" --revision {revision}" if revision else ""
@@ -348,7 +372,7 @@ def resolve_snapshot(name: str, revision: str | None, *, download: bool = False)
     try:  # non-weight files: all of those in the cached listing (vlm download fetches them all)
         path = Path(snapshot_download(name, revision=revision, local_files_only=True,
                                       ignore_patterns=list(WEIGHT_GLOBS)))
-        missing = missing_weights(path)
+        missing = missing_weights(path, prefixes)
     except (LocalEntryNotFoundError, OSError, ValueError) as err:
         if not fetch:
             offline = " (HF_HUB_OFFLINE is set)" if constants.HF_HUB_OFFLINE else ""
@@ -359,7 +383,7 @@ def resolve_snapshot(name: str, revision: str | None, *, download: bool = False)
         from vlm_cli import console
 
         console.info(f"--download: fetching {label}")
-        path = Path(download_snapshot(name, revision=revision).path)
+        path = Path(download_snapshot(name, revision=revision, prefixes=prefixes).path)
     elif missing:
         raise VlmError(f"{label}: incomplete in the Hugging Face cache ({missing}); run "
                        f"`vlm download {name}{rev}` to complete it (or pass --download)")
@@ -376,11 +400,12 @@ def fetch_missing(repos: Iterable[tuple[str, str | None]], download: bool) -> No
             resolve_snapshot(name, revision, download=True)
 
 
-def missing_weights(path: Path) -> str | None:
-    """What is missing from the weights of a snapshot directory, or None when they are whole."""
+def missing_weights(path: Path, prefixes: tuple[str, ...] | None = None) -> str | None:
+    """What is missing from the weights of a snapshot directory (those holding keys with
+    ``prefixes`` only, when given), or None when they are whole."""
     indexes = sorted(path.rglob("*.index.json"))
     for index in indexes:
-        shards = index_shards(index.read_text()) or set()
+        shards = index_shards(index.read_text(), prefixes) or set()
         absent = sorted(s for s in shards if not (index.parent / s).is_file())
         if absent:
             return f"{len(absent)} weight shard(s) missing, e.g. {absent[0]}"

@@ -55,7 +55,7 @@ def probe_logits(model: Any) -> Any:
         "audio" in model.connectors else None)
     with_media = media.vision is not None or media.audio is not None
     ids = model.encode_prompt([{"from": "human", "value": ("<video>\n" if with_media else "")
-                                + "What sound is playing?"}])
+                                + "What sound is playing?"}], [media] if with_media else [])
     return model.logits(ids, [media] if with_media else [])
 
 

@@ -106,6 +106,13 @@ class FetchInfo:
     decode_s: float
     encode_s: float
 
+    @property
+    def branches(self) -> list[str]:
+        """The branches whose soft prompts reach the LLM: ``vision`` (frames were sampled) and
+        ``audio`` (the track was used)."""
+        return [name for name, used in (("vision", self.frames is not None),
+                                        ("audio", self.audio == "used")) if used]
+
 
 @dataclasses.dataclass
 class Answer:
@@ -246,7 +253,8 @@ class Pipeline:
                 None for text-only conversations.
         """
         tokenizer = self.model.tokenizer
-        prompts = [self.model.encode_prompt(turns) for turns in conversations]
+        prompts = [self.model.encode_prompt(turns, m) for turns, m in
+                   zip(conversations, media if media is not None else [None] * len(conversations))]
         answers = self.model.generate_batch(
             prompts, list(media) if media is not None else [[] for _ in prompts],
             max_new_tokens=max_new_tokens)
@@ -289,7 +297,8 @@ class ChatSession:
         ids: list[int] = []
         text, first = "", None
         start = time.perf_counter()
-        for (token,) in self.model.stream([self.model.encode_prompt(turns)], [[self.media]],
+        for (token,) in self.model.stream([self.model.encode_prompt(turns, [self.media])],
+                                          [[self.media]],
                                           max_new_tokens=max_new_tokens, temperature=temperature,
                                           top_p=top_p, prefix=self.prefix):
             first = first or time.perf_counter()

@@ -174,6 +174,10 @@ class ModelSpec:
 
     Images go through the video connector (Video-LLaVA's shared projector), encoded by
     ``image`` when set (Video-LLaVA-hf's separate image tower), else by ``vision``.
+
+    ``towers`` names the checkpoint family whose own frozen towers feed the connectors (a
+    released model described by its family, e.g. ``video-llama``: BLIP-2's and ImageBind's
+    towers, which no encoder spec describes); None when ``vision`` / ``audio`` name them.
     """
 
     vision: VisionEncoderSpec | None = None
@@ -182,10 +186,12 @@ class ModelSpec:
     video_connector: ConnectorSpec | None = None
     audio_connector: ConnectorSpec | None = None
     llm: LLMSpec | None = None
+    towers: str | None = None
 
     def validate(self, prefix: str) -> None:
         for encoder, connector in (("vision", "video_connector"), ("audio", "audio_connector")):
-            if getattr(self, connector) is not None and getattr(self, encoder) is None:
+            if getattr(self, connector) is not None and getattr(self, encoder) is None \
+                    and self.towers is None:
                 raise RecipeError(f"recipe key '{prefix}.{connector}': needs model.{encoder}")
         if self.image is not None and self.vision is None:
             raise RecipeError(f"recipe key '{prefix}.image': needs model.vision (videos)")
@@ -197,7 +203,9 @@ class DataSpec:
 
     Attributes:
         frames: frames per video under ``uniform`` sampling (Video-LLaVA: 8).
-        sampling: ``uniform`` (linspace over the frames that decode) or ``fps``.
+        sampling: ``uniform`` (Video-LLaVA: linspace over the frames that decode),
+            ``segment_start`` (Video-LLaMA: the first frame of each of ``frames`` equal segments,
+            ``np.arange(0, n, n / frames)``; fewer frames when the video has fewer) or ``fps``.
         fps: frames per second under ``fps`` sampling.
         max_frames: cap under ``fps`` sampling (frames are then spread uniformly).
         audio_clips: number of 2 s audio clips per file (Video-LLaMA §2.1: 8).
@@ -206,7 +214,7 @@ class DataSpec:
     """
 
     frames: int = 8
-    sampling: Literal["uniform", "fps"] = "uniform"
+    sampling: Literal["uniform", "segment_start", "fps"] = "uniform"
     fps: float | None = None
     max_frames: int | None = None
     audio_clips: int = 8
@@ -228,7 +236,7 @@ class DataSpec:
         """The settings that decide which frames are taken (part of the vision cache key)."""
         if self.sampling == "fps":
             return {"strategy": "fps", "fps": self.fps, "max_frames": self.max_frames}
-        return {"strategy": "uniform", "frames": self.frames}
+        return {"strategy": self.sampling, "frames": self.frames}
 
     def audio_sampling(self) -> dict[str, Any]:
         """The settings that decide which audio clips are taken (part of the audio cache key)."""

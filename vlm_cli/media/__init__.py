@@ -4,7 +4,8 @@
   :func:`sample_frame_indices` (Video-LLaVA uniform sampling), :func:`fps_frame_indices`.
 - :mod:`vlm_cli.media.audio`: :func:`load_audio` (PyAV, downmix, resample to 16 kHz),
   :func:`sample_audio_clips` (Video-LLaMA: 8 clips of 2 s), :func:`kaldi_fbank`
-  (ImageBind / AST front end), :func:`audio_clip_fbanks`.
+  (ImageBind / AST front end), :func:`audio_clip_fbanks`, :func:`imagebind_clip_fbanks`
+  (ImageBind's own, quirks included, for Video-LLaMA's released audio branch).
 - :mod:`vlm_cli.media.probe`: :func:`probe_media` (container header only, no decoding).
 
 Importing this package is cheap: the decoders (numpy, PyAV, torch; decord on first use) load
@@ -23,7 +24,7 @@ _LAZY = {
     **dict.fromkeys(("AST_FBANK_MEAN", "AST_FBANK_STD", "IMAGEBIND_FBANK_MEAN",
                      "IMAGEBIND_FBANK_STD", "SAMPLE_RATE", "AudioClips", "AudioTrack", "NoAudio",
                      "audio_clip_fbanks", "audio_clip_log_mels", "audio_track_log_mel",
-                     "kaldi_fbank", "load_audio",
+                     "imagebind_clip_fbanks", "kaldi_fbank", "load_audio",
                      "sample_audio_clips", "whisper_log_mel"),
                     "vlm_cli.media.audio"),
     **dict.fromkeys(("MediaInfo", "probe_media"), "vlm_cli.media.probe"),
@@ -58,6 +59,7 @@ __all__ = [
     "audio_clip_log_mels",
     "audio_track_log_mel",
     "fps_frame_indices",
+    "imagebind_clip_fbanks",
     "kaldi_fbank",
     "load_audio",
     "load_video",

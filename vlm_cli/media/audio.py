@@ -16,6 +16,8 @@ import logging
 import math
 import os
 from dataclasses import dataclass
+from fractions import Fraction
+from typing import Literal
 
 import av
 import numpy as np
@@ -48,7 +50,8 @@ class AudioTrack:
     """The first audio stream of a file, decoded, downmixed and resampled.
 
     Attributes:
-        waveform: ``[S] float32`` mono samples at ``sample_rate``, nominally in [-1, 1].
+        waveform: ``[S] float32`` mono samples at ``sample_rate``, nominally in [-1, 1]
+            (``[C, S]`` when decoded with ``load_audio(mix="channels")``).
         sample_rate: Hz, always :data:`SAMPLE_RATE` (16 000).
         duration: seconds, ``S / sample_rate``.
         source_sample_rate: sample rate of the stream in the file, Hz.
@@ -94,12 +97,14 @@ class AudioClips:
 # Decoding
 
 
-def load_audio(path: str | os.PathLike[str]) -> AudioTrack | NoAudio:
+def load_audio(path: str | os.PathLike[str], *,
+               mix: Literal["mean", "channels"] = "mean") -> AudioTrack | NoAudio:
     """Decode the first audio stream of ``path`` to a mono 16 kHz waveform.
 
     Works on videos (mp4 with AAC or MP3, mkv, ...) and audio-only files (wav, mp3, flac, ...).
-    Every channel is averaged into mono (planar and packed layouts, unsigned 8-bit, int16,
-    int32, int64, float and double samples), then resampled to 16 kHz with
+    Every channel is averaged into mono (``mix="mean"``), or every channel is kept (``mix="channels"``: ``waveform [C, S]``, what
+    ``torchaudio.load`` gives ImageBind's front end, :func:`imagebind_clip_fbanks`); planar and packed layouts, unsigned 8-bit, int16,
+    int32, int64, float and double samples; then resampled to 16 kHz with
     ``torchaudio.functional.resample`` (windowed sinc). A file without an audio stream returns
     :class:`NoAudio`, never zeros. A stream that stops decoding part-way (truncated file) keeps
     the samples decoded before the damage.
@@ -124,14 +129,14 @@ def load_audio(path: str | os.PathLike[str]) -> AudioTrack | NoAudio:
                 for frame in packet.decode():
                     if not source_rate:
                         source_rate = int(frame.sample_rate)
-                    chunks.append(_frame_to_mono(frame))
+                    chunks.append(_frame_to_mono(frame, mix))
         except av.FFmpegError as exc:  # truncated / damaged: keep what decoded so far
             failure = exc
     if failure is not None:
         if not chunks:
             raise MediaError(path, f"audio cannot be decoded ({describe_error(failure)})")
         log.info("%s: audio decoding stopped early (%s)", path, describe_error(failure))
-    mono = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.float32)
+    mono = np.concatenate(chunks, axis=-1) if chunks else np.zeros(0, dtype=np.float32)
     if mono.size == 0:
         raise MediaError(path, "audio track holds no samples")
     if source_rate <= 0:
@@ -143,14 +148,15 @@ def load_audio(path: str | os.PathLike[str]) -> AudioTrack | NoAudio:
     return AudioTrack(
         waveform=waveform,
         sample_rate=SAMPLE_RATE,
-        duration=waveform.numel() / SAMPLE_RATE,
+        duration=waveform.shape[-1] / SAMPLE_RATE,
         source_sample_rate=source_rate,
         source_channels=source_channels or 1,
     )
 
 
-def _frame_to_mono(frame: av.AudioFrame) -> np.ndarray:
-    """``[n] float32`` mean over all channels of one decoded frame, scaled to [-1, 1]."""
+def _frame_to_mono(frame: av.AudioFrame, mix: str = "mean") -> np.ndarray:
+    """``[n] float32`` mean over all channels of one decoded frame (``mix="mean"``), or
+    ``[C, n]`` (``"channels"``), scaled to [-1, 1]."""
     channels = frame.layout.nb_channels
     data = frame.to_ndarray()
     if not frame.format.is_planar:  # packed: one row of interleaved samples
@@ -161,6 +167,8 @@ def _frame_to_mono(frame: av.AudioFrame) -> np.ndarray:
         samples = data.astype(np.float32) / float(-np.iinfo(data.dtype).min)
     else:
         samples = data.astype(np.float32, copy=False)
+    if mix == "channels":
+        return np.ascontiguousarray(samples, dtype=np.float32)
     return samples.mean(axis=0, dtype=np.float64).astype(np.float32)
 
 
@@ -180,9 +188,15 @@ def _clip_layout(
         raise ValueError(f"clip_seconds must be > 0, got {clip_seconds}")
     if sample_rate < 1:
         raise ValueError(f"sample_rate must be >= 1 Hz, got {sample_rate}")
-    duration = num_samples / sample_rate
-    starts = np.linspace(0.0, max(duration - clip_seconds, 0.0), num_clips, dtype=np.float64)
-    first = np.minimum(np.round(starts * sample_rate).astype(np.int64), num_samples - 1)
+    # pytorchvideo's ConstantClipsPerVideoSampler in exact fractions (clip k starts at
+    # k * max(duration - clip, 0) / num_clips: the last clip ends before the track does), and
+    # ImageBind's ``int(start * sample_rate)`` (truncation) for the first sample of each clip.
+    span = Fraction(max(num_samples / sample_rate - clip_seconds, 0.0))
+    step = span / num_clips
+    exact = [step * k for k in range(num_clips)]
+    starts = np.asarray([float(t) for t in exact], dtype=np.float64)
+    first = np.minimum(np.asarray([int(t * sample_rate) for t in exact], dtype=np.int64),
+                       num_samples - 1)
     clip_samples = int(round(clip_seconds * sample_rate))
     return starts, first, clip_samples
 
@@ -196,9 +210,11 @@ def sample_audio_clips(
 ) -> tuple[torch.Tensor, np.ndarray]:
     """Cut ``num_clips`` clips of ``clip_seconds`` spread uniformly over a waveform.
 
-    Clip starts are ``linspace(0, max(duration - clip_seconds, 0), num_clips)`` seconds, as
+    Clip ``k`` starts at ``k * max(duration - clip_seconds, 0) / num_clips`` seconds, as
     pytorchvideo's ``ConstantClipsPerVideoSampler`` used by ImageBind and Video-LLaMA (§2.1:
-    8 clips of 2 s). A clip that runs past the end of the audio (audio shorter than
+    8 clips of 2 s), computed in exact fractions (so the last clip ends ``1 / num_clips`` of the
+    spare time before the track does); a clip's first sample is ``int(start * sample_rate)``,
+    as ImageBind's ``load_and_transform_audio_data``. A clip that runs past the end of the audio (audio shorter than
     ``clip_seconds``) is **zero-padded at its end**: this pads real audio to a fixed length, it
     never stands in for missing audio. (:func:`audio_clip_fbanks` computes fbank on the real
     samples only and pads the fbank instead, as ImageBind does.)
@@ -275,7 +291,12 @@ def kaldi_fbank(
         raise ValueError(f"target_frames must be >= 1, got {target_frames}")
     if std == 0:
         raise ValueError("std must be non-zero")
-    wave = wave - wave.mean()
+    return _fbank(wave - wave.mean(), sample_rate, num_mel_bins, target_frames, mean, std)
+
+
+def _fbank(wave: torch.Tensor, sample_rate: int, num_mel_bins: int, target_frames: int,
+           mean: float, std: float) -> torch.Tensor:
+    """Steps 2-4 of :func:`kaldi_fbank` on ``[S]`` samples."""
     if wave.numel() < int(sample_rate * 0.025):  # shorter than one 25 ms window: no frame
         fbank = torch.zeros(0, num_mel_bins)
     else:
@@ -440,3 +461,48 @@ def audio_track_log_mel(track: AudioTrack | NoAudio, *, processor: str) -> Audio
                       return_tensors="np")["input_features"][0]
     return AudioClips(spectrogram=torch.from_numpy(np.ascontiguousarray(feats[None, :, :frames])),
                       starts=np.zeros(1))
+
+
+def imagebind_clip_fbanks(
+    track: AudioTrack | NoAudio,
+    *,
+    num_clips: int = 8,
+    clip_seconds: float = 2.0,
+    num_mel_bins: int = 128,
+    target_frames: int = 204,
+    mean: float = IMAGEBIND_FBANK_MEAN,
+    std: float = IMAGEBIND_FBANK_STD,
+) -> AudioClips:
+    """ImageBind's ``load_and_transform_audio_data`` exactly, as Video-LLaMA's demo calls it
+    (``clips_per_video=8``), on a track decoded with ``load_audio(mix="channels")``.
+
+    It differs from :func:`audio_clip_fbanks` in two quirks of the original, kept so that the
+    released audio branch sees what it was trained on:
+
+    - ``waveform2melspec`` subtracts the clip's mean **in place** on a view of the whole track, so
+      a later clip that overlaps an earlier one starts from the already shifted samples;
+    - the mean is taken over every channel, but ``kaldi.fbank`` reads channel 0 only.
+
+    Clip starts as :func:`sample_audio_clips`; fbank, padding and normalisation as
+    :func:`kaldi_fbank` (steps 2-4).
+
+    Args:
+        track: ``waveform [C, S]`` (or ``[S]``) at 16 kHz, or :class:`NoAudio`.
+
+    Returns:
+        :class:`AudioClips` with ``spectrogram [K, target_frames, num_mel_bins] float32``.
+
+    Raises:
+        MediaError: ``track`` is :class:`NoAudio`.
+    """
+    if isinstance(track, NoAudio):
+        raise MediaError(track.path, track.reason)
+    wave = torch.atleast_2d(track.waveform).clone()
+    starts, first, clip_samples = _clip_layout(wave.shape[-1], num_clips, clip_seconds,
+                                               track.sample_rate)
+    feats = []
+    for s in first.tolist():
+        view = wave[:, s : s + clip_samples]
+        view -= view.mean()  # in place: the shared track changes, as in the original
+        feats.append(_fbank(view[0], track.sample_rate, num_mel_bins, target_frames, mean, std))
+    return AudioClips(spectrogram=torch.stack(feats), starts=starts)

@@ -2,6 +2,8 @@
 
 - :func:`sample_frame_indices`: uniform sampling, exactly as Video-LLaVA
   (``np.linspace(0, total - 1, num_frames, dtype=int)``);
+- :func:`segment_start_indices`: the first frame of each of ``num_frames`` equal segments, as
+  Video-LLaMA (``np.arange(0, total, total / num_frames)``);
 - :func:`fps_frame_indices`: a fixed rate in frames per second of video time, with a cap.
 
 Pure numpy: no decoding here, so the rules are testable on timestamp arrays alone.
@@ -41,6 +43,31 @@ def sample_frame_indices(total: int, num_frames: int) -> np.ndarray:
     if num_frames < 1:
         raise ValueError(f"num_frames must be >= 1, got {num_frames}")
     return np.linspace(0, total - 1, num_frames).astype(np.int64)
+
+
+def segment_start_indices(total: int, num_frames: int) -> np.ndarray:
+    """Video-LLaMA's frame sampling (``load_video(sampling="uniform")`` in its
+    ``processors/video_processor.py``): ``np.arange(0, total, total / n).astype(int)`` with
+    ``n = min(num_frames, total)``: the first frame of each of ``n`` equal segments. A video
+    with fewer frames than ``num_frames`` gives each of its frames once (no repeats).
+
+    Args:
+        total: number of decodable frames (>= 1). num_frames: frames wanted (>= 1).
+
+    Returns:
+        ``[n] int64`` increasing indices in ``[0, total - 1]`` (numpy's float ``arange`` may
+        give one more for some lengths, as the original does).
+
+    Raises:
+        ValueError: ``total < 1`` or ``num_frames < 1``.
+    """
+    total, num_frames = int(total), int(num_frames)
+    if total < 1:
+        raise ValueError(f"total must be >= 1 frame, got {total}")
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    n = min(num_frames, total)
+    return np.arange(0, total, total / n).astype(np.int64)
 
 
 def fps_frame_indices(

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import dataclasses
 from dataclasses import dataclass
 from types import ModuleType
 from typing import Callable, Literal
@@ -29,7 +30,8 @@ import numpy as np
 
 from vlm_cli.errors import MediaError
 from vlm_cli.media.kinds import IMAGE_EXTENSIONS
-from vlm_cli.media.sampling import fps_frame_indices, sample_frame_indices
+from vlm_cli.media.sampling import (fps_frame_indices, sample_frame_indices,
+                                    segment_start_indices)
 from vlm_cli.media.probe import (
     check_media_path,
     describe_error,
@@ -77,13 +79,17 @@ def load_video(
     num_frames: int | None = 8,
     fps: float | None = None,
     max_frames: int | None = None,
+    sampling: Literal["uniform", "segment_start"] = "uniform",
+    size: tuple[int, int] | None = None,
 ) -> VideoFrames:
     """Decode sampled frames of a video (or a still image) as ``[T, H, W, 3] uint8`` RGB.
 
     Sampling (exactly one of ``num_frames`` / ``fps``; pass ``num_frames=None`` with ``fps``):
 
     - ``num_frames``: Video-LLaVA uniform sampling over all decodable frames
-      (:func:`sample_frame_indices`), ``T == num_frames`` (indices repeat for short clips).
+      (:func:`sample_frame_indices`), ``T == num_frames`` (indices repeat for short clips); with
+      ``sampling="segment_start"``, Video-LLaMA's (:func:`segment_start_indices`: ``T`` is at
+      most the frame count).
     - ``fps``: one frame every ``1 / fps`` seconds of video time (:func:`fps_frame_indices`),
       at most ``max_frames`` frames.
 
@@ -104,6 +110,11 @@ def load_video(
         num_frames: frames to take uniformly (>= 1), or ``None`` when sampling by ``fps``.
         fps: sampling rate in Hz (> 0), or ``None``.
         max_frames: cap for ``fps`` sampling (>= 1); not allowed with ``num_frames``.
+        sampling: ``uniform`` or ``segment_start``, for ``num_frames``.
+        size: ``(height, width)`` px to scale every frame to in the decoder (aspect ratio not
+            kept), as Video-LLaMA's ``VideoReader(uri, height=224, width=224)``: decord's (and
+            PyAV's) libswscale; a still image is resized with PIL's bicubic filter, as BLIP-2's
+            ``Resize((224, 224), BICUBIC)``. None keeps the decoded size.
 
     Returns:
         :class:`VideoFrames`.
@@ -114,27 +125,31 @@ def load_video(
             that decodes.
     """
     _check_sampling(num_frames, fps, max_frames)
+    if sampling not in ("uniform", "segment_start"):
+        raise ValueError(f"sampling must be 'uniform' or 'segment_start', got {sampling!r}")
     p = check_media_path(path)
     if p.suffix.lower() in IMAGE_EXTENSIONS:
-        return _load_image(path)
+        return _resized_image(_load_image(path), size)
     # Header check with PyAV first: files that are not videos at all fail here with a clear
     # MediaError (decord would print its own log line on stderr before failing).
     with open_container(path) as container:
         if is_image_container(container):
-            return _decode_image(container, path)
+            return _resized_image(_decode_image(container, path), size)
         _video_stream(container, path)
 
     def select(timestamps: np.ndarray, end: float) -> np.ndarray:
         if fps is not None:
             return fps_frame_indices(timestamps, fps, max_frames, end=end)
         assert num_frames is not None
+        if sampling == "segment_start":
+            return segment_start_indices(timestamps.size, num_frames)
         return sample_frame_indices(timestamps.size, num_frames)
 
     try:
-        return _load_with_decord(path, select)
+        return _load_with_decord(path, select, size)
     except _DecordFailed as exc:
         log.info("decord cannot read %s (%s); decoding with PyAV", path, exc)
-    return _load_with_pyav(path, select)
+    return _resized_image(_load_with_pyav(path, select, size), size)
 
 
 def _check_sampling(num_frames: int | None, fps: float | None, max_frames: int | None) -> None:
@@ -155,6 +170,18 @@ def _check_sampling(num_frames: int | None, fps: float | None, max_frames: int |
 
 # --------------------------------------------------------------------------------------------
 # Still images
+
+
+def _resized_image(video: VideoFrames, size: tuple[int, int] | None) -> VideoFrames:
+    """A still image (``decoder="image"``) scaled to ``size`` = ``(height, width)`` px with PIL's
+    bicubic filter (torchvision's ``Resize`` on a PIL image); anything else unchanged."""
+    if size is None or video.decoder != "image" or video.frames.shape[1:3] == tuple(size):
+        return video
+    from PIL import Image
+
+    picture = Image.fromarray(video.frames[0]).resize((int(size[1]), int(size[0])),
+                                                      Image.Resampling.BICUBIC)
+    return dataclasses.replace(video, frames=np.asarray(picture, dtype=np.uint8)[None])
 
 
 def _load_image(path: str | os.PathLike[str]) -> VideoFrames:
@@ -215,11 +242,14 @@ def _decord_reason(exc: BaseException) -> str:
 
 
 def _load_with_decord(
-    path: str | os.PathLike[str], select: Callable[[np.ndarray, float], np.ndarray]
+    path: str | os.PathLike[str], select: Callable[[np.ndarray, float], np.ndarray],
+    size: tuple[int, int] | None = None,
 ) -> VideoFrames:
     decord = _import_decord()
+    height, width = size if size is not None else (-1, -1)
     try:
-        reader = decord.VideoReader(os.fspath(path), num_threads=1)
+        reader = decord.VideoReader(os.fspath(path), num_threads=1, width=int(width),
+                                    height=int(height))
     except (decord.DECORDError, RuntimeError) as exc:
         raise _DecordFailed(_decord_reason(exc)) from None
     try:
@@ -296,7 +326,8 @@ def _count_packets(path: str | os.PathLike[str]) -> tuple[np.ndarray, float, boo
 
 
 def _decode_selected(
-    path: str | os.PathLike[str], wanted: np.ndarray, stop_after_last: bool
+    path: str | os.PathLike[str], wanted: np.ndarray, stop_after_last: bool,
+    size: tuple[int, int] | None = None,
 ) -> tuple[dict[int, np.ndarray], np.ndarray]:
     """Decode frames in presentation order; convert and keep only the ``wanted`` ones.
 
@@ -321,7 +352,8 @@ def _decode_selected(
             else:
                 times.append(math.nan)
             if index in want:
-                kept[index] = frame.to_ndarray(format="rgb24")
+                scale = {} if size is None else {"height": int(size[0]), "width": int(size[1])}
+                kept[index] = frame.to_ndarray(format="rgb24", **scale)
             return stop_after_last and index >= last_wanted
 
         failure: BaseException | None = None
@@ -369,7 +401,8 @@ def _timeline(decoded: np.ndarray, packet_times: np.ndarray, avg_fps: float) -> 
 
 
 def _load_with_pyav(
-    path: str | os.PathLike[str], select: Callable[[np.ndarray, float], np.ndarray]
+    path: str | os.PathLike[str], select: Callable[[np.ndarray, float], np.ndarray],
+    size: tuple[int, int] | None = None,
 ) -> VideoFrames:
     packet_times, avg_fps, is_image = _count_packets(path)
     if is_image:
@@ -381,7 +414,7 @@ def _load_with_pyav(
         avg_fps = (packet_times.size - 1) / span if span > 0 else 0.0
     frame_seconds = 1.0 / avg_fps if avg_fps else 0.0
     idx = select(packet_times, packet_times[-1] + frame_seconds)
-    kept, decoded = _decode_selected(path, idx, stop_after_last=False)
+    kept, decoded = _decode_selected(path, idx, stop_after_last=False, size=size)
     if decoded.size == 0:
         raise MediaError(path, "no video frame can be decoded")
     timeline = _timeline(decoded, packet_times, avg_fps)
@@ -393,7 +426,7 @@ def _load_with_pyav(
             "%s: %d packets but %d frames decode; resampling", path, packet_times.size, decoded.size
         )
         idx = select(timeline, duration)
-        kept, _ = _decode_selected(path, idx, stop_after_last=True)
+        kept, _ = _decode_selected(path, idx, stop_after_last=True, size=size)
         if not all(int(i) in kept for i in idx):
             raise MediaError(path, "video decodes differently on a second pass")
     frames = np.stack([kept[int(i)] for i in idx])

@@ -120,5 +120,6 @@ def audio_fingerprint(spec: AudioEncoderSpec, digest: Callable[[Path], str]) -> 
     return {
         "modality": "audio", "arch": spec.arch, "source": source,
         "feature_layer": spec.feature_layer, "select": spec.select, "dtype": spec.dtype,
-        "preprocess": audio_frontend(spec) | {"sample_rate": 16000},
+        "preprocess": audio_frontend(spec) | {"sample_rate": 16000,
+                                              "clip_first_sample": "int(start * rate)"},
     }

@@ -69,17 +69,25 @@ class VideoLanguageModel(nn.Module):
         vocab = tokenizer.get_vocab()  # a text-only LLM (an eval judge) may have none of them
         self.media_token_ids = {vocab[t]: t for t in MEDIA_TOKENS if t in vocab}
 
-    def encode_prompt(self, turns: Sequence[dict[str, Any]]) -> list[int]:
+    #: Whether :meth:`encode_prompt` words the prompt after the media (a family's model, e.g.
+    #: Video-LLaMA's, says so; callers then pass the conversation's media).
+    prompt_uses_media = False
+
+    def encode_prompt(self, turns: Sequence[dict[str, Any]],
+                      media: Sequence[MediaInput] | None = None) -> list[int]:
         """Token ids of a conversation ending in a user turn, plus the assistant prefix
-        (:func:`vlm_cli.model.chat.encode_prompt`: the tokenizer's chat template)."""
+        (:func:`vlm_cli.model.chat.encode_prompt`: the tokenizer's chat template). ``media``
+        (the conversation's files, in placeholder order) does not change the template here."""
         from vlm_cli.model.chat import encode_prompt
 
         return encode_prompt(self.tokenizer, turns)
 
-    def encode_conversation(self, turns: Sequence[dict[str, Any]],
-                            max_length: int) -> tuple[list[int], list[int]]:
+    def encode_conversation(self, turns: Sequence[dict[str, Any]], max_length: int,
+                            media: Sequence[MediaInput] | None = None,
+                            ) -> tuple[list[int], list[int]]:
         """Ids and labels (assistant tokens only) of a training conversation
-        (:func:`vlm_cli.model.chat.encode_conversation`)."""
+        (:func:`vlm_cli.model.chat.encode_conversation`); ``media`` as for
+        :meth:`encode_prompt`."""
         from vlm_cli.model.chat import encode_conversation
 
         return encode_conversation(self.tokenizer, turns, max_length)
@@ -206,8 +214,14 @@ class VideoLanguageModel(nn.Module):
         """
         rows, label_rows = self.expand(input_ids, media, labels)
         ids, mask, lab = self.pad(rows, label_rows, padding_side)
-        embeds = self.llm.get_input_embeddings()(ids)
-        return self.scatter(ids, mask, embeds, self._flat_prompts(media)), mask, lab
+        return self.scatter(ids, mask, self.embed_tokens(ids), self._flat_prompts(media)), mask, lab
+
+    def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
+        """The LLM's input embeddings of ``ids [B, L]``; placeholder positions (replaced by the
+        soft prompts afterwards) are looked up as id 0, so a family's placeholder ids need not be
+        in the LLM's vocabulary."""
+        media = torch.as_tensor(list(self.media_token_ids), dtype=ids.dtype, device=ids.device)
+        return self.llm.get_input_embeddings()(ids.masked_fill(torch.isin(ids, media), 0))
 
     def pad(self, rows: Sequence[Sequence[int]], label_rows: Sequence[Sequence[int]] | None = None,
             padding_side: str = "right") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -299,13 +313,12 @@ class VideoLanguageModel(nn.Module):
             cache = prefix.cache
             cache.crop(keep - cache.get_seq_length())  # transformers 5: minus tokens to drop
             new = ids[:, keep:]
-            embeds = self.llm.get_input_embeddings()(new)
+            embeds = self.embed_tokens(new)
             positions = torch.arange(keep, ids.shape[1], device=ids.device)[None]
             ids = new  # the mask stays [1, keep + new]: cached and new positions
         else:
             cache = DynamicCache()
-            embeds = self.scatter(ids, mask, self.llm.get_input_embeddings()(ids),
-                                  self._flat_prompts(media))  # connectors run on a full prefill only
+            embeds = self.scatter(ids, mask, self.embed_tokens(ids), self._flat_prompts(media))  # connectors run on a full prefill only
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
         if prefix is not None:
             prefix.prefilled = int(ids.shape[1])

@@ -52,20 +52,24 @@ class FeatureDataset:
                  max_length: int, memory_items: int = 4096) -> None:
         self.store = store
         media_ids = set(model.media_token_ids)
+        self._features = functools.lru_cache(maxsize=memory_items)(store.media_input)
         self.items: list[tuple[list[int], list[int], list[Path]]] = []
         for record in records:
             if not record.conversations:
                 raise DataError(f"record {record.id!r}: no conversations")
+            media = ([self._features(ref.path) for ref in record.media]
+                     if getattr(model, "prompt_uses_media", False) else None)
             try:
-                ids, labels = model.encode_conversation(record.conversations, max_length)
+                ids, labels = model.encode_conversation(record.conversations, max_length, media)
             except DataError as err:
                 raise DataError(f"record {record.id!r}: {err}") from err
             placeholders = sum(i in media_ids for i in ids)
-            if placeholders != len(record.media):
+            # A model that words its prompt after the media checked the count on the text (one
+            # file may fill several soft-prompt slots there: Video-LLaMA's audio, then video).
+            if media is None and placeholders != len(record.media):
                 raise DataError(f"record {record.id!r}: {placeholders} media placeholders "
                                 f"({', '.join(MEDIA_TOKENS)}) but {len(record.media)} media files")
             self.items.append((ids, labels, [ref.path for ref in record.media]))
-        self._features = functools.lru_cache(maxsize=memory_items)(store.media_input)
 
     def __len__(self) -> int:
         return len(self.items)

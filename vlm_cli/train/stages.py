@@ -82,7 +82,7 @@ def _checkpoint(source: Path) -> tuple[Path, str, str] | None:
     family = family_of(directory)
     if family is None:
         raise UsageError(f"--from {source}: not a run directory nor a supported checkpoint "
-                         "(Video-LLaVA-hf, Qwen2.5-Omni)")
+                         "(Video-LLaVA-hf, Qwen2.5-Omni, Video-LLaMA)")
     return None if family == "vlm-run" else (directory, name, family)
 
 

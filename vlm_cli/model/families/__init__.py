@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 FAMILIES: dict[str, str] = {
     "video-llava-hf": "vlm_cli.model.families.video_llava_hf",
     "qwen2.5-omni": "vlm_cli.model.families.qwen2_5_omni",
+    "video-llama": "vlm_cli.model.families.video_llama",
     "vlm-run": "vlm_cli.model.families.vlm_run",
 }
 
@@ -48,8 +49,11 @@ class EncoderSource:
             ``AudioEncoder``, or a family's own with ``encode_frames`` / ``encode_clips``),
             called on the first cache miss only.
         decode: for an audio encoder, the decode settings of its input (``frontend`` and that
-            function's keyword arguments; see :func:`vlm_cli.features.decode_media`) when they
-            are not the recipe's 2 s clips; None otherwise.
+            function's keyword arguments, ``mix``; see :func:`vlm_cli.features.decode_media`)
+            when they are not the recipe's; for a vision encoder, extra keyword arguments of
+            :func:`vlm_cli.media.load_video` (e.g. ``size``: frames scaled in the decoder);
+            None otherwise. (Part of the encoder's fingerprint, like everything that changes
+            its features.)
     """
 
     fingerprint: dict[str, Any]
@@ -151,7 +155,7 @@ def load_model(directory: Path, *, device: str = "cpu", dtype: Any = None,
     family = family_of(directory)
     if family is None:
         raise UsageError(f"{directory}: not a vlm run directory, a merged vlm model nor a "
-                         "supported checkpoint (Video-LLaVA-hf, Qwen2.5-Omni)")
+                         "supported checkpoint (Video-LLaVA-hf, Qwen2.5-Omni, Video-LLaMA)")
     loaded = family_module(family).load(directory, device=device, dtype=dtype, name=name,
                                         revision=revision, download=download)
     loaded.licence = loaded.licence or read_licence(directory)

@@ -129,7 +129,11 @@ class OmniThinker(nn.Module):
 
     # --- prompts -------------------------------------------------------------------------------
 
-    def encode_prompt(self, turns: Sequence[dict[str, Any]]) -> list[int]:
+    #: The chat template does not depend on the media (their tokens come in :meth:`expand`).
+    prompt_uses_media = False
+
+    def encode_prompt(self, turns: Sequence[dict[str, Any]],
+                      media: Sequence[Any] | None = None) -> list[int]:
         """Token ids of a conversation (LLaVA turns; ``<video>``, ``<image>``, ``<audio>``
         placeholders) ending in a user turn, through the processor's chat template (one
         ``<|VIDEO|>`` / ``<|IMAGE|>`` / ``<|AUDIO|>`` per media file, between its bos/eos
@@ -160,8 +164,8 @@ class OmniThinker(nn.Module):
             messages, add_generation_prompt=generation_prompt, tokenize=False)
         return list(self.tokenizer(rendered, add_special_tokens=False)["input_ids"])
 
-    def encode_conversation(self, turns: Sequence[dict[str, Any]],
-                            max_length: int) -> tuple[list[int], list[int]]:
+    def encode_conversation(self, turns: Sequence[dict[str, Any]], max_length: int,
+                            media: Sequence[Any] | None = None) -> tuple[list[int], list[int]]:
         """Token ids and labels of a training conversation: labels on each assistant turn's
         tokens and its ``<|im_end|>`` (the template has no generation markers, so each turn's
         tokens are found as the difference between the conversation rendered up to the turn's
