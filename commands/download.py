@@ -45,7 +45,9 @@ def download(
     """Download a Hugging Face hub repository into the standard hub cache (HF_HOME /
     HF_HUB_CACHE; no second copy) and print the commit it resolved to and its local path. By
     default a model repository gives only what the model needs: every non-weight file and one
-    format of weights (safetensors over .bin; the shards its index names). Honours HF_TOKEN,
+    format of weights (safetensors over .bin; the shards its index names), and what its family
+    needs from other repositories (a Video-LLaMA release: BLIP-2's vision tower and Q-Former
+    shards only, never its T5). Honours HF_TOKEN,
     HF_ENDPOINT (mirrors) and HF_HUB_OFFLINE (then it resolves from the cache only). Interrupted
     transfers continue where they stopped.
 

@@ -184,7 +184,7 @@ def test_preprocessing_matches_original_on_shared_media(loaded, gold, tmp_path):
     picture = tmp_path / "picture.png"
     Image.fromarray(golden_frames()[0, :, :160].numpy()).save(picture)
     pixels = decode_media(request(picture, audio=False))["vision"]["frames"]
-    image = (torch.from_numpy(pixels).permute(3, 0, 1, 2).float() / 255 - mean) / std
+    image = (torch.from_numpy(np.array(pixels)).permute(3, 0, 1, 2).float() / 255 - mean) / std
     expected = meta["media"]["blip2_image_eval_processor"]
     assert np.allclose(image.mean(dim=(1, 2, 3)).numpy(), expected["output_channel_mean"],
                        atol=TOL)
@@ -285,6 +285,9 @@ def test_tune_merge_and_ask_the_merge(parts, tmp_path):
         hub.add_dir(BLIP2_REPO, blip2)
         env = _hub_env(tmp_path, hub)
         _vlm(env, "download", RELEASE_REPO, offline=False)
+    evaluated = json.loads(_vlm(env, "eval", "--data", str(data), "--model", RELEASE_REPO,
+                                "--out", str(tmp_path / "eval"), "--json").stdout)
+    assert evaluated["n"] == 2 and evaluated["model"]["revision"]  # pinned by the hub commit
     tune = json.loads(_vlm(
         env, "tune", "video-llama-2-7b", "--from", RELEASE_REPO, "--data", str(data), "--out",
         str(tmp_path / "run"), "--json", "train.stage2.lora={rank: 4, alpha: 8, dropout: 0.0}",
@@ -298,3 +301,20 @@ def test_tune_merge_and_ask_the_merge(parts, tmp_path):
     ask = json.loads(_vlm(env, "ask", str(SHARED_MEDIA / "dog_barking.mp4"), "What sound?",
                           "--model", str(merged), "--json", "--max-new-tokens", "3").stdout)
     assert ask["branches"] == ["vision", "audio"] and ask["cache"] == "hit"
+
+
+def test_training_labels_are_the_answers_and_eos(loaded, gold):
+    from vlm_cli.model.chat import IGNORE_INDEX
+
+    tensors, _ = gold
+    model = loaded.model
+    turns = [{"from": "human", "value": "<video>\nWhat sound is playing?"},
+             {"from": "gpt", "value": "a dog barks"},
+             {"from": "human", "value": "Is it loud?"}, {"from": "gpt", "value": "yes"}]
+    media = _media(tensors, [0.0, 0.9, 1.8, 2.6, 3.5, 4.4, 5.3, 6.2])
+    ids, labels = model.encode_conversation(turns, 4096, [media])
+    assert ids[: len(model.encode_prompt(turns[:1], [media]))] == \
+        model.encode_prompt(turns[:1], [media])
+    answers = [i for i, label in zip(ids, labels) if label != IGNORE_INDEX]
+    assert model.tokenizer.decode(answers).split() == ["a", "dog", "barks", "</s>", "yes", "</s>"]
+    assert ids.count(model.placeholder_id) == 2  # audio slot, then video slot

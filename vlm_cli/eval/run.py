@@ -116,9 +116,14 @@ def _sha256(path: Path) -> str:
 
 def model_identity(model_dir: Path) -> dict[str, Any]:
     """Which weights were evaluated: the sha256 of the run's own weight files, and the path /
-    revision of what it references (encoders, base LLM)."""
+    revision of what it references (encoders, base LLM); for a hub snapshot, its commit (which
+    pins every file; a release's weights are not hashed again)."""
+    from vlm_cli.model.families import read_config
+
+    config = read_config(model_dir)
+    if model_dir.parent.name == "snapshots":
+        return {"path": str(model_dir.resolve()), "revision": model_dir.name}
     files = sorted(p for p in model_dir.rglob("*.safetensors") if "checkpoints" not in p.parts)
-    config = json.loads((model_dir / "config.json").read_text())
     return {"path": str(model_dir.resolve()),
             "weights_sha256": {str(p.relative_to(model_dir)): _sha256(p) for p in files},
             "llm_weights": config.get("llm_weights"), "llm_revision": config.get("llm_revision")}
