@@ -46,7 +46,7 @@ def loaded(parts):
     release, blip2 = parts
     with pytest.MonkeyPatch.context() as mp:  # the BLIP-2 parts from a directory, not the hub
         mp.setattr(video_llama, "blip2_directory",
-                   lambda p, download=False: (blip2, {"test": str(blip2)}))
+                   lambda p, download=False, fetch="": (blip2, {"test": str(blip2)}))
         assert load_model(release).family == "video-llama"
         yield video_llama.load(release, dtype=torch.float32, heads=GOLDEN_HEADS)
 
@@ -296,7 +296,11 @@ def test_tune_merge_and_ask_the_merge(parts, tmp_path):
     merge = json.loads(_vlm(env, "merge-lora", str(tmp_path / "run"), "--out",
                             str(tmp_path / "merged"), "--verify", "--json").stdout)
     assert merge["max_abs_logit_diff_saved"] <= 1e-4
+    again = json.loads(_vlm(env, "merge-lora", str(tmp_path / "run"), "--out",
+                            str(tmp_path / "merged"), "--json").stdout)
+    assert again["skipped"]
     merged = tmp_path / "merged"
+    assert json.loads((merged / "video_llama.json").read_text())["data"]["frames"] == 8
     assert not list(merged.rglob("*.pth")) and not list(merged.rglob("*.bin"))
     ask = json.loads(_vlm(env, "ask", str(SHARED_MEDIA / "dog_barking.mp4"), "What sound?",
                           "--model", str(merged), "--json", "--max-new-tokens", "3").stdout)
@@ -318,3 +322,44 @@ def test_training_labels_are_the_answers_and_eos(loaded, gold):
     answers = [i for i, label in zip(ids, labels) if label != IGNORE_INDEX]
     assert model.tokenizer.decode(answers).split() == ["a", "dog", "barks", "</s>", "yes", "</s>"]
     assert ids.count(model.placeholder_id) == 2  # audio slot, then video slot
+
+
+def test_images_and_silent_videos_are_worded_by_kind(loaded, gold):
+    from vlm_cli.model.families.video_llama import IMAGE_SYSTEM
+    from vlm_cli.model.vlm import MediaInput
+
+    tensors, _ = gold
+    model = loaded.model
+    one = tensors["out.image_qformer"][:1]
+    picture = MediaInput(vision=one, vision_meta={"timestamps": torch.zeros(1, dtype=torch.float64),
+                                                  "still": torch.ones(1, dtype=torch.bool)})
+    frame = MediaInput(vision=one, vision_meta={"timestamps": torch.zeros(1, dtype=torch.float64)})
+    turns = [{"from": "human", "value": "<image>\nWhat is shown?"}]
+    text = model.tokenizer.decode(model.encode_prompt(turns, [picture])[1:])
+    assert "<Image>" in text and IMAGE_SYSTEM.split()[0] in text
+    text = model.tokenizer.decode(model.encode_prompt(turns, [frame])[1:])
+    assert "<Video>" in text and "The video contains 1 frames sampled at 0.0 seconds." in text
+
+
+def test_broken_releases_are_one_clear_error(parts, tmp_path):
+    import shutil
+
+    from vlm_cli.errors import VlmError
+    from vlm_cli.model.families import video_llama
+
+    release, _ = parts
+    partial = tmp_path / "partial"
+    shutil.copytree(release, partial)
+    next(partial.glob("AL_*.pth")).unlink()
+    with pytest.raises(VlmError, match="no AL_.*audio-language branch.*vlm download"):
+        video_llama.load(partial)
+    shutil.copyfile(next(release.glob("AL_*.pth")), partial / "AL_LLaMA_2_7B_Finetuned.pth")
+    vl = next(partial.glob("VL_*.pth"))
+    vl.write_bytes(vl.read_bytes()[:1000])
+    with pytest.raises(VlmError, match="corrupt or truncated"):
+        video_llama.load(partial)
+    extra = tmp_path / "extra.pth"
+    state = video_llama.read_tensors(next(release.glob("VL_*.pth")))
+    torch.save({"model": {**state, "ln_vision.weight": torch.ones(4)}}, extra)
+    with pytest.raises(VlmError, match="'ln_vision.weight' is not part"):
+        video_llama.connector_state({"vl": video_llama.read_tensors(extra)})

@@ -372,7 +372,8 @@ class FeatureStore:
                 provenance; see :meth:`reordered_frames`), or None.
 
         Returns:
-            modality -> tensors written: vision ``{"features": [T,N,D], "timestamps": [T]}``; audio
+            modality -> tensors written: vision ``{"features": [T,N,D], "timestamps": [T]}``
+            (plus ``"still": [1] bool`` for a picture); audio
             ``{"features": [K,D] or [K,N,D], "starts": [K]}``, or ``{}`` for an absent track.
         """
         import torch
@@ -390,6 +391,8 @@ class FeatureStore:
                 tensors = _as_entry(self.encoder(name).encode_frames(
                     item["frames"], fps=self.frame_rate(stamps, item["duration"])))
                 tensors["timestamps"] = stamps
+                if item["decoder"] == "image":  # a still picture, not a one-frame video
+                    tensors["still"] = torch.ones(1, dtype=torch.bool)
                 provenance.update(decoder=item["decoder"], duration=item["duration"],
                                   num_decodable=item["num_decodable"])
             elif "absent" in item:

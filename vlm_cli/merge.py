@@ -94,7 +94,7 @@ def merge_lora(run_dir: Path, out: Path, *, dtype: str | None = None, verify: bo
     base = config.llm_weights or spec.pretrained + (f"@{spec.revision}" if spec.revision else "")
     summary = {"out": str(out), "run": str(run_dir), "base": base, "dtype": target,
                "adapter_sha256": source, "skipped": False}
-    if (out / "config.json").exists():
+    if (out / "config.json").exists() or (out / "vlm_merge.json").exists():
         if _merged_from(out).get("adapter_sha256") == source:
             return {**summary, "skipped": True}
         raise UsageError(f"{out}: exists and holds another model; choose another --out")
@@ -124,7 +124,8 @@ def merge_lora(run_dir: Path, out: Path, *, dtype: str | None = None, verify: bo
             base_dir = local_path(config.base["name"], config.base.get("revision"))
             family_module(config.base["family"]).save(model, tmp, base=base_dir,
                                                       dtype=getattr(torch, target),
-                                                      max_shard_size=max_shard_size)
+                                                      max_shard_size=max_shard_size,
+                                                      recipe=recipe)
             atomic_write_text(tmp / "vlm_merge.json", json.dumps(merged_from, indent=2) + "\n")
         else:
             vlm_run.save(model, tmp, run_dir=run_dir, recipe=recipe, config=config,

@@ -6,8 +6,8 @@ Each family module (``families/<name>.py``) has
 - ``load(directory, *, device, dtype, name, revision, download) -> Loaded``: the recipe that
   describes it, the :class:`~vlm_cli.model.vlm.VideoLanguageModel` (connectors + LLM + tokenizer)
   and the sources of its frozen encoders;
-- ``save(model, out, *, base, dtype, ...)``: a merged model (``vlm merge-lora``) in the family's
-  own format;
+- ``save(model, out, *, base, dtype, max_shard_size, recipe)``: a merged model
+  (``vlm merge-lora``) in the family's own format (``recipe``: the run's, e.g. its sampling);
 - ``KEY_MAP``: its weight-key conversions as data, used by ``load`` and ``save`` alike.
 
 :func:`load_model` is a dispatch over :data:`FAMILIES` (as mlx-vlm's ``get_model_and_args``);

@@ -639,14 +639,14 @@ KEY_MAP: dict[str, str] = {}
 
 
 def save(model: OmniThinker, out: Path, *, base: str | Path, dtype: Any,
-         max_shard_size: str = "2GB") -> None:
+         max_shard_size: str = "2GB", recipe: Any = None) -> None:
     """Write ``model`` (its LLM merged, no adapter) as a Qwen2.5-Omni *thinker* checkpoint into
     ``out``: ``Qwen2_5OmniThinkerForConditionalGeneration.save_pretrained`` (config
     ``model_type`` ``qwen2_5_omni_thinker``, keys in the hub's ``thinker.*`` layout) and the
     processor's files (tokenizer, image / video processor, feature extractor, chat template),
     cast to ``dtype``. ``Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(out)`` and
     ``Qwen2_5OmniProcessor.from_pretrained(out)`` load it; the talker is not part of it."""
-    del base  # everything is in the loaded thinker and processor
+    del base, recipe  # everything is in the loaded thinker and processor
     model.thinker.to(dtype).save_pretrained(out, safe_serialization=True,
                                             max_shard_size=max_shard_size)
     model.processor.save_pretrained(out)

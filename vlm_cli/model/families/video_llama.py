@@ -137,12 +137,12 @@ def _paths(directory: Path) -> dict[str, Any]:
         info = json.loads(meta.read_text())
         parts: dict[str, Any] = {k: (directory / v if v else None)
                                  for k, v in info.get("parts", {}).items()}
-        return {**parts, "sources": info.get("sources")}
+        return {**parts, "sources": info.get("sources"), "data": info.get("data")}
     llm = next((p for p in sorted(directory.iterdir()) if p.is_dir()
                 and (p / "config.json").is_file()), None) if directory.is_dir() else None
     return {"vl": _one(directory, "VL_*.pth"), "al": _one(directory, "AL_*.pth"),
             "imagebind": _one(directory, "imagebind_huge.pth"), "llm": llm, "blip2": None,
-            "sources": None}
+            "sources": None, "data": None}
 
 
 def detect(directory: str | Path) -> bool:
@@ -171,11 +171,16 @@ def read_tensors(path: Path, prefixes: tuple[str, ...] | None = None) -> dict[st
         with safe_open(str(path), framework="pt") as f:
             return {k: f.get_tensor(k) for k in f.keys()
                     if prefixes is None or k.startswith(prefixes)}
+    import pickle
+
     try:
         data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as err:  # noqa: BLE001 - an unpickling refusal has many types
+    except pickle.UnpicklingError as err:  # weights_only refuses anything but tensors
         raise VlmError(f"{path}: not a weights-only PyTorch checkpoint ({str(err).splitlines()[0]}"
                        "); refusing to unpickle it") from None
+    except (RuntimeError, OSError, EOFError, ValueError) as err:
+        raise VlmError(f"{path}: cannot be read, corrupt or truncated "
+                       f"({str(err).splitlines()[0]}); run `vlm download` again") from None
     state = data.get("model", data) if isinstance(data, dict) else None
     if not isinstance(state, dict):
         raise VlmError(f"{path}: no 'model' state dict in this checkpoint")
@@ -183,7 +188,9 @@ def read_tensors(path: Path, prefixes: tuple[str, ...] | None = None) -> dict[st
             and (prefixes is None or k.startswith(prefixes))}
 
 
-def blip2_directory(parts: dict[str, Path | None], *, download: bool = False) -> tuple[Path, dict]:
+def blip2_directory(parts: dict[str, Any], *, download: bool = False,
+                    fetch: str = "run `vlm download` for this Video-LLaMA release",
+                    ) -> tuple[Path, dict]:
     """The directory of the BLIP-2 parts (a merged model's own ``blip2/``, else
     :data:`BLIP2_REPO`'s snapshot, only the shards holding :data:`BLIP2_PREFIXES`) and what pins
     it (hub commit or file hashes).
@@ -195,7 +202,11 @@ def blip2_directory(parts: dict[str, Path | None], *, download: bool = False) ->
 
     if parts.get("blip2") is not None:  # a merge: its copy, pinned as what it was copied from
         return parts["blip2"], parts["sources"]["vision"]
-    path = resolve_snapshot(BLIP2_REPO, None, download=download, prefixes=BLIP2_PREFIXES)
+    try:
+        path = resolve_snapshot(BLIP2_REPO, None, download=download, prefixes=BLIP2_PREFIXES)
+    except VlmError:  # its own message would fetch all of BLIP-2, T5-XXL included
+        raise VlmError(f"{BLIP2_REPO}: its vision tower and Q-Former are not in the Hugging Face "
+                       f"cache; {fetch}") from None
     return path, {"repo_id": BLIP2_REPO, "revision": path.name}
 
 
@@ -245,8 +256,12 @@ class VisionTower(nn.Module):
         self.query_tokens = nn.Parameter(torch.zeros(1, config.num_query_tokens,
                                                      config.qformer_config.hidden_size))
         state = blip2_state(directory)
-        self.load_state_dict({k.replace("vision_model.", "vision.", 1): v
-                              for k, v in state.items()}, strict=True)
+        missing, unexpected = self.load_state_dict(
+            {k.replace("vision_model.", "vision.", 1): v for k, v in state.items()}, strict=False)
+        if missing or unexpected:
+            raise VlmError(f"{directory}: not BLIP-2's vision tower and Q-Former (missing "
+                           f"{missing[:2]}, unexpected {unexpected[:2]}); run `vlm download` "
+                           "for the Video-LLaMA release again")
         self.to(dtype).eval().requires_grad_(False)
         self.register_buffer("mean", torch.tensor(CLIP_MEAN)[:, None, None], persistent=False)
         self.register_buffer("std", torch.tensor(CLIP_STD)[:, None, None], persistent=False)
@@ -319,10 +334,8 @@ class VideoLlama(VideoLanguageModel):
 
     @staticmethod
     def _is_image(media: MediaInput) -> bool:
-        """A still image: one frame at 0 s and no audio (decoded as a one-frame video)."""
-        stamps = media.vision_meta.get("timestamps")
-        return media.vision is not None and media.audio is None and (
-            stamps is None or (len(stamps) == 1 and float(stamps[0]) == 0.0))
+        """A still image (its features were cached with the ``still`` marker)."""
+        return media.vision is not None and "still" in media.vision_meta
 
     def _media_message(self, media: MediaInput) -> str:
         if media.vision is not None and media.audio is not None:
@@ -430,15 +443,29 @@ def connector_specs(state: dict[str, torch.Tensor], heads: int | None = None) ->
     return specs
 
 
-def connector_state(*branches: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Our connectors' state dict from the VL / AL branch tensors (:data:`KEY_MAP`); buffers the
-    checkpoints also hold (``position_ids``, the frozen parts') are left out."""
+#: Tensors a release checkpoint holds besides the Q-Formers: buffers of its frozen parts
+#: (``RunnerBase._save_checkpoint`` keeps every buffer), never trained weights.
+BUFFER_SUFFIXES = ("position_ids", "inv_freq", "log_logit_scale", ".mask")
+
+
+def connector_state(branches: dict[str, dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Our connectors' state dict from the VL / AL branch tensors (by file, :data:`KEY_MAP`);
+    the frozen parts' buffers the checkpoints also hold (:data:`BUFFER_SUFFIXES`) are left out.
+
+    Raises:
+        VlmError: a trained tensor we would not load (e.g. a fine-tuned ``ln_vision``), rather
+            than ignoring it.
+    """
     out = {}
-    for state in branches:
+    for name, state in branches.items():
         for key, value in state.items():
             ours = _to_ours(key)
-            if ours is not None and not ours.endswith("position_ids"):
-                out[ours] = value
+            if key.endswith(BUFFER_SUFFIXES):
+                continue
+            if ours is None:
+                raise VlmError(f"{name.upper()} checkpoint: tensor {key!r} is not part of the "
+                               "Video / Audio Q-Formers this release is loaded with")
+            out[ours] = value
     return out
 
 
@@ -501,11 +528,24 @@ def load(directory: Path, *, device: str = "cpu", dtype: Any = None, name: str |
     parts = _paths(directory)
     dtype = dtype or resolve_dtype("auto", device)
     tower_dtype = resolve_dtype("auto", device)
-    if parts["llm"] is None:
-        raise VlmError(f"{directory}: no LLaMA directory in this Video-LLaMA release")
-    branches = [read_tensors(p) for p in (parts["vl"], parts["al"]) if p is not None]
-    state = connector_state(*branches)
+    label = name or str(directory)
+    fetch = f"run `vlm download {label}` (or pass --download)"
+    if parts["sources"] is None:  # a release: both branches and everything they need, up front
+        for part, what in (("vl", "VL_*.pth (vision-language branch)"),
+                           ("al", "AL_*.pth (audio-language branch)"),
+                           ("imagebind", "imagebind_huge.pth (ImageBind)"),
+                           ("llm", "the llama-2-*-chat-hf directory")):
+            if parts[part] is None:
+                raise VlmError(f"{directory}: this Video-LLaMA release has no {what}; {fetch}")
+    elif parts["llm"] is None:
+        raise VlmError(f"{directory}: no llm/ directory in this merged Video-LLaMA model")
+    branches = {p: read_tensors(parts[p]) for p in ("vl", "al") if parts[p] is not None}
+    state = connector_state(branches)
     specs = connector_specs(state, heads)
+    if "audio" in specs and parts["imagebind"] is None:
+        raise VlmError(f"{directory}: the audio branch needs the ImageBind audio tower")
+    blip2, pinned = blip2_directory(parts, download=download, fetch=fetch) \
+        if "video" in specs else (None, None)
     from transformers.utils import logging as hf_logging
 
     tokenizer = AutoTokenizer.from_pretrained(parts["llm"])
@@ -516,8 +556,7 @@ def load(directory: Path, *, device: str = "cpu", dtype: Any = None, name: str |
     finally:
         hf_logging.set_verbosity(level)
     spec = ModelSpec(video_connector=specs.get("video"), audio_connector=specs.get("audio"),
-                     llm=LLMSpec(pretrained=name or str(directory), revision=revision),
-                     towers="video-llama")
+                     llm=LLMSpec(pretrained=label, revision=revision), towers="video-llama")
     dims = {"vision": state["video.position_embedding.weight"].shape[1]} if "video" in specs \
         else {}
     if "audio" in specs:
@@ -525,8 +564,7 @@ def load(directory: Path, *, device: str = "cpu", dtype: Any = None, name: str |
     model = VideoLlama(spec, llm, tokenizer, dims)
     model.connectors.load_state_dict(state)
     encoders = {}
-    if "video" in specs:
-        blip2, pinned = blip2_directory(parts, download=download)
+    if blip2 is not None:
         fingerprint = {"family": "video_llama", "modality": "vision", "arch": "blip2-qformer",
                        "source": pinned, "dtype": str(tower_dtype).removeprefix("torch."),
                        "ln_vision_eps": LN_VISION_EPS,
@@ -536,8 +574,6 @@ def load(directory: Path, *, device: str = "cpu", dtype: Any = None, name: str |
             fingerprint, lambda: VisionTower(blip2, tower_dtype),
             decode={"size": (IMAGE_SIZE, IMAGE_SIZE)})
     if "audio" in specs:
-        if parts["imagebind"] is None:
-            raise VlmError(f"{directory}: the audio branch needs imagebind_huge.pth")
         imagebind = parts["imagebind"]
         decode = {"frontend": "imagebind_fbank", "mix": "channels", "num_clips": 8,
                   "clip_seconds": 2.0,
@@ -550,13 +586,17 @@ def load(directory: Path, *, device: str = "cpu", dtype: Any = None, name: str |
         def build_audio() -> nn.Module:
             from vlm_cli.model.imagebind import AUDIO_PREFIXES, ImageBindAudio
 
-            tower = ImageBindAudio.from_state(read_tensors(imagebind, AUDIO_PREFIXES), heads)
+            try:
+                tower = ImageBindAudio.from_state(read_tensors(imagebind, AUDIO_PREFIXES), heads)
+            except KeyError as err:
+                raise VlmError(f"{imagebind}: not an ImageBind checkpoint with an audio tower "
+                               f"({err.args[0]})") from None
             return tower.to(tower_dtype)
 
         encoders["audio"] = EncoderSource(fingerprint, build_audio, decode=decode)
-    recipe = Recipe(name="video-llama", model=spec,
-                    data=DataSpec(frames=8, sampling="segment_start", audio_clips=8),
-                    train=TrainSpec())
+    data = DataSpec(**{"frames": 8, "sampling": "segment_start", "audio_clips": 8,
+                       **(parts.get("data") or {})})
+    recipe = Recipe(name="video-llama", model=spec, data=data, train=TrainSpec())
     positions = specs["video"].max_positions if "video" in specs else 32
     return Loaded(recipe, model.to(device).eval(), "video-llama", encoders,
                   check=lambda path, **kw: check_media(path, positions=positions, **kw),
@@ -572,12 +612,13 @@ def requires(directory: Path) -> list[tuple[str, str | None, tuple[str, ...]]]:
 
 
 def save(model: VideoLlama, out: Path, *, base: str | Path, dtype: Any,
-         max_shard_size: str = "2GB") -> None:
+         max_shard_size: str = "2GB", recipe: Any = None) -> None:
     """Write ``model`` (its LLM merged, no adapter) as a self-contained Video-LLaMA directory
     (safetensors only): ``VL.safetensors`` / ``AL.safetensors`` (the branches in the release's key
     names), ``imagebind_audio.safetensors`` (the audio keys of ``imagebind_huge.pth``),
     ``blip2/`` (the BLIP-2 config and vision / Q-Former weights), ``llm/`` (LLaMA and its
-    tokenizer), ``video_llama.json`` (what is where). :func:`load` reads it back."""
+    tokenizer), ``video_llama.json`` (what is where, what pinned the towers, and ``recipe``'s frame
+    and clip sampling, so the merge is asked as it was trained). :func:`load` reads it back."""
     from safetensors.torch import save_file
 
     from vlm_cli.atomic import atomic_write_text
@@ -610,5 +651,7 @@ def save(model: VideoLlama, out: Path, *, base: str | Path, dtype: Any,
     model.tokenizer.save_pretrained(out / "llm")
     written["llm"] = "llm"
     atomic_write_text(out / "video_llama.json", json.dumps(
-        {"format": FORMAT, "parts": written, "sources": sources, "licence": LICENCE},
+        {"format": FORMAT, "parts": written, "sources": sources, "licence": LICENCE,
+         "data": None if recipe is None else {k: getattr(recipe.data, k) for k in (
+             "frames", "sampling", "fps", "max_frames", "audio_clips", "clip_seconds")}},
         indent=2) + "\n")

@@ -176,11 +176,13 @@ def load(directory: Path, *, device: str = "cpu", dtype: Any = None, name: str |
 
 
 def save(model: Any, out: Path, *, base: str | Path, dtype: Any,
-         max_shard_size: str = "2GB") -> None:
+         max_shard_size: str = "2GB", recipe: Any = None) -> None:
     """Write ``model`` (a :class:`VideoLanguageModel` whose LLM has no adapter) as a
     Video-LLaVA-hf checkpoint into ``out``: the base checkpoint's towers, our projector
     (:data:`KEY_MAP`) and LLM weights, cast to ``dtype``; the tokenizer; processor files copied
-    from the base. Loads back with ``VideoLlavaForConditionalGeneration.from_pretrained``."""
+    from the base. Loads back with ``VideoLlavaForConditionalGeneration.from_pretrained``.
+    (``recipe`` is not needed: the checkpoint's config says how it samples.)"""
+    del recipe
     from vlm_cli.hub import is_weight_file
 
     composite = _composite(base, model.llm.dtype)
