@@ -180,3 +180,36 @@ def test_ask_a_clip_longer_than_the_clip_encoder_window(vivit_run, tmp_path, mon
         "pooled": "temporal mean pooling 150 -> 128 rows (groups of 1.17 consecutive rows, "
                   "to fit 128 tokens)"}
     assert "150 -> 128" in out.err  # what was pooled is said, not only in --json
+
+
+@pytest.mark.parametrize("rate,channels,clips", [(16000, 1, 8), (48000, 2, 3), (44100, 1, 1)])
+def test_audio_clips_streamed_equal_the_whole_track(tmp_path, rate, channels, clips):
+    from media_factory import write_wav
+    from vlm_cli.media import audio_clip_fbanks, load_audio
+    from vlm_cli.media.audio_clips import stream_clip_fbanks
+
+    wave = 0.3 * np.random.default_rng(rate).standard_normal((channels, rate * 9))
+    path = write_wav(tmp_path / "track.wav", wave.astype(np.float32).squeeze(), rate,
+                     channels=channels)
+    whole = audio_clip_fbanks(load_audio(path), num_clips=clips)
+    streamed, duration = stream_clip_fbanks(path, num_clips=clips)
+    assert torch.equal(streamed.spectrogram, whole.spectrogram)  # bit for bit
+    assert np.array_equal(streamed.starts, whole.starts)
+    assert duration == load_audio(path).duration
+
+
+def test_decode_media_takes_the_audio_clips_only(tmp_path):
+    from vlm_cli.features import DecodeRequest, decode_media
+    from vlm_cli.media import audio_clip_fbanks, load_audio
+
+    tone = np.sin(np.arange(16000 * 30) / 16000 * 2 * np.pi * 440).astype(np.float32) * 0.2
+    clip = write_video(tmp_path / "av.mp4", moving_frames(60, 32, 32), fps=2, audio=tone)
+    settings = {"num_clips": 4, "clip_seconds": 2.0, "frontend": "kaldi_fbank",
+                "num_mel_bins": 128, "target_frames": 204, "mean": -4.268, "std": 9.138}
+    out = decode_media(DecodeRequest(str(clip), "video", None, settings))["audio"]
+    whole = audio_clip_fbanks(load_audio(clip), num_clips=4)
+    assert np.array_equal(out["spectrogram"], whole.spectrogram.numpy())
+    assert out["duration"] == load_audio(clip).duration
+    silent = write_video(tmp_path / "mute.mp4", moving_frames(4, 32, 32), fps=2)
+    assert decode_media(DecodeRequest(str(silent), "video", None, settings))["audio"] == {
+        "absent": "no audio track"}

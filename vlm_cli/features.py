@@ -75,7 +75,20 @@ def decode_media(request: DecodeRequest) -> dict[str, Any]:
                        "num_decodable": video.num_decodable}
     if request.audio is not None:
         settings = dict(request.audio)
-        track = load_audio(request.path, mix=settings.pop("mix", "mean"))
+        mix = settings.pop("mix", "mean")
+        if settings["frontend"] == "kaldi_fbank" and mix == "mean":
+            # The clips' samples only, never the whole track (bit for bit the same fbank).
+            from vlm_cli.media.audio_clips import stream_clip_fbanks
+
+            settings.pop("frontend")
+            streamed = stream_clip_fbanks(request.path, **settings)
+            if isinstance(streamed, NoAudio):
+                out[AUDIO] = {"absent": streamed.reason}
+            else:
+                out[AUDIO] = {"spectrogram": streamed[0].spectrogram.numpy(),
+                              "starts": streamed[0].starts, "duration": streamed[1]}
+            return out
+        track = load_audio(request.path, mix=mix)
         if isinstance(track, NoAudio):
             out[AUDIO] = {"absent": track.reason}
         else:
