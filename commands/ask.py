@@ -48,7 +48,7 @@ def ask(
     download: Download = False,
     json_out: Annotated[bool, typer.Option(
         "--json", help="Print one JSON object per answer (answer, frames, audio, branches, cache, "
-                       "timings) instead of streaming text.")] = False,
+                       "budget, timings) instead of streaming text.")] = False,
 ) -> None:
     """Answer questions about MEDIA, streaming the answer to stdout token by token (greedy by
     default). Features are cached: a second question on the same file skips decoding and
@@ -126,7 +126,7 @@ def ask(
             console.print_json({
                 "answer": result.text, "question": text, "model": pipeline.name,
                 "media": str(media), "frames": info.frames, "audio": info.audio,
-                "branches": info.branches, "cache": info.cache,
+                "branches": info.branches, "cache": info.cache, "budget": info.budget,
                 "timings": {"load": round(load_s, 4), "decode": round(info.decode_s, 4),
                             "encode": round(info.encode_s, 4),
                             "prefill": round(result.prefill_s, 4),

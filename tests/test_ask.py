@@ -48,6 +48,10 @@ def test_json_fields_and_cache_hit(home, capsys):
     assert {"answer", "model", "media", "frames", "audio", "cache", "timings"} <= set(first)
     assert first["frames"]["count"] == 4 and len(first["frames"]["timestamps"]) == 4
     assert first["audio"] == "used" and first["cache"] == "miss"
+    # 4 CLIP frames, one token each (tokens_per_frame: 1): well within the budget.
+    assert first["budget"] == {"frames_sampled": 4, "frames_used": 4, "pooled": "none",
+                               "tokens": 4, "max_tokens": 128, "clip_windows": None,
+                               "clip_frames": None, "padded_frames": 0}
     assert {"decode", "encode", "prefill", "generate", "tokens_per_s"} <= set(first["timings"])
     code, second, _ = ask_json(capsys, clip, "What colour is the shape?", *model)
     assert second["cache"] == "hit"

@@ -22,6 +22,9 @@ from vlm_cli.model.fingerprint import audio_frontend
 from vlm_cli.recipe import Recipe
 
 VISION, AUDIO = "vision", "audio"
+#: Frames decoded at a time when :meth:`FeatureStore.fetch` encodes a video (rounded up to whole
+#: clips of a per-clip encoder): peak memory is this many decoded frames, whatever the length.
+WINDOW_FRAMES = 32
 #: The encoder of still images when the recipe has a separate one (``model.image``).
 IMAGE = "image"
 #: Vision encoders that run frame by frame: the features of reordered frames are the cached
@@ -72,7 +75,20 @@ def decode_media(request: DecodeRequest) -> dict[str, Any]:
                        "num_decodable": video.num_decodable}
     if request.audio is not None:
         settings = dict(request.audio)
-        track = load_audio(request.path, mix=settings.pop("mix", "mean"))
+        mix = settings.pop("mix", "mean")
+        if settings["frontend"] == "kaldi_fbank" and mix == "mean":
+            # The clips' samples only, never the whole track (bit for bit the same fbank).
+            from vlm_cli.media.audio_clips import stream_clip_fbanks
+
+            settings.pop("frontend")
+            streamed = stream_clip_fbanks(request.path, **settings)
+            if isinstance(streamed, NoAudio):
+                out[AUDIO] = {"absent": streamed.reason}
+            else:
+                out[AUDIO] = {"spectrogram": streamed[0].spectrogram.numpy(),
+                              "starts": streamed[0].starts, "duration": streamed[1]}
+            return out
+        track = load_audio(request.path, mix=mix)
         if isinstance(track, NoAudio):
             out[AUDIO] = {"absent": track.reason}
         else:
@@ -241,12 +257,16 @@ class FeatureStore:
         missing = {m: keys[m] for m, e in entries.items() if e is None}
         if missing:
             t1 = time.perf_counter()
-            decoded = decode_media(self.request(path, list(missing)))
+            rest = [m for m in missing if m != VISION]
+            decoded = decode_media(self.request(path, rest)) if rest else {}
+            if VISION in missing:  # decoded a window at a time, while encoding
+                decoded = {VISION: {"windows": self.vision_windows(path)}, **decoded}
             t2 = time.perf_counter()
             written = self.encode_and_store(path, digest, missing, decoded)
+            window_s = decoded[VISION]["windows"].decode_s if VISION in decoded else 0.0
+            info: dict[str, Any] = {"cache": "miss", "decode_s": t2 - t1 + window_s,
+                                    "encode_s": time.perf_counter() - t2 - window_s}
             entries.update({m: (tensors, {}) for m, tensors in written.items()})
-            info: dict[str, Any] = {"cache": "miss", "decode_s": t2 - t1,
-                                    "encode_s": time.perf_counter() - t2}
         else:  # a hit: the only cost is reading the cache, reported as decode time
             info = {"cache": "hit", "decode_s": time.perf_counter() - t0, "encode_s": 0.0}
         out = MediaInput()
@@ -262,6 +282,27 @@ class FeatureStore:
         else:
             info["audio"] = "used" if out.audio is not None else "absent"
         return out, info
+
+    def vision_windows(self, path: str | Path) -> Any:
+        """The frames this recipe samples from ``path``, as
+        :class:`vlm_cli.media.windows.VideoWindows` of :data:`WINDOW_FRAMES` frames (rounded up
+        to a multiple of a per-clip encoder's clip length, so windows are whole clips): what
+        :meth:`fetch` encodes window by window, holding one window of frames at a time. Loads
+        the vision encoder (to learn its clip length).
+
+        Raises:
+            MediaError: the file is missing or not a video / image (more when iterated).
+        """
+        from vlm_cli.media import video_windows
+
+        clip = self.clip_frames(path) or 1
+        frames = self.request(path, [VISION]).frames or {}
+        return video_windows(path, window=-(-WINDOW_FRAMES // clip) * clip, **frames)
+
+    def clip_frames(self, path: str | Path) -> int | None:
+        """Frames per clip of a per-clip vision encoder (ViViT's ``num_frames``), 1 for a
+        per-frame encoder of ours, None for a family's own encoder (encoded all at once)."""
+        return getattr(self.encoder(self.encoder_name(VISION, path)), "clip_frames", None)
 
     def reordered_frames(self, path: str | Path, order: list[int], variant: str,
                          base: Any = None) -> Any:
@@ -386,10 +427,17 @@ class FeatureStore:
                           "sampling": self.sampling[modality]}
             if variant is not None:
                 provenance["frame_order"] = variant
-            if modality == VISION:
+            if modality == VISION and "windows" in item:
+                tensors, item = self._encode_windows(name, item["windows"])
+                provenance.update(decoder=item["decoder"], duration=item["duration"],
+                                  num_decodable=item["num_decodable"])
+            elif modality == VISION:
                 stamps = torch.as_tensor(item["timestamps"], dtype=torch.float64)
-                tensors = _as_entry(self.encoder(name).encode_frames(
-                    item["frames"], fps=self.frame_rate(stamps, item["duration"])))
+                encoder = self.encoder(name)
+                pad = {"pad": True} if self.sampling[VISION]["strategy"] == "fps" and \
+                    getattr(encoder, "clip_frames", 1) > 1 else {}
+                tensors = _as_entry(encoder.encode_frames(
+                    item["frames"], fps=self.frame_rate(stamps, item["duration"]), **pad))
                 tensors["timestamps"] = stamps
                 if item["decoder"] == "image":  # a still picture, not a one-frame video
                     tensors["still"] = torch.ones(1, dtype=torch.bool)
@@ -405,6 +453,36 @@ class FeatureStore:
             self.cache.put(keys[modality], tensors, provenance)
             written[modality] = tensors
         return written
+
+    def _encode_windows(self, name: str, windows: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Encode :class:`~vlm_cli.media.windows.VideoWindows` window by window (each window is
+        dropped once encoded: peak memory is one window of frames plus the features), or, for
+        an encoder without ``clip_frames`` (a family's own, e.g. Qwen2.5-Omni's, which sees all
+        frames together), gather the windows and encode once.
+
+        Returns:
+            ``(tensors, item)``: ``{"features": [T', N, D], "timestamps": [T] float64 s}`` and
+            ``{"decoder", "duration", "num_decodable"}`` of the video.
+        """
+        import numpy as np
+        import torch
+
+        encoder = self.encoder(name)
+        if getattr(encoder, "clip_frames", None) is None:
+            frames = np.concatenate(list(windows))
+            stamps = torch.as_tensor(windows.timestamps, dtype=torch.float64)
+            tensors = _as_entry(encoder.encode_frames(
+                frames, fps=self.frame_rate(stamps, windows.duration)))
+        else:
+            # Rate sampling: the frame count follows the file's length, so a last clip short
+            # of frames is filled (reported as padded_frames by vlm_cli.model.budget).
+            pad = self.sampling[VISION]["strategy"] == "fps"
+            parts = [encoder.encode_frames(frames, pad=pad) for frames in windows]
+            tensors = {"features": torch.cat(parts)}
+            stamps = torch.as_tensor(windows.timestamps, dtype=torch.float64)
+        tensors["timestamps"] = stamps
+        return tensors, {"decoder": windows.decoder, "duration": windows.duration,
+                         "num_decodable": windows.num_decodable}
 
 
 def _as_entry(encoded: Any) -> dict[str, Any]:

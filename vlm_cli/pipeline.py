@@ -98,6 +98,9 @@ class FetchInfo:
             or a model without an audio branch).
         frames: ``{"count", "timestamps"}`` (seconds) of the sampled frames, or None.
         decode_s, encode_s: seconds spent decoding and encoding (a hit: reading, and 0).
+        budget: how the video features were fitted to the token budget
+            (:class:`vlm_cli.model.budget.VideoBudget` as a dict: ``frames_sampled``,
+            ``frames_used``, ``pooled``, ``tokens``, ``max_tokens``, clip windows), or None.
     """
 
     cache: str
@@ -105,6 +108,7 @@ class FetchInfo:
     frames: dict[str, Any] | None
     decode_s: float
     encode_s: float
+    budget: dict[str, Any] | None = None
 
     @property
     def branches(self) -> list[str]:
@@ -212,7 +216,10 @@ class Pipeline:
         return MediaFile(path, media_kind(path), self._store().cache.file_digest(path))
 
     def features(self, ref: MediaFile, *, audio: bool = True) -> tuple[MediaInput, FetchInfo]:
-        """The file's features (from the cache, else decoded and encoded once and cached).
+        """The file's features (from the cache, else decoded and encoded once and cached),
+        fitted to the model's video token budget (:func:`vlm_cli.model.budget.fit_video`:
+        frames pooled or subsampled when there are more than the connector takes; reported in
+        :attr:`FetchInfo.budget`).
 
         Args:
             audio: False leaves the soundtrack out (``--no-audio``).
@@ -227,8 +234,22 @@ class Pipeline:
         if features.vision is None and features.audio is None:
             raise UsageError(f"{ref.path}: nothing to answer from (an audio file with "
                              "--no-audio, or a kind of file this model has no encoder for)")
+        budget = None
+        if features.vision is not None and hasattr(self.model, "connectors"):
+            from vlm_cli.model.budget import fit_video
+
+            spec = store.recipe.model.vision  # ViViT's clip length, without loading it
+            clip = (spec.config or {}).get("num_frames") if spec is not None and \
+                spec.arch == "vivit" and ref.kind == "video" else None
+            features, fitted = fit_video(self.model, features, clip_frames=clip)
+            budget = fitted.as_dict() if fitted is not None else None
+            if fitted is not None and fitted.pooled != "none":
+                from vlm_cli import console
+
+                console.info(f"{ref.path}: {fitted.frames_sampled} frames sampled; "
+                             f"{fitted.pooled}")
         return features, FetchInfo(info["cache"], info["audio"], info.get("frames"),
-                                   info["decode_s"], info["encode_s"])
+                                   info["decode_s"], info["encode_s"], budget)
 
     def chat(self, media: MediaInput, ref: MediaFile) -> ChatSession:
         """A conversation about one file (its features from :meth:`features`)."""

@@ -118,6 +118,10 @@ class ConnectorSpec:
             (None = 4 × hidden_size); ``mlp``: hidden_size is the inner width (None = LLM width).
         max_positions: ``qformer``: frame / clip position embeddings available.
         dropout: ``qformer`` hidden and attention dropout (BLIP-2 uses 0.1).
+        max_tokens: the video connector's soft-prompt budget in tokens at inference (``vlm
+            ask``, ``eval``): frames beyond it are average-pooled in time (``mlp``); None = the
+            LLM's context less ``min(1024, context // 2)`` (see :mod:`vlm_cli.model.budget`).
+            Applied after the feature cache: it does not change cached features.
     """
 
     type: Literal["mlp", "qformer"] = "mlp"
@@ -129,8 +133,11 @@ class ConnectorSpec:
     intermediate_size: int | None = None
     max_positions: int = 32
     dropout: float = 0.1
+    max_tokens: int | None = None
 
     def validate(self, prefix: str) -> None:
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise RecipeError(f"recipe key '{prefix}.max_tokens': must be >= 1 or null")
         tpf = self.tokens_per_frame
         if tpf is not None and (tpf < 1 or round(tpf ** 0.5) ** 2 != tpf):
             raise RecipeError(f"recipe key '{prefix}.tokens_per_frame': must be a square number "

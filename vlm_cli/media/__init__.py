@@ -2,6 +2,8 @@
 
 - :mod:`vlm_cli.media.video`: :func:`load_video` (decord, PyAV fallback, still images),
   :func:`sample_frame_indices` (Video-LLaVA uniform sampling), :func:`fps_frame_indices`.
+- :mod:`vlm_cli.media.windows`: :func:`video_windows` (the same sampling, decoded a window of
+  frames at a time: memory bounded by the window, not the length of the file).
 - :mod:`vlm_cli.media.audio`: :func:`load_audio` (PyAV, downmix, resample to 16 kHz),
   :func:`sample_audio_clips` (Video-LLaMA: 8 clips of 2 s), :func:`kaldi_fbank`
   (ImageBind / AST front end), :func:`audio_clip_fbanks`, :func:`imagebind_clip_fbanks`
@@ -30,6 +32,7 @@ _LAZY = {
     **dict.fromkeys(("MediaInfo", "probe_media"), "vlm_cli.media.probe"),
     **dict.fromkeys(("VideoFrames", "fps_frame_indices", "load_video", "sample_frame_indices"),
                     "vlm_cli.media.video"),
+    **dict.fromkeys(("VideoWindows", "video_windows"), "vlm_cli.media.windows"),
 }
 
 
@@ -55,6 +58,7 @@ __all__ = [
     "MediaInfo",
     "NoAudio",
     "VideoFrames",
+    "VideoWindows",
     "audio_clip_fbanks",
     "audio_clip_log_mels",
     "audio_track_log_mel",
@@ -66,5 +70,6 @@ __all__ = [
     "probe_media",
     "sample_audio_clips",
     "sample_frame_indices",
+    "video_windows",
     "whisper_log_mel",
 ]

@@ -115,7 +115,8 @@ class VisionEncoder(nn.Module):
         ``feature_layer``'s; -1 is the final output (``last_hidden_state``).
 
         Raises:
-            VlmError: a ViViT clip with another frame count than the model was built for.
+            VlmError: a ViViT clip with another frame count than the model was built for
+                (:meth:`encode_frames` cuts any frame count into clips of the right length).
         """
         from vlm_cli.errors import VlmError
 
@@ -134,17 +135,45 @@ class VisionEncoder(nn.Module):
         times = self.model.config.num_frames // self.model.config.tubelet_size[0]
         return feats.reshape(b, times, n // times, d)
 
+    @property
+    def clip_frames(self) -> int:
+        """Frames the encoder sees at once: ``num_frames`` for a per-clip encoder (ViViT), 1
+        for a per-frame one. Frames given in windows whose lengths are multiples of it encode
+        to the same features as given all at once (:meth:`encode_frames`)."""
+        return int(self.model.config.num_frames) if self.per_clip else 1
+
     @torch.no_grad()
     def encode_frames(self, frames: np.ndarray | torch.Tensor,
-                      fps: float | None = None) -> torch.Tensor:
-        """Frames ``[T, H, W, 3] uint8`` of one clip -> features ``[T', N, D]`` on CPU in the
-        encoder dtype (T' = T for per-frame encoders). A still image (T = 1) given to a per-clip
-        encoder is a static clip: its frame is repeated ``num_frames`` times. ``fps`` (the
-        frames' rate) does not change these encoders' features."""
+                      fps: float | None = None, *, pad: bool = False) -> torch.Tensor:
+        """Frames ``[T, H, W, 3] uint8`` -> features ``[T', N, D]`` on CPU in the encoder dtype.
+
+        Per-frame encoders: T' = T. A per-clip encoder (ViViT, ``num_frames`` = C frames per
+        clip) encodes consecutive windows of C frames as clips, ``ceil(T / C)`` of them, and
+        returns their features one after the other (T' = windows × token groups per clip). A
+        still image (T = 1) is a static clip (its frame repeated C times). With ``pad``, a last
+        window shorter than C is filled by repeating its last frame (rate sampling, where T
+        depends on the file's length; the caller reports it). ``fps`` (the frames' rate) does
+        not change these encoders' features.
+
+        Raises:
+            VlmError: a per-clip encoder given T > 1 frames, not a multiple of C, without
+                ``pad`` (the message names ``data.frames``).
+        """
+        from vlm_cli.errors import VlmError
+
         pixels = self.preprocess(frames)
-        if self.per_clip and pixels.shape[0] == 1:
-            pixels = pixels.expand(self.model.config.num_frames, -1, -1, -1)
-        return self(pixels[None] if self.per_clip else pixels)[0].cpu()
+        if not self.per_clip:
+            return self(pixels)[0].cpu()
+        clip = self.clip_frames
+        short = -pixels.shape[0] % clip
+        if short and pixels.shape[0] > 1 and not pad:
+            raise VlmError(f"the vivit vision encoder takes {clip} frames per clip, got "
+                           f"{pixels.shape[0]} (set data.frames to a multiple of {clip})")
+        if short:
+            pixels = torch.cat([pixels, pixels[-1:].expand(short, -1, -1, -1)])
+        clips = pixels.reshape(-1, clip, *pixels.shape[1:])
+        out = torch.cat([self(clips[i:i + 16]) for i in range(0, clips.shape[0], 16)])
+        return out.flatten(0, 1).cpu()
 
 
 class AudioEncoder(nn.Module):
