@@ -363,3 +363,19 @@ def test_broken_releases_are_one_clear_error(parts, tmp_path):
     torch.save({"model": {**state, "ln_vision.weight": torch.ones(4)}}, extra)
     with pytest.raises(VlmError, match="'ln_vision.weight' is not part"):
         video_llama.connector_state({"vl": video_llama.read_tensors(extra)})
+
+
+def test_rate_sampling_is_subsampled_to_the_frame_positions(loaded, gold):
+    from vlm_cli.model.budget import fit_video
+    from vlm_cli.model.families.video_llama import check_media
+    from vlm_cli.model.vlm import MediaInput
+
+    tensors, _ = gold
+    check_media(Path("x.mp4"), fps=1.0, frames=None, audio=True)  # --fps: allowed
+    features = tensors["out.image_qformer"].repeat(6, 1, 1)  # 48 frames
+    media = MediaInput(vision=features, vision_meta={"timestamps": torch.arange(48.0)})
+    fitted, budget = fit_video(loaded.model, media)
+    assert fitted.vision.shape[0] == 32 and budget.frames_sampled == 48
+    assert budget.frames_used == 32 and "subsampl" in budget.pooled and budget.tokens == 32
+    # the timestamps follow the frames kept, so the prompt's frame times are the used frames'
+    assert len(fitted.vision_meta["timestamps"]) == 32

@@ -83,7 +83,7 @@ def fit_video(model: VideoLanguageModel, media: MediaInput, *,
 
     Returns:
         ``(media, budget)``: a new :class:`MediaInput` when rows were pooled or subsampled (the
-        original is unchanged); ``budget`` is None when there are no vision features or the
+        original is unchanged; subsampled frames keep their own timestamps); ``budget`` is None when there are no vision features or the
         connector is a family's own (nothing is changed then).
 
     Raises:
@@ -105,10 +105,14 @@ def fit_video(model: VideoLanguageModel, media: MediaInput, *,
         windows = -(-sampled // clip_frames)
         padded = windows * clip_frames - sampled if sampled > 1 else 0
     pooled = "none"
+    meta = media.vision_meta
     if isinstance(connector, QFormerConnector):
         cap = connector.position_embedding.num_embeddings
         if rows > cap:
-            feats = feats[torch.as_tensor(sample_frame_indices(rows, cap))]
+            keep = torch.as_tensor(sample_frame_indices(rows, cap))
+            feats = feats[keep]
+            if stamps is not None and stamps.numel() == rows:  # per-frame rows: their times too
+                meta = {**meta, "timestamps": stamps[keep]}
             pooled = (f"uniform subsampling {rows} -> {cap} rows (the Q-Former's frame "
                       "position embeddings)")
     else:
@@ -124,7 +128,7 @@ def fit_video(model: VideoLanguageModel, media: MediaInput, *,
             pooled = (f"temporal mean pooling {rows} -> {allowed} rows (groups of "
                       f"{rows / allowed:.2f} consecutive rows, to fit {budget} tokens)")
     if feats is not media.vision:
-        media = dataclasses.replace(media, vision=feats)
+        media = dataclasses.replace(media, vision=feats, vision_meta=meta)
     tokens = connector.num_tokens(int(feats.shape[0]), n)
     return media, VideoBudget(sampled, int(feats.shape[0]), pooled, int(tokens), budget,
                               windows, clip_frames if windows else None, padded or 0)

@@ -492,18 +492,18 @@ def audio_source(parts: dict[str, Any], directory: Path) -> dict[str, Any]:
 
 def check_media(path: Path, *, fps: float | None, frames: int | None, audio: bool,
                 positions: int = 32) -> None:
-    """Refuse sampling the Video Q-Former cannot take (more frames than its frame positions).
+    """Refuse ``--frames`` beyond the Video Q-Former's frame positions (rate sampling, ``--fps``,
+    may take more: they are subsampled uniformly to ``positions`` and reported, see
+    :mod:`vlm_cli.model.budget`).
 
     Raises:
         UsageError: the message names ``--frames``.
     """
     del path, audio
-    if fps is not None and frames is None:
-        raise UsageError(f"Video-LLaMA takes at most {positions} frames (its frame position "
-                         "embeddings): with --fps, also pass --frames N")
-    if frames is not None and frames > positions:
+    if fps is None and frames is not None and frames > positions:
         raise UsageError(f"--frames {frames}: Video-LLaMA's Video Q-Former has {positions} frame "
-                         f"positions; use --frames {positions} or fewer")
+                         f"positions; use --frames {positions} or fewer (or --fps: more frames "
+                         f"are subsampled to {positions})")
 
 
 def load(directory: Path, *, device: str = "cpu", dtype: Any = None, name: str | None = None,
