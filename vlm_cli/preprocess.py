@@ -85,11 +85,13 @@ def _limit_worker_threads() -> None:
 
 
 class _CoreShare:
-    """The encoder's share of the cores: those the decoder workers leave idle right now.
+    """The encoder's share of the cores, set before each encoder forward to whichever side is
+    the bottleneck (a frame's features do not depend on the thread count on CPU).
 
-    Decoders busy on every core would leave the encoder one thread; decoders waiting (their
-    results queued ahead, the encoder being the bottleneck) leave it all the cores. Set before
-    each encoder forward (a frame's features do not depend on the thread count on CPU).
+    When decoded files piled up while the encoder ran (it took several at once, or more are
+    waiting), the encoder is the bottleneck: it gets every core, and the decoders, briefly busy
+    refilling the queue, share them. When it had to wait for a file, the decoders are: it gets
+    only the cores they leave idle (at least one), so that they never wait for a core.
     """
 
     def __init__(self) -> None:
@@ -102,12 +104,13 @@ class _CoreShare:
         """``run_isolated``'s ``on_running``: how many files are being decoded."""
         self.decoding = count
 
-    def apply(self) -> None:
+    def apply(self, encoder_bound: bool) -> None:
         import torch
 
         if self._initial is None:
             self._initial = torch.get_num_threads()
-        threads = max(1, min(self._initial, self.cores - self.decoding))
+        free = self.cores if encoder_bound else self.cores - self.decoding
+        threads = max(1, min(self._initial, free))
         if threads != torch.get_num_threads():
             torch.set_num_threads(threads)
 
@@ -187,7 +190,8 @@ def _decode_and_encode(store: FeatureStore, todo: list[tuple[Path, str, dict[str
                        report: Callable[[str, str], None]) -> None:
     """Decode ``todo`` in crash-isolated workers that work ahead (up to ``2 * workers`` or
     :data:`ENCODE_BATCH` files ready) while this process builds the encoders and then encodes
-    what is ready, several files per forward, with the cores the decoders leave idle."""
+    what is ready, several files per forward, with the cores given to the bottleneck
+    (:class:`_CoreShare`)."""
     requests = [store.request(path, list(missing)) for path, _, missing in todo]
     cores = _CoreShare()
 
@@ -209,7 +213,7 @@ def _decode_and_encode(store: FeatureStore, todo: list[tuple[Path, str, dict[str
                         fail(path, decoded.reason)
                     else:
                         done.append((path, digest, missing, decoded))
-                cores.apply()
+                cores.apply(encoder_bound=len(batch) > 1 or ahead.ready() > 0)
                 vision = store.encode_vision_batch([(path, d) for path, _, _, d in done])
                 for (path, digest, missing, decoded), features in zip(done, vision):
                     store.encode_and_store(path, digest, missing, decoded,
