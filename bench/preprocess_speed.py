@@ -60,12 +60,12 @@ processor = CLIPImageProcessor()
 mean = torch.tensor(processor.image_mean).view(1, 3, 1, 1)
 std = torch.tensor(processor.image_std).view(1, 3, 1, 1)
 for i, path in enumerate(clips):
-    if mode == "video-llava":  # videollava/model/multimodal_encoder/languagebind/video/processing_video.py
+    if mode == "video-llava":  # languagebind/video/processing_video.py (decord + CLIP processor)
         vr = VideoReader(path, ctx=cpu(0))
         idx = np.linspace(0, len(vr) - 1, 8, dtype=int)
         frames = vr.get_batch(idx.tolist()).asnumpy()
         pixels = processor(images=list(frames), return_tensors="pt")["pixel_values"]
-    else:  # video_llama/processors/video_processor.py load_video + AlproVideoEvalProcessor
+    else:  # video_llama/processors/video_processor.py: load_video at 224x224, then normalise
         vr = VideoReader(path, height=224, width=224)
         idx = np.linspace(0, len(vr) - 1, 8, dtype=int)
         frames = torch.from_numpy(vr.get_batch(idx.tolist()).asnumpy()).permute(0, 3, 1, 2)

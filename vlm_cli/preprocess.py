@@ -4,8 +4,8 @@ Per media file: hash it (memoised), derive one cache key per modality, and skip 
 is present and valid. The rest are decoded in crash-isolated worker processes
 (:func:`vlm_cli.workers.run_isolated`; frames resized to the encoder's input there), which decode
 ahead while the frozen encoders in this process encode what is ready (several files per forward,
-with the cores the decoders leave idle), and written to the cache atomically. A file that fails is reported with its path and reason; nothing is ever
-substituted for it.
+the cores given to the bottleneck), and written to the cache atomically. A file that fails is
+reported with its path and reason; nothing is ever substituted for it.
 """
 
 from __future__ import annotations
