@@ -194,3 +194,66 @@ def test_real_sample_media(home, capsys, tmp_path):
              for e in entries(home) if e.metadata["modality"] == "audio"}
     assert audio["birthday.mp4"] == audio["output_v_3V9tzjyr51I.mp4"] == "absent"
     assert audio["dog_barking.mp4"] == audio["00003491.mp4"] == audio["dog_audio.wav"] == "present"
+
+
+#: A 2-layer CLIP at 224 px (the Video-LLaVA input size) with the CLIP mean / std.
+CLIP_224 = ["model.vision.arch=clip", "model.vision.select=patch", "model.vision.feature_layer=-2",
+            "model.vision.image_mean=null", "model.vision.image_std=null",
+            "model.vision.config={hidden_size: 32, intermediate_size: 64, num_hidden_layers: 2, "
+            "num_attention_heads: 2, image_size: 224, patch_size: 32}", "model.audio=null",
+            "model.audio_connector=null"]
+
+
+def _reference_pixels(frames, size, mean, std):
+    """The encoder's preprocessing before issue 15 (resize of the full-resolution frames in the
+    main process), verbatim: what the cached features must still equal bit for bit."""
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.as_tensor(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).contiguous()
+    h, w = x.shape[-2:]
+    long = int(size * max(h, w) / min(h, w))
+    target = (size, long) if h <= w else (long, size)
+    if target != (h, w):
+        x = F.interpolate(x, size=target, mode="bicubic", antialias=True, align_corners=False)
+    top, left = int((target[0] - size) / 2), int((target[1] - size) / 2)
+    x = x[:, :, top:top + size, left:left + size].float()
+    mean = torch.tensor(mean).view(1, 3, 1, 1)
+    std = torch.tensor(std).view(1, 3, 1, 1)
+    return (x - 255 * mean) / (255 * std)
+
+
+@pytest.mark.skipif(SHARED_MEDIA is None, reason="../shared/media not available")
+def test_worker_resize_and_batched_encoding_keep_the_features_bit_identical(home, tmp_path):
+    """Frames resized in the decode worker and several clips encoded in one forward give the
+    features that resizing the full-resolution frames and encoding clip by clip gave."""
+    import shutil
+
+    import torch
+
+    from vlm_cli.features import FeatureStore, decode_media
+    from vlm_cli.media import load_video
+    from vlm_cli.preprocess import preprocess
+    from vlm_cli.recipe import load_recipe
+
+    clips = []
+    for name in ("dog_barking.mp4", "sample_demo_22.mp4", "boat.mp4"):  # landscape + portrait
+        clips.append(tmp_path / name)
+        shutil.copy(SHARED_MEDIA / name, clips[-1])
+    recipe = load_recipe("tiny-av", CLIP_224)
+    store = FeatureStore(recipe, FeatureCache(home), "cpu")
+    assert store.request(clips[0], ["vision"]).resize == 224
+    summary = preprocess(clips, store, workers=2)
+    assert (summary.computed, summary.failed) == (3, [])
+    encoder = store.encoder("vision")
+    pre = encoder.fingerprint["preprocess"]
+    batched = store.encode_vision_batch(  # all three in one forward, whatever preprocess did
+        [(clip, decode_media(store.request(clip, ["vision"]))) for clip in clips])
+    for clip, together in zip(clips, batched):
+        frames = load_video(clip, num_frames=recipe.data.frames).frames
+        with torch.no_grad():
+            expected = encoder(_reference_pixels(frames, 224, pre["mean"], pre["std"]))[0]
+        cached = store.media_input(clip).vision
+        assert cached.shape == expected.shape and torch.equal(cached, expected), clip.name
+        assert torch.equal(together, expected), clip.name

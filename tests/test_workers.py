@@ -31,3 +31,28 @@ def test_failures_are_isolated_and_every_task_reported():
 
 def test_empty():
     assert list(run_isolated(flaky, [], workers=2)) == []
+
+
+def test_prefetched_runs_ahead_and_leaving_early_ends_the_workers():
+    from vlm_cli.workers import prefetched
+
+    running = []
+    tasks = ["a", "b", "c", "d", "e"]
+
+    def pool(cancelled):
+        return run_isolated(flaky, tasks, workers=2, on_running=running.append,
+                            cancelled=cancelled)
+
+    with prefetched(pool, depth=2) as ahead:
+        got = []
+        while batch := ahead.take(3):
+            assert 1 <= len(batch) <= 3
+            got += batch
+    assert sorted(got) == [(i, t.upper()) for i, t in enumerate(tasks)]
+    assert max(running) == 2 and running[-1] == 0
+
+    started = time.monotonic()
+    with prefetched(lambda cancelled: run_isolated(flaky, ["hang"] * 3, workers=2,
+                                                   cancelled=cancelled), depth=2):
+        pass  # the caller stops at once: the hung workers are killed, not waited for
+    assert time.monotonic() - started < 10

@@ -31,6 +31,14 @@ IMAGE = "image"
 #: ones reordered. Any other (ViViT's tubelets, Qwen2.5-Omni's 2-frame patches) sees the order
 #: and encodes reordered frames again.
 PER_FRAME_ENCODERS = frozenset({"clip", "siglip", "blip2-qformer"})
+#: Vision encoders whose frames of several files :meth:`FeatureStore.encode_vision_batch` runs
+#: in one forward (:class:`vlm_cli.model.encoders.VisionEncoder`'s per-frame towers).
+BATCHED_ENCODERS = frozenset({"clip", "siglip"})
+#: The ``preprocess`` of vision fingerprints whose resize and crop
+#: :func:`vlm_cli.media.resize.clip_resize_crop` computes (that of
+#: :class:`vlm_cli.model.encoders.VisionEncoder`): the decode worker runs it, and the encoder's
+#: own call is then a no-op, so the features are the same bit for bit.
+WORKER_RESIZE = {"resize": "shortest-edge-bicubic-antialias-uint8", "crop": "center"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,12 +52,17 @@ class DecodeRequest:
         audio: clip sampling and spectrogram settings (``frontend``: ``kaldi_fbank`` or
             ``whisper_log_mel``, and that function's keyword arguments; ``mix``: how
             :func:`vlm_cli.media.load_audio` makes mono, default ``mean``), or None.
+        resize: S px: the sampled frames are brought to ``[T, S, S, 3]`` in the worker by
+            :func:`vlm_cli.media.resize.clip_resize_crop` (the vision encoder's own resize and
+            crop, see :data:`WORKER_RESIZE`), so only small frames travel back; None sends the
+            decoded size.
     """
 
     path: str
     kind: str
     frames: dict[str, Any] | None
     audio: dict[str, Any] | None
+    resize: int | None = None
 
 
 def decode_media(request: DecodeRequest) -> dict[str, Any]:
@@ -70,7 +83,12 @@ def decode_media(request: DecodeRequest) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if request.frames is not None:
         video = load_video(request.path, **request.frames)
-        out[VISION] = {"frames": video.frames, "timestamps": video.timestamps,
+        frames = video.frames
+        if request.resize is not None:
+            from vlm_cli.media.resize import clip_resize_crop
+
+            frames = clip_resize_crop(frames, request.resize)
+        out[VISION] = {"frames": frames, "timestamps": video.timestamps,
                        "decoder": video.decoder, "duration": video.duration,
                        "num_decodable": video.num_decodable}
     if request.audio is not None:
@@ -377,18 +395,22 @@ class FeatureStore:
     def request(self, path: str | Path, modalities: list[str]) -> DecodeRequest:
         """The decode request producing the inputs of ``modalities`` for ``path``."""
         data = self.recipe.data
-        frames = None
+        frames, resize = None, None
         if VISION in modalities:
             frames = ({"num_frames": None, "fps": data.fps, "max_frames": data.max_frames}
                       if data.sampling == "fps" else {"num_frames": data.frames,
                                                        "sampling": data.sampling})
-            frames.update(self.sources[self.encoder_name(VISION, path)].decode or {})
+            source = self.sources[self.encoder_name(VISION, path)]
+            frames.update(source.decode or {})
+            pre = source.fingerprint.get("preprocess") or {}
+            if "size" not in frames and all(pre.get(k) == v for k, v in WORKER_RESIZE.items()):
+                resize = int(pre["size"])
         audio = None
         if AUDIO in modalities:
             audio = self.sources[AUDIO].decode or {
                 "num_clips": data.audio_clips, "clip_seconds": data.clip_seconds,
                 **audio_frontend(self.recipe.model.audio)}
-        return DecodeRequest(str(path), media_kind(path), frames, audio)
+        return DecodeRequest(str(path), media_kind(path), frames, audio, resize)
 
     def encoder(self, modality: str):
         """The frozen encoder named ``modality`` (``vision``, ``image`` or ``audio``), loaded on
@@ -401,8 +423,8 @@ class FeatureStore:
         return self._encoders[modality]
 
     def encode_and_store(self, path: str | Path, media_sha256: str, keys: dict[str, str],
-                         decoded: dict[str, Any], *,
-                         variant: str | None = None) -> dict[str, dict[str, Any]]:
+                         decoded: dict[str, Any], *, variant: str | None = None,
+                         encoded: dict[str, Any] | None = None) -> dict[str, dict[str, Any]]:
         """Run the frozen encoders on decoded inputs and write one cache entry per modality.
 
         Args:
@@ -411,6 +433,8 @@ class FeatureStore:
             decoded: the output of :func:`decode_media` for those modalities.
             variant: the frame order the decoded frames were put in (recorded in the
                 provenance; see :meth:`reordered_frames`), or None.
+            encoded: encoder outputs already computed for some modalities (e.g. by
+                :meth:`encode_vision_batch`), used instead of running the encoder again.
 
         Returns:
             modality -> tensors written: vision ``{"features": [T,N,D], "timestamps": [T]}``
@@ -433,11 +457,14 @@ class FeatureStore:
                                   num_decodable=item["num_decodable"])
             elif modality == VISION:
                 stamps = torch.as_tensor(item["timestamps"], dtype=torch.float64)
-                encoder = self.encoder(name)
-                pad = {"pad": True} if self.sampling[VISION]["strategy"] == "fps" and \
-                    getattr(encoder, "clip_frames", 1) > 1 else {}
-                tensors = _as_entry(encoder.encode_frames(
-                    item["frames"], fps=self.frame_rate(stamps, item["duration"]), **pad))
+                features = (encoded or {}).get(VISION)  # batched across clips already
+                if features is None:
+                    encoder = self.encoder(name)
+                    pad = {"pad": True} if self.sampling[VISION]["strategy"] == "fps" and \
+                        getattr(encoder, "clip_frames", 1) > 1 else {}
+                    features = encoder.encode_frames(
+                        item["frames"], fps=self.frame_rate(stamps, item["duration"]), **pad)
+                tensors = _as_entry(features)
                 tensors["timestamps"] = stamps
                 if item["decoder"] == "image":  # a still picture, not a one-frame video
                     tensors["still"] = torch.ones(1, dtype=torch.bool)
@@ -483,6 +510,44 @@ class FeatureStore:
         tensors["timestamps"] = stamps
         return tensors, {"decoder": windows.decoder, "duration": windows.duration,
                          "num_decodable": windows.num_decodable}
+
+
+    def encode_vision_batch(self, items: list[tuple[str | Path, dict[str, Any]]]) -> list[Any]:
+        """Vision features of several files' decoded frames in one encoder forward per group,
+        for :meth:`encode_and_store`'s ``encoded``.
+
+        Files whose frames the same batchable encoder (:data:`BATCHED_ENCODERS`) takes at the
+        same size (frames resized in the worker, :attr:`DecodeRequest.resize`) are encoded
+        together: their frames concatenated ``[sum T, S, S, 3] uint8``, the features ``[sum T,
+        N, D]`` split back per file. A frame's features do not depend on the other frames in
+        the batch (CPU fp32 checked bit for bit by ``tests/test_preprocess.py``). Any other
+        file gets None (encoded on its own by :meth:`encode_and_store`).
+
+        Args:
+            items: ``(path, decoded)`` pairs, ``decoded`` from :func:`decode_media`.
+
+        Returns:
+            One ``[T, N, D]`` tensor or None per item, in order.
+        """
+        import numpy as np
+        import torch
+
+        groups: dict[tuple[str, tuple[int, ...]], list[int]] = {}
+        for i, (path, decoded) in enumerate(items):
+            item = decoded.get(VISION)
+            name = self.encoder_name(VISION, path)
+            if item is None or self.fingerprints[name].get("arch") not in BATCHED_ENCODERS:
+                continue
+            groups.setdefault((name, item["frames"].shape[1:]), []).append(i)
+        out: list[Any] = [None] * len(items)
+        for (name, _), members in groups.items():
+            if len(members) < 2:
+                continue
+            frames = [items[i][1][VISION]["frames"] for i in members]
+            features = self.encoder(name).encode_frames(np.concatenate(frames))
+            for i, part in zip(members, torch.split(features, [len(f) for f in frames])):
+                out[i] = part.clone()  # its own storage, as a per-file forward gives
+        return out
 
 
 def _as_entry(encoded: Any) -> dict[str, Any]:

@@ -169,12 +169,13 @@ class Pipeline:
         from vlm_cli.cache import FeatureCache
         from vlm_cli.features import FeatureStore
         from vlm_cli.model.families import load_model
-        from vlm_cli.runtime import pick_device
+        from vlm_cli.runtime import cpu_threads_for_width, pick_device
 
         directory, hub_id = resolve_model(model, revision, download=download)
         device = pick_device(device)
         loaded = load_model(directory, device=device, dtype=dtype, name=hub_id,
                             revision=revision, download=download)
+        cpu_threads_for_width(loaded.model.llm.get_input_embeddings().embedding_dim, device)
         data = loaded.recipe.data
         if fps is not None:
             data = dataclasses.replace(data, sampling="fps", fps=fps,

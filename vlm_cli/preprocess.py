@@ -2,9 +2,10 @@
 
 Per media file: hash it (memoised), derive one cache key per modality, and skip it if every entry
 is present and valid. The rest are decoded in crash-isolated worker processes
-(:func:`vlm_cli.workers.run_isolated`), encoded by the frozen encoders in this process, and written
-to the cache atomically. A file that fails is reported with its path and reason; nothing is ever
-substituted for it.
+(:func:`vlm_cli.workers.run_isolated`; frames resized to the encoder's input there), which decode
+ahead while the frozen encoders in this process encode what is ready (several files per forward,
+the cores given to the bottleneck), and written to the cache atomically. A file that fails is
+reported with its path and reason; nothing is ever substituted for it.
 """
 
 from __future__ import annotations
@@ -13,14 +14,14 @@ import dataclasses
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 from vlm_cli.atomic import atomic_write_bytes
 from vlm_cli.errors import MediaError, UsageError
-from vlm_cli.features import FeatureStore, decode_media
-from vlm_cli.workers import TaskFailure, run_isolated
+from vlm_cli.features import VISION, FeatureStore, decode_media
+from vlm_cli.workers import TaskFailure, prefetched, run_isolated
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,13 +84,50 @@ def _limit_worker_threads() -> None:
     torch.set_num_threads(1)
 
 
-def _share_cores_with_decoders(workers: int) -> None:
-    """Give the encoders in this process only the cores the decoder workers leave free
-    (oversubscribing 2 cores costs ~15% on toy-av; see bench/preprocess.py)."""
-    import torch
+class _CoreShare:
+    """The encoder's share of the cores, set before each encoder forward to whichever side is
+    the bottleneck (a frame's features do not depend on the thread count on CPU).
 
-    torch.set_num_threads(max(1, min(torch.get_num_threads(), (os.cpu_count() or 1) - workers)))
+    When decoded files piled up while the encoder ran (it took several at once, or more are
+    waiting), the encoder is the bottleneck: it gets every core, and the decoders, briefly busy
+    refilling the queue, share them. When it had to wait for a file, the decoders are: it gets
+    only the cores they leave idle (at least one), so that they never wait for a core.
+    """
 
+    def __init__(self) -> None:
+        self.cores = max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                         else os.cpu_count() or 1)
+        self.decoding = 0
+        self._initial: int | None = None
+
+    def running(self, count: int) -> None:
+        """``run_isolated``'s ``on_running``: how many files are being decoded."""
+        self.decoding = count
+
+    def apply(self, encoder_bound: bool) -> None:
+        import torch
+
+        if self._initial is None:
+            self._initial = torch.get_num_threads()
+        free = self.cores if encoder_bound else self.cores - self.decoding
+        threads = max(1, min(self._initial, free))
+        if threads != torch.get_num_threads():
+            torch.set_num_threads(threads)
+
+    def restore(self) -> None:
+        if self._initial is not None:
+            import torch
+
+            torch.set_num_threads(self._initial)
+
+
+#: What the decoder workers import, once for all of them (see :func:`run_isolated`).
+WORKER_PRELOAD = ("torch", "numpy", "av", "decord", "vlm_cli.features", "vlm_cli.media.video",
+                  "vlm_cli.media.audio", "vlm_cli.media.resize")
+
+#: Files whose decoded frames are encoded in one forward (when the encoder allows it) and how
+#: many decoded files the workers may keep ready ahead of the encoder (at least this many).
+ENCODE_BATCH = 4
 
 def preprocess(paths: Sequence[Path], store: FeatureStore, *, workers: int = 2,
                timeout_s: float | None = 300.0, shard: tuple[int, int] = (0, 1),
@@ -140,21 +178,51 @@ def preprocess(paths: Sequence[Path], store: FeatureStore, *, workers: int = 2,
             summary.hits += 1
             report(str(path), "hit")
 
-    requests = [store.request(path, list(missing)) for path, _, missing in todo]
-    if requests:
-        _share_cores_with_decoders(workers)
-    results = run_isolated(decode_media, requests, workers=workers, timeout_s=timeout_s,
-                           initializer=_limit_worker_threads) if requests else []
-    for index, decoded in results:
-        path, digest, missing = todo[index]
-        if isinstance(decoded, TaskFailure):
-            fail(path, decoded.reason)
-            continue
-        store.encode_and_store(path, digest, missing, decoded)
-        summary.computed += 1
-        report(str(path), "computed")
+    if todo:
+        _decode_and_encode(store, todo, workers, timeout_s, summary, fail, report)
     summary.seconds = time.monotonic() - started
     return summary
+
+
+def _decode_and_encode(store: FeatureStore, todo: list[tuple[Path, str, dict[str, str]]],
+                       workers: int, timeout_s: float | None, summary: PreprocessSummary,
+                       fail: Callable[[Path, str], None],
+                       report: Callable[[str, str], None]) -> None:
+    """Decode ``todo`` in crash-isolated workers that work ahead (up to ``2 * workers`` or
+    :data:`ENCODE_BATCH` files ready) while this process builds the encoders and then encodes
+    what is ready, several files per forward, with the cores given to the bottleneck
+    (:class:`_CoreShare`)."""
+    requests = [store.request(path, list(missing)) for path, _, missing in todo]
+    cores = _CoreShare()
+
+    def pool(cancelled: Callable[[], bool]) -> Iterator[tuple[int, Any]]:
+        return run_isolated(decode_media, requests, workers=workers, timeout_s=timeout_s,
+                            initializer=_limit_worker_threads, on_running=cores.running,
+                            cancelled=cancelled, preload=WORKER_PRELOAD)
+
+    try:
+        with prefetched(pool, depth=max(ENCODE_BATCH, 2 * workers)) as ahead:
+            for name in dict.fromkeys(store.encoder_name(m, path)  # while the workers start
+                                      for path, _, missing in todo for m in missing):
+                store.encoder(name)
+            while batch := ahead.take(ENCODE_BATCH):
+                done = []
+                for index, decoded in batch:
+                    path, digest, missing = todo[index]
+                    if isinstance(decoded, TaskFailure):
+                        fail(path, decoded.reason)
+                    else:
+                        done.append((path, digest, missing, decoded))
+                cores.apply(encoder_bound=len(batch) > 1 or ahead.ready() > 0)
+                vision = store.encode_vision_batch([(path, d) for path, _, _, d in done])
+                for (path, digest, missing, decoded), features in zip(done, vision):
+                    store.encode_and_store(path, digest, missing, decoded,
+                                           encoded={} if features is None else
+                                           {VISION: features})
+                    summary.computed += 1
+                    report(str(path), "computed")
+    finally:
+        cores.restore()
 
 
 def write_error_log(path: Path, failures: Sequence[ClipFailure]) -> None:

@@ -65,3 +65,28 @@ def resolve_dtype(name: str, device: str) -> Any:
     if name not in DTYPE_NAMES:
         raise ValueError(f"unknown dtype {name!r}; expected auto or one of {', '.join(DTYPE_NAMES)}")
     return getattr(torch, name)
+
+
+#: LLMs this narrow (hidden size, in units) run their CPU ops on one thread: see
+#: :func:`cpu_threads_for_width`.
+NARROW_LLM_WIDTH = 256
+
+
+def cpu_threads_for_width(hidden_size: int, device: str) -> int | None:
+    """Set torch's intra-op threads for running a model of ``hidden_size`` on ``device``, and
+    return the count set (None: nothing changed).
+
+    On CPU, a model at most :data:`NARROW_LLM_WIDTH` wide (the toy-av demo: 64) gets one thread:
+    its ops take microseconds, so handing each to a thread pool costs more than it saves, and
+    much more on a machine other processes keep busy (OpenMP threads wait for a core at every
+    op): 20 cached clips through ``vlm ask`` took 7.0 s with one thread and 9.9-12.6 s with two
+    on a shared 2-core machine (bench/ask_startup.py). Wider models, GPUs, and a thread count
+    the user chose (``OMP_NUM_THREADS``) are left alone.
+    """
+    if not device.startswith("cpu") or hidden_size > NARROW_LLM_WIDTH \
+            or "OMP_NUM_THREADS" in os.environ:
+        return None
+    import torch
+
+    torch.set_num_threads(1)
+    return 1

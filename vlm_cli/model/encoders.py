@@ -16,7 +16,6 @@ import math
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from vlm_cli.model.fingerprint import audio_fingerprint, resolve_source, vision_fingerprint
@@ -26,13 +25,16 @@ from vlm_cli.runtime import resolve_dtype
 
 
 def vision_classes(arch: str) -> tuple[type, type]:
-    """(config class, model class) of a vision ``arch``."""
-    from transformers import (CLIPVisionConfig, CLIPVisionModel, SiglipVisionConfig,
-                              SiglipVisionModel, VivitConfig, VivitModel)
+    """(config class, model class) of a vision ``arch``; imports that family's modules only
+    (``transformers.models.<family>``), not every vision family transformers has."""
+    import importlib
 
-    return {"clip": (CLIPVisionConfig, CLIPVisionModel),
-            "siglip": (SiglipVisionConfig, SiglipVisionModel),
-            "vivit": (VivitConfig, VivitModel)}[arch]
+    module, config, model = {"clip": ("clip", "CLIPVisionConfig", "CLIPVisionModel"),
+                             "siglip": ("siglip", "SiglipVisionConfig", "SiglipVisionModel"),
+                             "vivit": ("vivit", "VivitConfig", "VivitModel")}[arch]
+    configs = importlib.import_module(f"transformers.models.{module}.configuration_{module}")
+    models = importlib.import_module(f"transformers.models.{module}.modeling_{module}")
+    return getattr(configs, config), getattr(models, model)
 
 
 def _build(spec: VisionEncoderSpec | AudioEncoderSpec, config_cls: type, model_cls: type,
@@ -83,21 +85,16 @@ class VisionEncoder(nn.Module):
         """Frames ``[T, H, W, 3] uint8`` RGB -> pixel values ``[T, 3, S, S] float32``.
 
         CLIP's processing, bit for bit as transformers' torchvision image and video processors
-        do it on CPU (``CLIPImageProcessor``, ``VideoLlavaVideoProcessor``): resize the shortest
-        edge to S px keeping the aspect ratio (long edge ``int(S * long / short)``, truncated),
-        bicubic with antialiasing on uint8; centre-crop S×S (offsets ``int((size - S) / 2)``);
+        do it on CPU (``CLIPImageProcessor``, ``VideoLlavaVideoProcessor``): the shortest-edge
+        bicubic antialiased resize and centre crop of :func:`vlm_cli.media.resize.clip_resize_crop`
+        (a no-op on frames the decode worker already brought to S×S), then
         ``(x - 255 mean) / (255 std)``. S = ``image_size``.
         """
-        x = torch.as_tensor(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).contiguous()
-        h, w = x.shape[-2:]
-        s = self.image_size
-        long = int(s * max(h, w) / min(h, w))
-        size = (s, long) if h <= w else (long, s)
-        if size != (h, w):
-            x = F.interpolate(x.cpu(), size=size, mode="bicubic", antialias=True,
-                              align_corners=False)  # uint8 in, uint8 out (rounded, clamped)
-        top, left = int((size[0] - s) / 2), int((size[1] - s) / 2)
-        x = x[:, :, top:top + s, left:left + s].float()
+        from vlm_cli.media.resize import clip_resize_crop
+
+        frames = frames.numpy() if isinstance(frames, torch.Tensor) else np.asarray(frames)
+        x = torch.as_tensor(clip_resize_crop(frames, self.image_size))
+        x = x.permute(0, 3, 1, 2).contiguous().float()
         return (x - 255 * self.mean) / (255 * self.std)
 
     def _select(self, hidden: torch.Tensor) -> torch.Tensor:
