@@ -198,9 +198,19 @@ def test_audio_clips_streamed_equal_the_whole_track(tmp_path, rate, channels, cl
     assert duration == load_audio(path).duration
 
 
-def test_decode_media_takes_the_audio_clips_only(tmp_path):
+@pytest.mark.parametrize("long_s", [1.0, 600.0])  # streamed (a "long" track) or whole
+def test_decode_media_takes_the_audio_clips_only(tmp_path, monkeypatch, long_s):
+    from vlm_cli import features
     from vlm_cli.features import DecodeRequest, decode_media
     from vlm_cli.media import audio_clip_fbanks, load_audio
+
+    monkeypatch.setattr(features, "LONG_AUDIO_S", long_s)
+    calls = []
+    import vlm_cli.media.audio_clips as streaming
+
+    real = streaming.stream_clip_fbanks
+    monkeypatch.setattr(streaming, "stream_clip_fbanks",
+                        lambda *a, **k: calls.append(1) or real(*a, **k))
 
     tone = np.sin(np.arange(16000 * 30) / 16000 * 2 * np.pi * 440).astype(np.float32) * 0.2
     clip = write_video(tmp_path / "av.mp4", moving_frames(60, 32, 32), fps=2, audio=tone)
@@ -210,6 +220,7 @@ def test_decode_media_takes_the_audio_clips_only(tmp_path):
     whole = audio_clip_fbanks(load_audio(clip), num_clips=4)
     assert np.array_equal(out["spectrogram"], whole.spectrogram.numpy())
     assert out["duration"] == load_audio(clip).duration
+    assert bool(calls) == (long_s < 30)  # the 30 s track is streamed only when "long"
     silent = write_video(tmp_path / "mute.mp4", moving_frames(4, 32, 32), fps=2)
     assert decode_media(DecodeRequest(str(silent), "video", None, settings))["audio"] == {
         "absent": "no audio track"}

@@ -94,8 +94,9 @@ def decode_media(request: DecodeRequest) -> dict[str, Any]:
     if request.audio is not None:
         settings = dict(request.audio)
         mix = settings.pop("mix", "mean")
-        if settings["frontend"] == "kaldi_fbank" and mix == "mean":
-            # The clips' samples only, never the whole track (bit for bit the same fbank).
+        if settings["frontend"] == "kaldi_fbank" and mix == "mean" and _long_audio(request.path):
+            # The clips' samples only, never the whole track (bit for bit the same fbank); a
+            # short track is decoded once instead of twice.
             from vlm_cli.media.audio_clips import stream_clip_fbanks
 
             settings.pop("frontend")
@@ -120,6 +121,18 @@ def decode_media(request: DecodeRequest) -> dict[str, Any]:
             out[AUDIO] = {"spectrogram": clips.spectrogram.numpy(), "starts": clips.starts,
                           "duration": track.duration}
     return out
+
+
+#: Tracks longer than this (seconds, from the container header; unknown counts as long) are
+#: decoded clip by clip (two passes, memory bounded by the clips) instead of whole (one pass).
+LONG_AUDIO_S = 600.0
+
+
+def _long_audio(path: str) -> bool:
+    from vlm_cli.media import probe_media
+
+    duration = probe_media(path).duration
+    return duration is None or duration > LONG_AUDIO_S
 
 
 def recipe_encoders(recipe: Recipe, digest: Any) -> dict[str, Any]:
