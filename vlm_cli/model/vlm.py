@@ -318,7 +318,8 @@ class VideoLanguageModel(nn.Module):
             ids = new  # the mask stays [1, keep + new]: cached and new positions
         else:
             cache = DynamicCache()
-            embeds = self.scatter(ids, mask, self.embed_tokens(ids), self._flat_prompts(media))  # connectors run on a full prefill only
+            # the connectors run on a full prefill only
+            embeds = self.scatter(ids, mask, self.embed_tokens(ids), self._flat_prompts(media))
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
         if prefix is not None:
             prefix.prefilled = int(ids.shape[1])
