@@ -20,6 +20,16 @@ import numpy as np
 _TS_EPS = 1e-4
 
 
+def _counts(total: int, num_frames: int) -> tuple[int, int]:
+    """``(total, num_frames)`` as ints. Raises ValueError: either is below 1."""
+    total, num_frames = int(total), int(num_frames)
+    if total < 1:
+        raise ValueError(f"total must be >= 1 frame, got {total}")
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    return total, num_frames
+
+
 def sample_frame_indices(total: int, num_frames: int) -> np.ndarray:
     """Uniform frame sampling as Video-LLaVA: ``np.linspace(0, total - 1, num_frames, dtype=int)``.
 
@@ -37,11 +47,7 @@ def sample_frame_indices(total: int, num_frames: int) -> np.ndarray:
     Raises:
         ValueError: ``total < 1`` or ``num_frames < 1``.
     """
-    total, num_frames = int(total), int(num_frames)
-    if total < 1:
-        raise ValueError(f"total must be >= 1 frame, got {total}")
-    if num_frames < 1:
-        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    total, num_frames = _counts(total, num_frames)
     return np.linspace(0, total - 1, num_frames).astype(np.int64)
 
 
@@ -61,11 +67,7 @@ def segment_start_indices(total: int, num_frames: int) -> np.ndarray:
     Raises:
         ValueError: ``total < 1`` or ``num_frames < 1``.
     """
-    total, num_frames = int(total), int(num_frames)
-    if total < 1:
-        raise ValueError(f"total must be >= 1 frame, got {total}")
-    if num_frames < 1:
-        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    total, num_frames = _counts(total, num_frames)
     n = min(num_frames, total)
     return np.arange(0, total, total / n).astype(np.int64)
 
