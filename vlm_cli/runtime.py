@@ -8,8 +8,10 @@ progress bars). Every command and library function that needs a device or a dtyp
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from typing import Any
 
 
@@ -31,6 +33,21 @@ def quiet_third_party() -> None:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
+
+
+@contextlib.contextmanager
+def transformers_errors_only() -> Iterator[None]:
+    """Within the block, transformers logs errors only (restored after): for loading a released
+    checkpoint whose files make transformers warn about what we never use (a talker's config, a
+    generation config's sampling flags). Raises nothing of its own."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
 
 
 #: The weight dtypes a recipe, ``--dtype`` or an encoder may name (torch attribute names).

@@ -599,23 +599,18 @@ def load(directory: Path, *, device: str = "cpu", dtype: Any = None, name: str |
         VlmError: thinker weights are missing.
     """
     from transformers import Qwen2_5OmniProcessor, Qwen2_5OmniThinkerForConditionalGeneration
-    from transformers.utils import logging as hf_logging
 
     from vlm_cli.cache import FeatureCache
     from vlm_cli.hub import resolve_pretrained
     from vlm_cli.recipe import DataSpec, LLMSpec, ModelSpec, Recipe, TrainSpec
-    from vlm_cli.runtime import resolve_dtype
+    from vlm_cli.runtime import resolve_dtype, transformers_errors_only
 
     dtype = dtype or resolve_dtype("auto", device)
     source_dir = thinker_directory(directory)
-    level = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # the talker's config (never loaded) names thinker-vocab ids
-    try:
+    with transformers_errors_only():  # the talker's config (never loaded) names thinker ids
         processor = Qwen2_5OmniProcessor.from_pretrained(source_dir)
         thinker = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(
             source_dir, dtype=dtype).to(device).eval().requires_grad_(False)
-    finally:
-        hf_logging.set_verbosity(level)
     model = OmniThinker(thinker, processor)
     _, source = resolve_pretrained(name or str(directory), revision, FeatureCache().file_digest)
     fingerprints = _fingerprints(source, processor, dtype)

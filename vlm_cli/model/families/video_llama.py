@@ -523,7 +523,7 @@ def load(directory: Path, *, device: str = "cpu", dtype: Any = None, name: str |
     from transformers import AutoTokenizer, LlamaForCausalLM
 
     from vlm_cli.recipe import DataSpec, LLMSpec, ModelSpec, Recipe, TrainSpec
-    from vlm_cli.runtime import resolve_dtype
+    from vlm_cli.runtime import resolve_dtype, transformers_errors_only
 
     parts = _paths(directory)
     dtype = dtype or resolve_dtype("auto", device)
@@ -546,15 +546,9 @@ def load(directory: Path, *, device: str = "cpu", dtype: Any = None, name: str |
         raise VlmError(f"{directory}: the audio branch needs the ImageBind audio tower")
     blip2, pinned = blip2_directory(parts, download=download, fetch=fetch) \
         if "video" in specs else (None, None)
-    from transformers.utils import logging as hf_logging
-
     tokenizer = AutoTokenizer.from_pretrained(parts["llm"])
-    level = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # LLaMA-2-chat's generation_config sets sampling flags
-    try:
+    with transformers_errors_only():  # LLaMA-2-chat's generation_config sets sampling flags
         llm = LlamaForCausalLM.from_pretrained(parts["llm"], dtype=dtype).eval()
-    finally:
-        hf_logging.set_verbosity(level)
     spec = ModelSpec(video_connector=specs.get("video"), audio_connector=specs.get("audio"),
                      llm=LLMSpec(pretrained=label, revision=revision), towers="video-llama")
     dims = {"vision": state["video.position_embedding.weight"].shape[1]} if "video" in specs \
