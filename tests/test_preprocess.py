@@ -171,11 +171,14 @@ def test_two_processes_at_once_then_nothing_to_compute(tmp_path, home):
 
     out = generate_toy_av(tmp_path / "toy50", clips=50, seed=11)["out_dir"]
     cmd = [VLM, "preprocess", str(Path(out) / "clips.jsonl"), "--workers", "1", "--json"]
-    env = {**os.environ, "VLM_HOME": str(home)}
+    (tmp_path / "tmp").mkdir()
+    env = {**os.environ, "VLM_HOME": str(home), "TMPDIR": str(tmp_path / "tmp")}
     procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
              for _ in range(2)]
     results = [p.communicate(timeout=600) for p in procs]
     assert all(p.returncode == 0 for p in procs), results
+    # `vlm` ends with os._exit after the exit handlers: multiprocessing's removed its files
+    assert list((tmp_path / "tmp").iterdir()) == []
     cache = FeatureCache(home)
     assert len(entries(home)) == 100
     assert all(cache.get(e.key) is not None for e in entries(home))
@@ -257,3 +260,25 @@ def test_worker_resize_and_batched_encoding_keep_the_features_bit_identical(home
         cached = store.media_input(clip).vision
         assert cached.shape == expected.shape and torch.equal(cached, expected), clip.name
         assert torch.equal(together, expected), clip.name
+
+
+def test_read_ahead_is_bounded_by_bytes_not_files():
+    """The workers may decode far ahead of the encoder when each file's frames have a known
+    size (while it is being built), and only a few files when they do not."""
+    from vlm_cli.features import DecodeRequest
+    from vlm_cli.preprocess import ENCODE_BATCH, READ_AHEAD_BYTES, read_ahead
+
+    uniform = DecodeRequest("a.mp4", "video", {"num_frames": 8}, None, resize=224)
+    assert uniform.frame_bytes() == 8 * 224 * 224 * 3
+    assert read_ahead([uniform] * 3, workers=2) == READ_AHEAD_BYTES // (8 * 224 * 224 * 3)
+    capped = DecodeRequest("a.mp4", "video", {"num_frames": None, "fps": 1.0, "max_frames": 3600},
+                           None, resize=224)
+    assert read_ahead([uniform, capped], workers=2) == max(ENCODE_BATCH, 4)  # 540 MB a file
+    unbounded = DecodeRequest("b.mp4", "video", {"num_frames": None, "fps": 1.0,
+                                                 "max_frames": None}, None, resize=224)
+    full_size = DecodeRequest("c.mp4", "video", {"num_frames": 8}, None)
+    for odd in (unbounded, full_size):
+        assert read_ahead([uniform, odd], workers=3) == max(ENCODE_BATCH, 6)
+    audio_only = DecodeRequest("d.wav", "audio", None, {"num_clips": 3})
+    assert audio_only.frame_bytes() == 0
+    assert read_ahead([audio_only], workers=2) == READ_AHEAD_BYTES // 2**20

@@ -64,6 +64,18 @@ class DecodeRequest:
     audio: dict[str, Any] | None
     resize: int | None = None
 
+    def frame_bytes(self) -> int | None:
+        """Upper bound of the decoded frames' size in bytes (0 without vision), or None when
+        it depends on the file (frames kept at their decoded size, or fps sampling without
+        ``max_frames``)."""
+        if self.frames is None:
+            return 0
+        count = self.frames.get("num_frames") or self.frames.get("max_frames")
+        size = self.frames.get("size") or ((self.resize, self.resize) if self.resize else None)
+        if count is None or size is None:
+            return None
+        return int(count) * int(size[0]) * int(size[1]) * 3
+
 
 def decode_media(request: DecodeRequest) -> dict[str, Any]:
     """Decode one media file for the encoders (runs in a worker process).

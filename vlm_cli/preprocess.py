@@ -125,9 +125,27 @@ class _CoreShare:
 WORKER_PRELOAD = ("torch", "numpy", "av", "decord", "vlm_cli.features", "vlm_cli.media.video",
                   "vlm_cli.media.audio", "vlm_cli.media.resize")
 
-#: Files whose decoded frames are encoded in one forward (when the encoder allows it) and how
-#: many decoded files the workers may keep ready ahead of the encoder (at least this many).
+#: Files whose decoded frames are encoded in one forward on an accelerator (when the encoder
+#: allows it); on CPU each file has its own forward.
 ENCODE_BATCH = 4
+
+#: How much decoded media the workers may keep ready ahead of the encoder, in bytes: 256 MiB
+#: is ~210 files of 8 frames at 224 px, so that the workers go on decoding while this process
+#: imports and builds the encoders (seconds) instead of stopping after a few files.
+READ_AHEAD_BYTES = 256 * 2**20
+
+
+def read_ahead(requests: Sequence[Any], workers: int) -> int:
+    """How many decoded files may wait for the encoder: :data:`READ_AHEAD_BYTES` over the
+    largest file's frames (1 MiB at least, e.g. audio only), or ``max(ENCODE_BATCH,
+    2 * workers)`` when a file's decoded size is not known in advance (frames kept at their
+    decoded size, fps sampling without ``max_frames``)."""
+    least = max(ENCODE_BATCH, 2 * workers)
+    sizes = [request.frame_bytes() for request in requests]
+    if any(size is None for size in sizes):
+        return least
+    return max(least, READ_AHEAD_BYTES // max(2**20, *sizes))
+
 
 def preprocess(paths: Sequence[Path], store: FeatureStore, *, workers: int = 2,
                timeout_s: float | None = 300.0, shard: tuple[int, int] = (0, 1),
@@ -188,10 +206,10 @@ def _decode_and_encode(store: FeatureStore, todo: list[tuple[Path, str, dict[str
                        workers: int, timeout_s: float | None, summary: PreprocessSummary,
                        fail: Callable[[Path, str], None],
                        report: Callable[[str, str], None]) -> None:
-    """Decode ``todo`` in crash-isolated workers that work ahead (up to ``2 * workers`` or
-    :data:`ENCODE_BATCH` files ready) while this process builds the encoders and then encodes
-    what is ready, several files per forward, with the cores given to the bottleneck
-    (:class:`_CoreShare`)."""
+    """Decode ``todo`` in crash-isolated workers that work ahead (:func:`read_ahead` files
+    ready) while this process builds the encoders and then encodes what is ready (several files
+    per forward on an accelerator), with the cores given to the bottleneck (:class:`_CoreShare`).
+    """
     requests = [store.request(path, list(missing)) for path, _, missing in todo]
     cores = _CoreShare()
 
@@ -201,11 +219,14 @@ def _decode_and_encode(store: FeatureStore, todo: list[tuple[Path, str, dict[str
                             cancelled=cancelled, preload=WORKER_PRELOAD)
 
     try:
-        with prefetched(pool, depth=max(ENCODE_BATCH, 2 * workers)) as ahead:
+        with prefetched(pool, depth=read_ahead(requests, workers)) as ahead:
             for name in dict.fromkeys(store.encoder_name(m, path)  # while the workers start
                                       for path, _, missing in todo for m in missing):
                 store.encoder(name)
-            while batch := ahead.take(ENCODE_BATCH):
+            # On CPU one file's frames per forward is faster than several (ViT-B/16: ~8 % per
+            # frame; the activations of 32 frames outgrow the caches); accelerators batch.
+            most = ENCODE_BATCH if str(store.device).split(":")[0] not in ("cpu", "auto") else 1
+            while batch := ahead.take(most):
                 done = []
                 for index, decoded in batch:
                     path, digest, missing = todo[index]
