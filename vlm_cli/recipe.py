@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from vlm_cli.errors import RecipeError
-from vlm_cli.schema import apply_overrides, from_dict, to_dict
+from vlm_cli.schema import apply_overrides, from_dict, load_yaml, to_dict
 
 #: CLIP's image normalisation (OpenAI CLIP; also LanguageBind / Video-LLaVA towers).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -439,7 +439,7 @@ def load_recipe(name_or_path: str, overrides: list[str] | tuple[str, ...] = ()) 
         text = (resources.files("vlm_cli.recipes") / f"{name_or_path}.yaml").read_text()
         where = f"built-in recipe {name_or_path}"
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.YAMLError as err:
         raise RecipeError(f"{where}: invalid YAML ({str(err).splitlines()[0]})") from err
     if not isinstance(data, dict):

@@ -137,6 +137,18 @@ def to_dict(obj: Any) -> Any:
 _FLOAT = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
 
 
+def load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` with libyaml's C parser when PyYAML has it (the same safe loader,
+    ~10x faster; recipes and overrides are parsed on every command), else the Python one.
+
+    Raises:
+        yaml.YAMLError: the text is not YAML.
+    """
+    import yaml
+
+    return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+
+
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     """Apply ``dotted.key=value`` overrides to a nested mapping (in place; also returned).
 
@@ -155,7 +167,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         if not sep or not key or any(not part for part in key.split(".")):
             raise RecipeError(f"override {item!r}: expected KEY=VALUE, e.g. data.frames=16")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else None
+            value = load_yaml(raw) if raw.strip() else None
         except yaml.YAMLError:
             value = raw  # not YAML: keep the text
         if isinstance(value, str) and value.lower() in {"nan", ".nan"}:

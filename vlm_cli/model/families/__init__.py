@@ -104,6 +104,8 @@ def read_licence(directory: str | Path) -> str | None:
     ``cc-by-nc-sa-4.0``), with ``license_link`` when given; None without a card or a licence."""
     import yaml
 
+    from vlm_cli.schema import load_yaml
+
     try:
         text = (Path(directory) / "README.md").read_text(errors="replace")
     except OSError:
@@ -111,7 +113,7 @@ def read_licence(directory: str | Path) -> str | None:
     if not text.startswith("---"):
         return None
     try:
-        card = yaml.safe_load(text.split("---", 2)[1])
+        card = load_yaml(text.split("---", 2)[1])
     except (yaml.YAMLError, IndexError):
         return None
     if not isinstance(card, dict):

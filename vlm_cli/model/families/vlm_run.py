@@ -125,13 +125,11 @@ def read_run(run_dir: Path) -> tuple[Recipe, RunConfig]:
     Raises:
         UsageError: not a run directory (no config.json / recipe.yaml), or another format.
     """
-    import yaml
-
-    from vlm_cli.schema import from_dict as schema_from_dict
+    from vlm_cli.schema import from_dict as schema_from_dict, load_yaml
 
     try:
         raw = json.loads((run_dir / "config.json").read_text())
-        recipe_data = yaml.safe_load((run_dir / "recipe.yaml").read_text())
+        recipe_data = load_yaml((run_dir / "recipe.yaml").read_text())
     except FileNotFoundError as err:
         raise UsageError(f"{run_dir}: not a vlm run directory (missing {Path(err.filename).name})"
                          ) from err
