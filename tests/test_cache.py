@@ -136,3 +136,22 @@ def test_unwritable_root_is_a_clear_error(tmp_path):
     blocker.write_text("x")
     with pytest.raises(CacheError, match="cannot use cache directory"):
         FeatureCache(blocker / "sub")
+
+
+def test_cache_writes_skip_fsync_other_atomic_writes_do_not(tmp_path, monkeypatch):
+    """Entries and hash memos verify themselves on read (a torn one is recomputed, see
+    test_corrupt_entry_is_reported_removed_and_missed), so they cost no disk flush; every other
+    atomic write (checkpoints, models, reports) is fsynced before its rename."""
+    from vlm_cli.atomic import atomic_write_bytes
+
+    flushed = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (flushed.append(fd), real_fsync(fd)))
+    cache = FeatureCache(tmp_path / "home")
+    media = tmp_path / "clip.bin"
+    media.write_bytes(b"x" * 100)
+    cache.file_digest(media)
+    cache.put("34" * 32, {"features": torch.randn(2, 8)}, {"media": "x"})
+    assert flushed == [] and cache.get("34" * 32) is not None
+    atomic_write_bytes(tmp_path / "out" / "model.safetensors", b"weights")
+    assert len(flushed) == 1

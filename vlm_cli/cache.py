@@ -161,7 +161,7 @@ class FeatureCache:
             raise MediaError(path, f"cannot read: {err.strerror}") from err
         digest = h.hexdigest()
         rec = {"path": abspath, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest}
-        atomic_write_bytes(memo, canonical_json(rec).encode())
+        atomic_write_bytes(memo, canonical_json(rec).encode(), durable=False)  # checked on read
         return digest
 
     # --- entries -------------------------------------------------------------------------------
@@ -217,7 +217,8 @@ class FeatureCache:
         return result
 
     def put(self, key: str, tensors: Mapping[str, Any], provenance: Mapping[str, Any]) -> Path:
-        """Write an entry atomically (temporary name, fsync, rename) under the key's file lock.
+        """Write an entry atomically (temporary name, rename) under the key's file lock; no fsync:
+        a torn entry fails its payload checksum on read and is recomputed.
 
         Args:
             key: from :func:`feature_key`.
@@ -240,7 +241,7 @@ class FeatureCache:
         }
         path = self.path_for(key)
         with self.lock_for(key):
-            atomic_write_bytes(path, save(tensors, metadata=meta))
+            atomic_write_bytes(path, save(tensors, metadata=meta), durable=False)  # checksummed
         return path
 
     def entries(self) -> Iterator[CacheEntry]:
