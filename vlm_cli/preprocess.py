@@ -76,7 +76,7 @@ def select_shard(paths: Sequence[Path], index: int, count: int) -> list[Path]:
     return ordered[index::count]
 
 
-def _limit_worker_threads() -> None:
+def limit_worker_threads() -> None:
     """Worker initialiser: one compute thread per decoder process (the main process encodes)."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
@@ -215,7 +215,7 @@ def _decode_and_encode(store: FeatureStore, todo: list[tuple[Path, str, dict[str
 
     def pool(cancelled: Callable[[], bool]) -> Iterator[tuple[int, Any]]:
         return run_isolated(decode_media, requests, workers=workers, timeout_s=timeout_s,
-                            initializer=_limit_worker_threads, on_running=cores.running,
+                            initializer=limit_worker_threads, on_running=cores.running,
                             cancelled=cancelled, preload=WORKER_PRELOAD)
 
     try:

@@ -9,7 +9,8 @@ colour, shape, motion direction, sound: :class:`vlm_cli.recipe.ViewSpec`); each 
 predict the views of its modality from its pooled output. A spatio-temporal encoder (ViViT,
 tubelets spanning 2 frames) makes motion direction learnable at all.
 
-Inputs are decoded once (frames and fbank, in crash-isolated workers) and kept in the cache
+Inputs are decoded once (frames and fbank, in crash-isolated workers forked from one process that
+imported torch once, one compute thread each, as ``vlm preprocess``'s) and kept in the cache
 manager like features are, so a re-run does not decode again. The run directory gets
 ``vision/`` and ``audio/`` (``save_pretrained``, safetensors), which later stages use with
 ``--encoders RUN``.
@@ -61,6 +62,7 @@ def decoded_inputs(paths: Sequence[Path], store: Any, *, workers: int) -> dict[s
     """
     from vlm_cli.cache import feature_key
     from vlm_cli.features import decode_media
+    from vlm_cli.preprocess import WORKER_PRELOAD, limit_worker_threads
     from vlm_cli.workers import TaskFailure, run_isolated
 
     request = store.request(paths[0], ["vision", "audio"])
@@ -73,7 +75,9 @@ def decoded_inputs(paths: Sequence[Path], store: Any, *, workers: int) -> dict[s
         entries.append(entry[0] if entry is not None else None)
     todo = [i for i, e in enumerate(entries) if e is None]
     requests = [store.request(paths[i], ["vision", "audio"]) for i in todo]
-    for j, result in (run_isolated(decode_media, requests, workers=workers) if todo else []):
+    decoding = run_isolated(decode_media, requests, workers=workers, preload=WORKER_PRELOAD,
+                            initializer=limit_worker_threads) if todo else []
+    for j, result in decoding:
         i = todo[j]
         if isinstance(result, TaskFailure):
             raise VlmError(f"{paths[i]}: {result.reason}")
