@@ -16,10 +16,12 @@ runs, each as a subprocess timed from start to exit (imports included, as a user
   (Video-LLaMA's loop);
 - ``vlm warm``: the same ``vlm preprocess`` again (everything cached).
 
-Prints seconds per clip of each, vlm's speed-up over the faster seed loop (targets: >= 1.3x
-decode-bound, >= 1.0x ViT-B/16), and warm / cold (target >= 50x).
+The four runs are repeated ``--repeat`` times (default 3), interleaved, each cold run with a fresh
+VLM_HOME; prints the median seconds per clip of each, vlm's speed-up over the faster seed loop
+(medians; targets: >= 1.3x decode-bound, >= 1.0x ViT-B/16) with the per-run ratios, and warm /
+cold (target >= 50x).
 
-Usage: .venv/bin/python bench/preprocess_speed.py [--copies 7 2] [--workers 2]
+Usage: .venv/bin/python bench/preprocess_speed.py [--copies 7 2] [--workers 2] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import struct
 import subprocess
 import sys
@@ -100,7 +103,7 @@ def timed(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, str
     return seconds, done.stdout
 
 
-def measure(name: str, clips: list[Path], tmp: Path, workers: int) -> None:
+def measure(name: str, clips: list[Path], tmp: Path, workers: int, repeat: int) -> None:
     config, layer = ENCODERS[name]
     data = tmp / f"{name}.json"
     data.write_text(json.dumps([{"video": str(p)} for p in clips]))
@@ -110,30 +113,39 @@ def measure(name: str, clips: list[Path], tmp: Path, workers: int) -> None:
                  f"model.vision.feature_layer={layer}", "model.vision.image_mean=null",
                  "model.vision.image_std=null", f"model.vision.config={json.dumps(config)}",
                  "model.audio=null", "model.audio_connector=null"]
-    home = tmp / f"home-{name}"
     vlm = [VLM, "preprocess", str(data), "--recipe", "tiny-av", *overrides,
            "--workers", str(workers), "--device", "cpu", "--json"]
     n = len(clips)
-    cold_s, out = timed(vlm, {"VLM_HOME": str(home)})
-    summary = json.loads(out)
-    assert summary["computed"] == n and not summary["failed"], summary
-    seeds = {}
-    for mode in ("video-llava", "video-llama"):
-        feats = tmp / f"{name}-{mode}"
-        feats.mkdir()
-        seeds[mode], _ = timed([sys.executable, "-c", SEED, mode, str(listing),
+    times: dict[str, list[float]] = {"vlm cold": [], "video-llava seed": [],
+                                     "video-llama seed": [], "vlm warm": []}
+    for run in range(repeat):  # interleaved, so that a slower spell of the machine hits all alike
+        home = tmp / f"home-{name}-{run}"
+        cold_s, out = timed(vlm, {"VLM_HOME": str(home)})
+        summary = json.loads(out)
+        assert summary["computed"] == n and not summary["failed"], summary
+        times["vlm cold"].append(cold_s)
+        for mode in ("video-llava", "video-llama"):
+            feats = tmp / f"{name}-{mode}-{run}"
+            feats.mkdir()
+            seconds, _ = timed([sys.executable, "-c", SEED, mode, str(listing),
                                 json.dumps(config), str(layer), str(feats)])
-    warm_s, out = timed(vlm, {"VLM_HOME": str(home)})
-    assert json.loads(out)["hits"] == n
-    faster = min(seeds.values())
+            times[f"{mode} seed"].append(seconds)
+        warm_s, out = timed(vlm, {"VLM_HOME": str(home)})
+        assert json.loads(out)["hits"] == n
+        times["vlm warm"].append(warm_s)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    faster = min(med["video-llava seed"], med["video-llama seed"])
     target = 1.3 if name == "decode-bound" else 1.0
-    print(f"{name}: {n} clips, {workers} decoder workers, {os.cpu_count()} cores")
-    print(f"  vlm cold          {cold_s / n:6.3f} s/clip  ({cold_s:.1f} s)")
-    for mode, seconds in seeds.items():
-        print(f"  {mode + ' seed':<17} {seconds / n:6.3f} s/clip  ({seconds:.1f} s)")
-    print(f"  vlm warm          {warm_s / n:6.3f} s/clip  ({warm_s:.2f} s)")
-    print(f"  vlm / faster seed: {faster / cold_s:.2f}x as fast (target >= {target}x); "
-          f"warm / cold: {cold_s / warm_s:.1f}x as fast (target >= 50x)", flush=True)
+    print(f"{name}: {n} clips, {workers} decoder workers, {os.cpu_count()} cores, "
+          f"median of {repeat}")
+    for label, values in times.items():
+        runs = " ".join(f"{v:.2f}" for v in values)
+        print(f"  {label:<17} {med[label] / n:6.3f} s/clip  ({med[label]:.2f} s; runs {runs})")
+    per_run = " ".join(f"{min(a, b) / c:.2f}" for a, b, c in
+                       zip(times["video-llava seed"], times["video-llama seed"], times["vlm cold"]))
+    print(f"  vlm / faster seed: {faster / med['vlm cold']:.2f}x as fast (target >= {target}x; "
+          f"per run {per_run}); warm / cold: {med['vlm cold'] / med['vlm warm']:.1f}x as fast "
+          f"(target >= 50x)", flush=True)
 
 
 def main() -> None:
@@ -141,6 +153,8 @@ def main() -> None:
     parser.add_argument("--copies", type=int, nargs=2, default=[7, 2], metavar=("DECODE", "VIT"),
                         help="copies of each shared video for the decode-bound and ViT-B/16 runs")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=3,
+                        help="interleaved runs of each pipeline; medians are compared")
     parser.add_argument("--only", choices=sorted(ENCODERS), help="run one encoder only")
     args = parser.parse_args()
     if SHARED_MEDIA is None:
@@ -150,7 +164,7 @@ def main() -> None:
         for name, copies in zip(ENCODERS, args.copies):
             if args.only in (None, name):
                 clips = distinct_copies(SHARED_MEDIA, copies, tmp / f"clips-{name}")
-                measure(name, clips, tmp, args.workers)
+                measure(name, clips, tmp, args.workers, args.repeat)
 
 
 if __name__ == "__main__":

@@ -56,3 +56,26 @@ def test_prefetched_runs_ahead_and_leaving_early_ends_the_workers():
                                                    cancelled=cancelled), depth=2):
         pass  # the caller stops at once: the hung workers are killed, not waited for
     assert time.monotonic() - started < 10
+
+
+
+def test_stop_forkserver_kills_the_server_and_later_pools_start_another():
+    """The command line's exit kills the forkserver rather than waiting for its teardown; a
+    pool started afterwards in the same process gets a new server."""
+    import multiprocessing
+    import multiprocessing.forkserver as fs
+
+    from vlm_cli.workers import stop_forkserver
+
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return  # spawn platforms: nothing to stop
+    assert dict(run_isolated(abs, [-1, -2], workers=2)) == {0: 1, 1: 2}
+    pid = fs._forkserver._forkserver_pid
+    stop_forkserver()
+    deadline = time.monotonic() + 10
+    flags = os.WEXITED | os.WNOHANG | os.WNOWAIT  # look, do not reap: multiprocessing does
+    while os.waitid(os.P_PID, pid, flags) is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert os.waitid(os.P_PID, pid, flags).si_status == 9  # SIGKILL, not a normal exit
+    assert dict(run_isolated(abs, [-3], workers=1)) == {0: 3}
+    assert fs._forkserver._forkserver_pid not in (None, pid)

@@ -109,7 +109,9 @@ def main() -> None:
     cleanup, logging) and the process ends with ``os._exit``, skipping the interpreter's
     teardown of every loaded module: with torch and transformers loaded that teardown takes
     ~1 s of CPU and does nothing a finished command needs (files are closed or flushed by
-    then; cache and output files are written atomically before the command returns).
+    then; cache and output files are written atomically before the command returns). The
+    decoders' forkserver, if one was started, is ended the same way
+    (:func:`vlm_cli.workers.stop_forkserver`).
     """
     code = run(sys.argv[1:])
     _exit_now(code)
@@ -118,6 +120,8 @@ def main() -> None:
 def _exit_now(code: int) -> None:
     import atexit
 
+    if "vlm_cli.workers" in sys.modules:  # decoder pools are closed by now
+        sys.modules["vlm_cli.workers"].stop_forkserver()
     atexit._run_exitfuncs()  # what sys.exit would run, without the module teardown after it
     for stream in (sys.stdout, sys.stderr):
         try:
