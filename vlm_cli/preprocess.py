@@ -76,7 +76,7 @@ def select_shard(paths: Sequence[Path], index: int, count: int) -> list[Path]:
     return ordered[index::count]
 
 
-def limit_worker_threads() -> None:
+def _limit_worker_threads() -> None:
     """Worker initialiser: one compute thread per decoder process (the main process encodes)."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
@@ -124,6 +124,16 @@ class _CoreShare:
 #: What the decoder workers import, once for all of them (see :func:`run_isolated`).
 WORKER_PRELOAD = ("torch", "numpy", "av", "decord", "vlm_cli.features", "vlm_cli.media.video",
                   "vlm_cli.media.audio", "vlm_cli.media.resize")
+
+
+def decode_in_workers(requests: Sequence[Any], *, workers: int,
+                      **options: Any) -> Iterator[tuple[int, Any]]:
+    """:func:`vlm_cli.features.decode_media` of every request in crash-isolated workers forked
+    from a server that imported :data:`WORKER_PRELOAD` once, one compute thread each
+    (:func:`_limit_worker_threads`); ``options`` go to :func:`vlm_cli.workers.run_isolated`,
+    whose ``(index, result or TaskFailure)`` pairs this yields."""
+    return run_isolated(decode_media, requests, workers=workers, preload=WORKER_PRELOAD,
+                        initializer=_limit_worker_threads, **options)
 
 #: Files whose decoded frames are encoded in one forward on an accelerator (when the encoder
 #: allows it); on CPU each file has its own forward.
@@ -214,9 +224,8 @@ def _decode_and_encode(store: FeatureStore, todo: list[tuple[Path, str, dict[str
     cores = _CoreShare()
 
     def pool(cancelled: Callable[[], bool]) -> Iterator[tuple[int, Any]]:
-        return run_isolated(decode_media, requests, workers=workers, timeout_s=timeout_s,
-                            initializer=limit_worker_threads, on_running=cores.running,
-                            cancelled=cancelled, preload=WORKER_PRELOAD)
+        return decode_in_workers(requests, workers=workers, timeout_s=timeout_s,
+                                 on_running=cores.running, cancelled=cancelled)
 
     try:
         with prefetched(pool, depth=read_ahead(requests, workers)) as ahead:
@@ -225,7 +234,7 @@ def _decode_and_encode(store: FeatureStore, todo: list[tuple[Path, str, dict[str
                 store.encoder(name)
             # On CPU one file's frames per forward is faster than several (ViT-B/16: ~8 % per
             # frame; the activations of 32 frames outgrow the caches); accelerators batch.
-            most = ENCODE_BATCH if str(store.device).split(":")[0] not in ("cpu", "auto") else 1
+            most = 1 if str(store.device).startswith("cpu") else ENCODE_BATCH
             while batch := ahead.take(most):
                 done = []
                 for index, decoded in batch:

@@ -61,9 +61,8 @@ def decoded_inputs(paths: Sequence[Path], store: Any, *, workers: int) -> dict[s
         VlmError: a file that cannot be decoded (named), or one without an audio track.
     """
     from vlm_cli.cache import feature_key
-    from vlm_cli.features import decode_media
-    from vlm_cli.preprocess import WORKER_PRELOAD, limit_worker_threads
-    from vlm_cli.workers import TaskFailure, run_isolated
+    from vlm_cli.preprocess import decode_in_workers
+    from vlm_cli.workers import TaskFailure
 
     request = store.request(paths[0], ["vision", "audio"])
     fingerprint = {"modality": "decoded", "frames": request.frames, "audio": request.audio}
@@ -75,9 +74,7 @@ def decoded_inputs(paths: Sequence[Path], store: Any, *, workers: int) -> dict[s
         entries.append(entry[0] if entry is not None else None)
     todo = [i for i, e in enumerate(entries) if e is None]
     requests = [store.request(paths[i], ["vision", "audio"]) for i in todo]
-    decoding = run_isolated(decode_media, requests, workers=workers, preload=WORKER_PRELOAD,
-                            initializer=limit_worker_threads) if todo else []
-    for j, result in decoding:
+    for j, result in (decode_in_workers(requests, workers=workers) if todo else []):
         i = todo[j]
         if isinstance(result, TaskFailure):
             raise VlmError(f"{paths[i]}: {result.reason}")
