@@ -34,6 +34,7 @@ from pathlib import Path
 
 BIN = Path(sys.executable).parent
 VLM = str(BIN / "vlm")
+REPO = Path(__file__).resolve().parents[1]
 FLOOR = [sys.executable, "-c", "import torch; from transformers import LlamaForCausalLM"]
 BARE_FLOOR = [sys.executable, "-c", "import os, torch; from transformers import LlamaForCausalLM; "
               "os._exit(0)"]
@@ -95,6 +96,10 @@ def main() -> None:
     parser.add_argument("--model", help="run directory or hub id [default: demo, else micro]")
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
+    # Bytecode for vlm's own modules, as `make install` and a wheel install leave it: where
+    # none is ever written (PYTHONDONTWRITEBYTECODE) each call would compile them again.
+    subprocess.run([sys.executable, "-m", "compileall", "-q", *(str(REPO / d) for d in
+                    ("vlm_cli", "commands"))], check=True)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         env = {**os.environ, "VLM_HOME": str(tmp / "home")}

@@ -39,6 +39,7 @@ import time
 from pathlib import Path
 
 VLM = str(Path(sys.executable).with_name("vlm"))
+REPO = Path(__file__).resolve().parents[1]
 SHARED_MEDIA = next((p for p in (Path(__file__).resolve().parents[2] / "shared" / "media",
                      Path("/work/shared/media")) if p.is_dir()), None)
 
@@ -159,6 +160,10 @@ def main() -> None:
     args = parser.parse_args()
     if SHARED_MEDIA is None:
         sys.exit("../shared/media not found")
+    # Bytecode for vlm's own modules, as `make install` and a wheel install leave it: where
+    # none is ever written (PYTHONDONTWRITEBYTECODE) each call would compile them again.
+    subprocess.run([sys.executable, "-m", "compileall", "-q", *(str(REPO / d) for d in
+                    ("vlm_cli", "commands"))], check=True)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for name, copies in zip(ENCODERS, args.copies):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable
 from fractions import Fraction
+from typing import Any
 from pathlib import Path
 
 import av
@@ -64,6 +65,7 @@ def write_video(
     sample_rate: int = 16_000,
     *,
     faststart: bool = False,
+    x264: dict[str, str] | None = None,
 ) -> Path:
     """Encode ``frames [T, H, W, 3] uint8 RGB`` as h264 at ``fps`` frames per second.
 
@@ -75,6 +77,9 @@ def write_video(
         audio: optional mono waveform ``[S] float32`` in [-1, 1], encoded as AAC.
         sample_rate: sample rate of ``audio`` in Hz.
         faststart: write the mp4 index (moov) at the start of the file, as web videos do.
+        x264: libx264 options instead of ``preset=ultrafast crf=23`` (one reference frame, no
+            B-frames), e.g. ``{"preset": "medium", "g": "12"}`` for B-frames and short groups
+            of pictures as phones and web videos have them.
 
     Returns the path.
     """
@@ -93,7 +98,7 @@ def write_video(
         vstream.width = first.shape[1]
         vstream.height = first.shape[0]
         vstream.pix_fmt = "yuv420p"
-        vstream.options = {"preset": "ultrafast", "crf": "23"}
+        vstream.options = x264 or {"preset": "ultrafast", "crf": "23"}
         astream = None
         if audio is not None:
             astream = container.add_stream("aac", rate=sample_rate)
@@ -175,3 +180,21 @@ def tone(freq: float, seconds: float, sample_rate: int, amplitude: float = 0.5) 
     n = int(round(seconds * sample_rate))
     t = np.arange(n, dtype=np.float64) / sample_rate
     return (amplitude * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def use_decoder(monkeypatch: Any, decoder: str) -> None:
+    """Make :func:`vlm_cli.media.load_video`'s decoders tried before ``decoder``
+    (``"pyav-seek"``, ``"decord"``, ``"pyav"``) fail on every file, as on a file they cannot
+    read (``monkeypatch``: pytest's fixture)."""
+    from vlm_cli.media import video
+
+    if decoder in ("decord", "pyav"):
+        def no_seeking(*args: object) -> None:
+            raise video._SeekFailed("disabled by test")
+
+        monkeypatch.setattr(video, "_load_by_seeking", no_seeking)
+    if decoder == "pyav":
+        def refuse(path: object, select: object, size: object = None) -> None:
+            raise video._DecordFailed("disabled by test")
+
+        monkeypatch.setattr(video, "_load_with_decord", refuse)

@@ -155,3 +155,13 @@ def test_cache_writes_skip_fsync_other_atomic_writes_do_not(tmp_path, monkeypatc
     assert flushed == [] and cache.get("34" * 32) is not None
     atomic_write_bytes(tmp_path / "out" / "model.safetensors", b"weights")
     assert len(flushed) == 1
+
+
+def test_random_encoder_keys_pin_the_installed_torch():
+    """A seeded random encoder's cache key names the torch release (its random init depends on
+    it), read without importing importlib.metadata: the same string as the installed metadata."""
+    import importlib.metadata
+
+    from vlm_cli.model.fingerprint import _torch_version
+
+    assert _torch_version() == importlib.metadata.version("torch")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from media_factory import moving_frames, write_video
+from media_factory import moving_frames, use_decoder, write_video
 from micro import VISION_VIVIT, micro_recipe, trained_run
 from vlm_cli.cli import run
 from vlm_cli.media import load_video, video_windows
@@ -31,17 +31,13 @@ def long_clip(path, seconds: int, fps: int = 4):
     return write_video(path, (pictures[(i // fps) % 16] for i in range(seconds * fps)), fps=fps)
 
 
-@pytest.mark.parametrize("decoder", ["decord", "pyav"])
+@pytest.mark.parametrize("decoder", ["pyav-seek", "decord", "pyav"])
 @pytest.mark.parametrize("window", [1, 3, 100])
 def test_windows_give_the_frames_and_times_of_load_video(short_clip, decoder, window,
                                                          monkeypatch):
-    if decoder == "pyav":  # load_video's fallback; the windows always decode with PyAV
-        import vlm_cli.media.video as video
+    # load_video's decoders; the windows decode with PyAV
 
-        def no_decord():
-            raise video._DecordFailed("decord disabled by the test")
-
-        monkeypatch.setattr(video, "_import_decord", no_decord)
+    use_decoder(monkeypatch, decoder)
     whole = load_video(short_clip, num_frames=None, fps=3)
     reader = video_windows(short_clip, fps=3, window=window)
     parts = list(reader)
@@ -50,7 +46,7 @@ def test_windows_give_the_frames_and_times_of_load_video(short_clip, decoder, wi
     assert np.array_equal(np.concatenate(parts), whole.frames)
     # decord keeps times as float32: the same times, to its rounding.
     np.testing.assert_allclose(reader.timestamps, whole.timestamps, rtol=0,
-                               atol=1e-6 if decoder == "decord" else 0)
+                               atol=1e-6 if decoder == "decord" else 1e-12)
     assert reader.num_decodable == whole.num_decodable == 75
     assert reader.duration == pytest.approx(whole.duration)
 

@@ -15,7 +15,8 @@ import pytest
 import torch
 import torchaudio
 
-from media_factory import SHARED_MEDIA, moving_frames, tone, write_png, write_video, write_wav
+from media_factory import (SHARED_MEDIA, moving_frames, tone, use_decoder, write_png, write_video,
+                           write_wav)
 from vlm_cli.errors import MediaError
 from vlm_cli.media import (
     IMAGEBIND_FBANK_MEAN,
@@ -63,12 +64,8 @@ def _sample(name: str) -> Path:
 
 @pytest.fixture
 def no_decord(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Make decord fail on every file, as on a file it cannot read."""
-
-    def refuse(path: object, select: object, size: object = None) -> None:
-        raise video_module._DecordFailed("disabled by test")
-
-    monkeypatch.setattr(video_module, "_load_with_decord", refuse)
+    """Only PyAV's sequential decoding: both seeking decoders fail on every file."""
+    use_decoder(monkeypatch, "pyav")
 
 
 def _assert_timestamps(vf, duration: float) -> None:
@@ -89,7 +86,7 @@ def _assert_timestamps(vf, duration: float) -> None:
 def test_sample_video_decodes_8_frames(name: str) -> None:
     width, height, duration, _ = SAMPLE_VIDEOS[name]
     vf = load_video(_sample(name))
-    assert vf.decoder == "decord"
+    assert vf.decoder == "pyav-seek"
     assert vf.frames.dtype == np.uint8
     assert vf.frames.shape == (8, height, width, 3)
     assert vf.frames.flags.c_contiguous
@@ -102,13 +99,29 @@ def test_sample_video_decodes_8_frames(name: str) -> None:
 
 @needs_samples
 @pytest.mark.parametrize("name", sorted(SAMPLE_VIDEOS))
+@pytest.mark.parametrize("sampling", [dict(num_frames=8), dict(num_frames=None, fps=1.0),
+                                      dict(num_frames=16, sampling="segment_start")])
+def test_seeking_with_pyav_gives_decords_frames(name: str, sampling: dict,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same pixels as decord, bit for bit, at the same times (decord keeps float32)."""
+    seek = load_video(_sample(name), **sampling)
+    use_decoder(monkeypatch, "decord")
+    reference = load_video(_sample(name), **sampling)
+    assert (seek.decoder, reference.decoder) == ("pyav-seek", "decord")
+    np.testing.assert_array_equal(seek.frames, reference.frames)
+    np.testing.assert_allclose(seek.timestamps, reference.timestamps, rtol=0, atol=2e-6)
+    assert (seek.num_decodable, seek.fps) == (reference.num_decodable, reference.fps)
+    # The last frame's end comes from its packet duration, as the demuxer reports it: decord's
+    # older libavformat gives 33 ms where PyAV's gives the 1 ms of sample_demo_22's table.
+    assert seek.duration == pytest.approx(reference.duration, abs=0.035)
+
+
+@needs_samples
+@pytest.mark.parametrize("name", sorted(SAMPLE_VIDEOS))
 def test_sample_video_pyav_matches_decord(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    use_decoder(monkeypatch, "decord")
     reference = load_video(_sample(name))
-    monkeypatch.setattr(
-        video_module,
-        "_load_with_decord",
-        lambda path, select, size=None: (_ for _ in ()).throw(video_module._DecordFailed("test")),
-    )
+    use_decoder(monkeypatch, "pyav")
     vf = load_video(_sample(name))
     assert vf.decoder == "pyav"
     assert vf.num_decodable == reference.num_decodable
@@ -266,12 +279,11 @@ def clip_4s(clip_dir: Path) -> Path:
     )
 
 
-@pytest.mark.parametrize("decord", [True, False])
-def test_load_video_by_fps(clip_4s: Path, decord: bool, request: pytest.FixtureRequest) -> None:
-    if not decord:
-        request.getfixturevalue("no_decord")
+@pytest.mark.parametrize("decoder", ["pyav-seek", "decord", "pyav"])
+def test_load_video_by_fps(clip_4s: Path, decoder: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    use_decoder(monkeypatch, decoder)
     vf = load_video(clip_4s, num_frames=None, fps=2.0)
-    assert vf.decoder == ("decord" if decord else "pyav")
+    assert vf.decoder == decoder
     assert vf.frames.shape == (8, 64, 96, 3)
     # frames at k / 25 s: the frame on screen at 0.5 s is the one shown from 0.48 s
     expected = np.floor(np.arange(8) * 0.5 * 25 + 1e-6) / 25
@@ -294,14 +306,14 @@ def test_load_video_rejects_bad_sampling(clip_4s: Path, kwargs: dict) -> None:
         load_video(clip_4s, **kwargs)
 
 
-@pytest.mark.parametrize("decord", [True, False])
+@pytest.mark.parametrize("decoder", ["pyav-seek", "decord", "pyav"])
 def test_short_clip_repeats_frames(
-    clip_dir: Path, decord: bool, request: pytest.FixtureRequest
+    clip_dir: Path, decoder: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if not decord:
-        request.getfixturevalue("no_decord")
-    path = write_video(clip_dir / f"three_{decord}.mp4", moving_frames(3), 10)
+    use_decoder(monkeypatch, decoder)
+    path = write_video(clip_dir / f"three_{decoder}.mp4", moving_frames(3), 10)
     vf = load_video(path, num_frames=8)
+    assert vf.decoder == decoder
     assert vf.frames.shape == (8, 64, 96, 3) and vf.num_decodable == 3
     np.testing.assert_allclose(vf.timestamps, np.linspace(0, 2, 8).astype(int) / 10, atol=1e-3)
     np.testing.assert_array_equal(vf.frames[0], vf.frames[1])
@@ -336,23 +348,91 @@ def test_decord_failure_falls_back_to_pyav(clip_4s: Path, no_decord: None) -> No
     assert vf.frames.shape == (8, 64, 96, 3) and vf.num_decodable == 100
 
 
+@pytest.fixture(scope="module")
+def b_frame_clip(clip_dir: Path) -> Path:
+    """4 s at 25 fps with B-frames (x264 medium) and key frames at most 12 frames apart."""
+    return write_video(clip_dir / "bframes.mp4", moving_frames(100), 25,
+                       x264={"preset": "medium", "g": "12", "crf": "23"})
+
+
+def _frames_decoded(caplog: pytest.LogCaptureFixture) -> int:
+    for record in caplog.records:
+        if record.name == video_module.__name__ and "frames decoded for" in record.getMessage():
+            return int(record.getMessage().split(": ")[1].split()[0])
+    raise AssertionError("the seeking decoder logged no count")
+
+
+@pytest.mark.parametrize("sampling", [dict(num_frames=8), dict(num_frames=3),
+                                      dict(num_frames=None, fps=7.0),
+                                      dict(num_frames=None, fps=25.0)])
+def test_seeking_skips_unreferenced_frames_and_keeps_the_pixels(
+    b_frame_clip: Path, sampling: dict, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Against every frame decoded in order: the same frames and times; fewer frames decoded
+    than when the non-reference frames on the way are decoded too (every frame at 25 fps)."""
+    caplog.set_level("DEBUG", logger=video_module.__name__)
+    seek = load_video(b_frame_clip, **sampling)
+    skipping = _frames_decoded(caplog)
+    caplog.clear()
+    monkeypatch.setattr(video_module, "_SKIP_NONREF_CODECS", frozenset())
+    assert np.array_equal(load_video(b_frame_clip, **sampling).frames, seek.frames)
+    everything = _frames_decoded(caplog)
+    use_decoder(monkeypatch, "pyav")
+    reference = load_video(b_frame_clip, **sampling)
+    assert seek.decoder == "pyav-seek" and reference.decoder == "pyav"
+    np.testing.assert_array_equal(seek.frames, reference.frames)
+    np.testing.assert_allclose(seek.timestamps, reference.timestamps, rtol=0, atol=1e-9)
+    assert seek.num_decodable == reference.num_decodable == 100
+    if sampling.get("fps") == 25.0:
+        assert skipping == everything == 100
+    else:
+        assert skipping < everything < 100
+
+
+def test_index_without_timestamps_is_decoded_in_order(tmp_path: Path) -> None:
+    """A raw h264 stream has no packet times: neither seeking decoder can use it, PyAV decodes
+    it in order (never a wrong frame from a guessed position)."""
+    original = moving_frames(40)
+    path = write_video(tmp_path / "raw.h264", original, 10)
+    vf = load_video(path, num_frames=4)
+    assert vf.decoder == "pyav" and vf.num_decodable == 40
+    expected = original[[0, 13, 26, 39], :, :, 0].mean(axis=(1, 2))  # red level: frame number
+    np.testing.assert_allclose(vf.frames[..., 0].mean(axis=(1, 2)), expected, atol=4)
+
+
+def test_scaling_in_the_decoder_is_decords(clip_4s: Path) -> None:
+    """Video-LLaMA's ``VideoReader(height=224, width=224)``: decord's libswscale, which PyAV's
+    does not reproduce, so the scaled frames stay decord's."""
+    vf = load_video(clip_4s, size=(32, 32))
+    assert vf.decoder == "decord" and vf.frames.shape == (8, 32, 32, 3)
+
+
 def _truncated_copy(src: Path, dst: Path, fraction: float) -> Path:
     data = src.read_bytes()
     dst.write_bytes(data[: int(len(data) * fraction)])
     return dst
 
 
-def test_truncated_faststart_mp4_decodes_what_is_there(tmp_path: Path) -> None:
-    """moov first, data cut at 60%: decord refuses it, PyAV decodes the frames that exist and
-    the sampling is spread over them (not over the header's 100 frames)."""
+def test_truncated_faststart_mp4_decodes_what_is_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """moov first, data cut at 60%: decord refuses it; PyAV's demuxer stops at the cut, so the
+    index holds the frames that exist, the sampling is spread over them (not over the header's
+    100 frames) and seeking gives what decoding every frame in order gives."""
     original = moving_frames(100)
     full = write_video(
         tmp_path / "full.mp4", original, 25, audio=tone(440, 4.0, 16_000), faststart=True
     )
     cut = _truncated_copy(full, tmp_path / "cut.mp4", 0.6)
     vf = load_video(cut)
-    assert vf.decoder == "pyav"
-    assert 0 < vf.num_decodable < 100
+    with monkeypatch.context() as patch:
+        use_decoder(patch, "decord")
+        in_order = load_video(cut)
+    assert (vf.decoder, in_order.decoder) == ("pyav-seek", "pyav")
+    np.testing.assert_array_equal(vf.frames, in_order.frames)
+    np.testing.assert_array_equal(vf.timestamps, in_order.timestamps)
+    assert 0 < vf.num_decodable == in_order.num_decodable < 100
     assert vf.frames.shape == (8, 64, 96, 3)
     _assert_timestamps(vf, vf.num_decodable / 25)
     np.testing.assert_array_equal(
@@ -523,21 +603,24 @@ _RSS_SCRIPT = textwrap.dedent(
     def peak_mib():
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
-    real = video._load_with_decord
-    def run(path, decord):
-        video._load_with_decord = real if decord else _refuse
+    seeking, decord = video._load_by_seeking, video._load_with_decord
+    def run(path, decoder):
+        video._load_by_seeking = seeking if decoder == "pyav-seek" else _refuse
+        video._load_with_decord = _refuse if decoder == "pyav" else decord
         vf = load_video(path, num_frames=8)
-        assert vf.frames.shape[0] == 8 and vf.decoder == ("decord" if decord else "pyav")
+        assert vf.frames.shape[0] == 8 and vf.decoder == decoder
 
-    def _refuse(path, select, size=None):
-        raise video._DecordFailed("test")
+    def _refuse(*args, **kwargs):
+        raise video._SeekFailed("test")
 
+    video._DecordFailed = video._SeekFailed  # one exception for both refusals
     short, long = sys.argv[1:3]
-    for decord in (True, False):
-        run(short, decord); run(short, decord)
+    decoders = ("pyav-seek", "decord", "pyav")
+    for decoder in decoders:
+        run(short, decoder); run(short, decoder)
     before = peak_mib()
-    for decord in (True, False):
-        run(long, decord)
+    for decoder in decoders:
+        run(long, decoder)
     print(before, peak_mib())
     """
 )
@@ -545,7 +628,7 @@ _RSS_SCRIPT = textwrap.dedent(
 
 @pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss units differ off Linux")
 def test_memory_does_not_grow_with_length(clip_dir: Path) -> None:
-    """Peak RSS of sampling 8 frames from a 60 s clip stays that of a 10 s clip (both decoders).
+    """Peak RSS of sampling 8 frames from a 60 s clip stays that of a 10 s clip (all decoders).
 
     Holding every frame of the 60 s clip (1500 frames of 320x240) would take ~345 MiB more.
     """

@@ -53,7 +53,7 @@ def test_fills_cache_then_computes_nothing(toy, home, capsys):
     assert "nothing to compute" in capsys.readouterr().out
     meta = {e.metadata["modality"]: e.metadata for e in entries(home)}
     assert meta["vision"]["sampling"] == {"strategy": "uniform", "frames": 8}
-    assert meta["vision"]["decoder"] == "decord"
+    assert meta["vision"]["decoder"] == "pyav-seek"
     assert meta["audio"]["audio"] == "present"
     assert Path(meta["vision"]["media"]).is_absolute()
     # A different sampling setting is a different key: nothing stale is reused.
@@ -61,6 +61,22 @@ def test_fills_cache_then_computes_nothing(toy, home, capsys):
     assert third["computed"] == 12
     code, _, err = vlm_json(capsys, str(toy / "clips.jsonl"), "data.frames=4")
     assert code == 1 and "takes 8 frames per clip" in err  # ViViT's input length is fixed
+
+
+def test_cached_run_loads_no_model_library(toy, home, capsys):
+    """Every clip cached: no torch, numpy, decoder, rich (stderr is a pipe) or
+    importlib.metadata is imported (the start-up is most of a warm run)."""
+    assert vlm_json(capsys, str(toy / "clips.jsonl"))[0] == 0
+    code = ("import sys\n"
+            "from vlm_cli.cli import run\n"
+            f"code = run(['preprocess', {str(toy / 'clips.jsonl')!r}, '--json'])\n"
+            "heavy = [m for m in ('torch', 'numpy', 'transformers', 'av', 'decord', 'rich',\n"
+            "                     'importlib.metadata') if m in sys.modules]\n"
+            "print('HEAVY', code, heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "VLM_HOME": str(home)})
+    assert "HEAVY 0 []" in out.stdout, out.stdout + out.stderr
+    assert '"hits": 12' in out.stdout
 
 
 def test_features_have_the_recipe_shapes(toy, home, capsys):

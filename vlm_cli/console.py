@@ -2,33 +2,52 @@
 
 ``vlm ... --json | jq`` must work, so stdout carries only results (a table, an answer, one JSON
 object) and everything else (progress bars, warnings) goes to stderr.
+
+``console.stdout`` and ``console.stderr`` are rich ``Console`` objects, built (and rich imported,
+~40 ms on 2 cores) on first use: a cached ``vlm preprocess --json`` or ``vlm ask --json`` whose
+stderr is a log never needs rich.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task,
-                           TextColumn, TimeElapsedColumn, TimeRemainingColumn)
-from rich.text import Text
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.progress import Progress
 
-stdout = Console(highlight=False, soft_wrap=True)
-stderr = Console(stderr=True, highlight=False, soft_wrap=True)
+_consoles: dict[str, Console] = {}
+
+
+def _console(name: str) -> Console:
+    """The rich Console writing to ``name`` (``stdout`` or ``stderr``), made on first use."""
+    if name not in _consoles:
+        from rich.console import Console
+
+        _consoles[name] = Console(stderr=name == "stderr", highlight=False, soft_wrap=True)
+    return _consoles[name]
+
+
+def __getattr__(name: str) -> Any:
+    """``console.stdout`` / ``console.stderr`` (PEP 562: built when first asked for)."""
+    if name in ("stdout", "stderr"):
+        return _console(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def warn(message: str) -> None:
     """One warning line on stderr."""
-    stderr.print(f"[yellow]warning:[/] {message}", markup=True)
+    _console("stderr").print(f"[yellow]warning:[/] {message}", markup=True)
 
 
 def info(message: str) -> None:
     """One informational line on stderr (what the toolkit chose or did, e.g. the device)."""
-    stderr.print(message, markup=False)
+    _console("stderr").print(message, markup=False)
 
 
 def print_json(obj: Any) -> None:
@@ -37,17 +56,17 @@ def print_json(obj: Any) -> None:
     sys.stdout.flush()
 
 
-class RateColumn(ProgressColumn):
-    """Items per second since the task started, e.g. ``12.3 clips/s``."""
+#: Environment variables with which rich treats a pipe or file as a terminal.
+_FORCE_TERMINAL = ("FORCE_COLOR", "TTY_INTERACTIVE", "TTY_COMPATIBLE")
 
-    def __init__(self, unit: str) -> None:
-        super().__init__()
-        self.unit = unit
 
-    def render(self, task: Task) -> Text:
-        elapsed = task.elapsed or 0.0
-        rate = task.completed / elapsed if elapsed > 0 else 0.0
-        return Text(f"{rate:.1f} {self.unit}/s")
+def _stderr_is_terminal() -> bool:
+    """rich's ``Console.is_terminal`` for stderr; for a pipe or a file, with none of
+    :data:`_FORCE_TERMINAL` set and no Console made yet, False without importing rich."""
+    if ("stderr" not in _consoles and not sys.stderr.isatty()
+            and not any(os.environ.get(v) for v in _FORCE_TERMINAL)):
+        return False
+    return _console("stderr").is_terminal
 
 
 #: Seconds between two progress lines when stderr is not a terminal (a log, CI, ``| cat``).
@@ -65,13 +84,25 @@ def progress_bar(unit: str, detail: str | None = None) -> Progress | LogProgress
         unit: what is counted, plural (``clips``, ``steps``), shown in the rate.
         detail: a format string over the task's fields, e.g. ``"loss {task.fields[loss]:.4f}"``.
     """
-    if not stderr.is_terminal:
+    if not _stderr_is_terminal():
         return LogProgress(unit, detail)
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, Task,
+                               TextColumn, TimeElapsedColumn, TimeRemainingColumn)
+    from rich.text import Text
+
+    class RateColumn(ProgressColumn):
+        """Items per second since the task started, e.g. ``12.3 clips/s``."""
+
+        def render(self, task: Task) -> Text:
+            elapsed = task.elapsed or 0.0
+            rate = task.completed / elapsed if elapsed > 0 else 0.0
+            return Text(f"{rate:.1f} {unit}/s")
+
     columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               RateColumn(unit), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
+               RateColumn(), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
     if detail:
         columns.insert(4, TextColumn(detail))
-    return Progress(*columns, console=stderr, transient=False)
+    return Progress(*columns, console=_console("stderr"), transient=False)
 
 
 class _LogTask:

@@ -1,6 +1,7 @@
 """Media decoding: video/image frames, mono 16 kHz audio, frame sampling and fbank features.
 
-- :mod:`vlm_cli.media.video`: :func:`load_video` (decord, PyAV fallback, still images),
+- :mod:`vlm_cli.media.video`: :func:`load_video` (PyAV or decord seeking, PyAV in order as
+  the last resort, still images),
   :func:`sample_frame_indices` (Video-LLaVA uniform sampling), :func:`fps_frame_indices`.
 - :mod:`vlm_cli.media.windows`: :func:`video_windows` (the same sampling, decoded a window of
   frames at a time: memory bounded by the window, not the length of the file).

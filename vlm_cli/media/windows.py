@@ -49,9 +49,10 @@ class VideoWindows:
 
     Attributes:
         timestamps: ``[T] float64`` seconds of the frames yielded, from the first frame.
-        decoder: ``"pyav"`` (rate sampling), else :func:`load_video`'s: ``"decord"``,
-            ``"pyav"`` or ``"image"``.
-        num_decodable: frames the stream indexes (decord) or decodes (PyAV).
+        decoder: ``"pyav"`` (rate sampling), else :func:`load_video`'s: ``"pyav-seek"``,
+            ``"decord"``, ``"pyav"`` or ``"image"``.
+        num_decodable: frames the stream indexes (seeking decoders) or decodes (PyAV in
+            order).
         duration: seconds; fps: the stream's average rate in Hz.
         window: the most frames one window holds.
         peak_frames: the most decoded frames held at once by this reader (``<= window``).

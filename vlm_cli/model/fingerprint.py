@@ -20,6 +20,17 @@ DEFAULT_IMAGE_SIZE = 224
 
 
 def _torch_version() -> str:
+    """The installed torch's version (``importlib.metadata.version("torch")``), without
+    importing torch. Read from the name of the ``torch-VERSION.dist-info`` directory beside the
+    package when there is exactly one: importing ``importlib.metadata`` alone costs ~45 ms on 2
+    cores, a fifth of a cached ``vlm preprocess``."""
+    from importlib.util import find_spec
+
+    spec = find_spec("torch")
+    if spec is not None and spec.origin:
+        found = list(Path(spec.origin).parent.parent.glob("torch-*.dist-info"))
+        if len(found) == 1:
+            return found[0].name.removeprefix("torch-").removesuffix(".dist-info")
     from importlib.metadata import version
 
     return version("torch")
