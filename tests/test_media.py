@@ -10,6 +10,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 import torch
@@ -98,9 +99,12 @@ def test_sample_video_decodes_8_frames(name: str) -> None:
 
 
 @needs_samples
-@pytest.mark.parametrize("name", sorted(SAMPLE_VIDEOS))
-@pytest.mark.parametrize("sampling", [dict(num_frames=8), dict(num_frames=None, fps=1.0),
-                                      dict(num_frames=16, sampling="segment_start")])
+@pytest.mark.parametrize("name, sampling", [
+    *((name, dict(num_frames=8)) for name in sorted(SAMPLE_VIDEOS)),
+    ("sample_demo_22.mp4", dict(num_frames=None, fps=1.0)),  # 36 s, 1 ms last frame
+    ("applausing.mp4", dict(num_frames=None, fps=3.0)),  # first pts not 0, 29.97 Hz
+    ("birthday.mp4", dict(num_frames=16, sampling="segment_start")),
+])
 def test_seeking_with_pyav_gives_decords_frames(name: str, sampling: dict,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """The same pixels as decord, bit for bit, at the same times (decord keeps float32)."""
@@ -388,6 +392,31 @@ def test_seeking_skips_unreferenced_frames_and_keeps_the_pixels(
         assert skipping == everything == 100
     else:
         assert skipping < everything < 100
+
+
+def test_seeks_that_land_early_decode_forward(b_frame_clip: Path) -> None:
+    """A demuxer that lands on an earlier key frame than asked (here always the first): the
+    decoder goes forward from there to every selected frame, and stops."""
+    with av.open(str(b_frame_clip)) as container:
+        stream = container.streams.video[0]
+        packets = [(p.pts, p.is_keyframe) for p in container.demux(stream) if p.size]
+        pts = np.sort([p for p, _ in packets])
+        keys = np.sort([p for p, key in packets if key])
+        wanted = pts[[20, 50, 51, 99]]
+        assert np.searchsorted(keys, wanted[-1]) > 2  # several key frames to seek to
+
+        class LandsAtTheStart:
+            def seek(self, offset: int, **options: object) -> None:
+                container.seek(0, **options)
+
+            def demux(self, which: object):
+                return container.demux(which)
+
+        early, _ = video_module._decode_by_seeking(LandsAtTheStart(), stream, wanted, keys)
+        exact, _ = video_module._decode_by_seeking(container, stream, wanted, keys)
+    assert sorted(early) == sorted(exact) == wanted.tolist()
+    for p in wanted.tolist():
+        np.testing.assert_array_equal(early[p], exact[p])
 
 
 def test_index_without_timestamps_is_decoded_in_order(tmp_path: Path) -> None:

@@ -237,10 +237,12 @@ class _SeekFailed(Exception):
     then sequential decoding take over."""
 
 
-#: Codecs whose libavcodec decoders honour ``skip_frame = NONREF`` packet by packet (a frame no
-#: other frame references is not decoded); for any other codec every frame from the key frame
-#: on is decoded.
-_SKIP_NONREF_CODECS = frozenset({"h264", "hevc"})
+#: Codecs whose non-reference frames are skipped on the way to a sampled frame (libavcodec's
+#: ``skip_frame = NONREF``, set packet by packet): H.264, where ``nal_ref_idc == 0`` means that
+#: no other picture refers to it. Not HEVC: its "sub-layer non-reference" pictures may still be
+#: referenced from a higher temporal sub-layer. For any other codec every frame from the key
+#: frame on is decoded.
+_SKIP_NONREF_CODECS = frozenset({"h264"})
 
 
 def _load_by_seeking(
@@ -256,7 +258,7 @@ def _load_by_seeking(
     decord's index, computed in float64. For each selected frame the demuxer seeks to the last
     key frame at or before it (none when the next selected frame is in the same group of
     pictures: decoding goes on), and the decoder, one thread, decodes forward with
-    ``skip_frame = NONREF`` on every packet that is not a selected frame (h264 and HEVC, see
+    ``skip_frame = NONREF`` on every packet that is not a selected frame (H.264, see
     :data:`_SKIP_NONREF_CODECS`). Frames are converted to RGB by libswscale as decord does:
     the same ``[H, W, 3] uint8`` values.
 
@@ -325,7 +327,8 @@ def _decode_by_seeking(
         _SeekFailed: see :func:`_load_by_seeking`.
     """
     context = stream.codec_context
-    context.thread_count = 1
+    if not context.is_open:  # (opened by the first decode)
+        context.thread_count = 1
     skip = context.name in _SKIP_NONREF_CODECS
     pending = set(int(p) for p in wanted)
     kept: dict[int, np.ndarray] = {}
@@ -340,6 +343,8 @@ def _decode_by_seeking(
     position = 0  # wanted[position] is the next frame to find
     try:
         while position < wanted.size:
+            # Each seek goes to a later key frame than the one before (demuxers that land
+            # earlier than asked are decoded forward from where they land).
             key = key_before(int(wanted[position]))
             container.seek(key, stream=stream, backward=True, any_frame=False)
             context.flush_buffers()
@@ -361,7 +366,8 @@ def _decode_by_seeking(
                         raise _SeekFailed(f"frame at pts {int(wanted[position])} did not decode")
                     # The next frame is past the next key frame: seek there rather than decode
                     # the rest of this group of pictures.
-                    reseek = key_before(int(wanted[position])) > frame.pts
+                    later = key_before(int(wanted[position]))
+                    reseek = later > frame.pts and later != key
                     if reseek:
                         break
                 if reseek:
