@@ -286,8 +286,9 @@ def _load_by_seeking(
         raise _SeekFailed(f"demuxing failed: {describe_error(exc)}") from None
     if not keys or stream.time_base is None:
         raise _SeekFailed("no key frame in the index" if pts else "no video packet")
-    order = np.argsort(np.asarray(pts, dtype=np.int64), kind="stable")
-    ordered = np.asarray(pts, dtype=np.int64)[order]
+    demuxed = np.asarray(pts, dtype=np.int64)
+    order = np.argsort(demuxed, kind="stable")
+    ordered = demuxed[order]
     if np.any(np.diff(ordered) == 0):
         raise _SeekFailed("two packets have the same presentation time")
     time_base = float(stream.time_base)
