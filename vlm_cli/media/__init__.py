@@ -10,6 +10,9 @@
   (ImageBind / AST front end), :func:`audio_clip_fbanks`, :func:`imagebind_clip_fbanks`
   (ImageBind's own, quirks included, for Video-LLaMA's released audio branch).
 - :mod:`vlm_cli.media.probe`: :func:`probe_media` (container header only, no decoding).
+- Qwen2-VL / Qwen2.5-Omni's reference preprocessing (qwen-omni-utils): ``load_video(...,
+  sampling="qwen")`` (:func:`qwen_frame_indices`), :func:`qwen_resize_frames`,
+  :func:`qwen_load_image` (:mod:`vlm_cli.media.resize`), ``load_audio(..., resampler="soxr")``.
 
 Importing this package is cheap: the decoders (numpy, PyAV, torch; decord on first use) load
 when one of their names is first used.
@@ -31,6 +34,8 @@ _LAZY = {
                      "sample_audio_clips", "whisper_log_mel"),
                     "vlm_cli.media.audio"),
     **dict.fromkeys(("MediaInfo", "probe_media"), "vlm_cli.media.probe"),
+    **dict.fromkeys(("qwen_load_image", "qwen_resize_frames"), "vlm_cli.media.resize"),
+    "qwen_frame_indices": "vlm_cli.media.sampling",
     **dict.fromkeys(("VideoFrames", "fps_frame_indices", "load_video", "sample_frame_indices"),
                     "vlm_cli.media.video"),
     **dict.fromkeys(("VideoWindows", "video_windows"), "vlm_cli.media.windows"),
@@ -69,6 +74,9 @@ __all__ = [
     "load_audio",
     "load_video",
     "probe_media",
+    "qwen_frame_indices",
+    "qwen_load_image",
+    "qwen_resize_frames",
     "sample_audio_clips",
     "sample_frame_indices",
     "video_windows",

@@ -7,7 +7,9 @@ std=9.138)``), which Video-LLaMA calls with ``clips_per_video=8``.
 
 Decoding uses PyAV (libavcodec: AAC, MP3, PCM wav, FLAC, Vorbis, Opus, ...); torchaudio is used
 only for resampling (``torchaudio.functional.resample``) and fbank
-(``torchaudio.compliance.kaldi.fbank``).
+(``torchaudio.compliance.kaldi.fbank``). ``load_audio(resampler="soxr")`` reproduces what
+Qwen2.5-Omni's reference (qwen-omni-utils, ``librosa.load``) feeds the model: 16-bit samples
+resampled by libsoxr.
 """
 
 from __future__ import annotations
@@ -98,7 +100,8 @@ class AudioClips:
 
 
 def load_audio(path: str | os.PathLike[str], *,
-               mix: Literal["mean", "channels"] = "mean") -> AudioTrack | NoAudio:
+               mix: Literal["mean", "channels"] = "mean",
+               resampler: Literal["torchaudio", "soxr"] = "torchaudio") -> AudioTrack | NoAudio:
     """Decode the first audio stream of ``path`` to a mono 16 kHz waveform.
 
     Works on videos (mp4 with AAC or MP3, mkv, ...) and audio-only files (wav, mp3, flac, ...).
@@ -109,6 +112,29 @@ def load_audio(path: str | os.PathLike[str], *,
     :class:`NoAudio`, never zeros. A stream that stops decoding part-way (truncated file) keeps
     the samples decoded before the damage.
 
+    ``resampler="soxr"`` gives instead what Qwen2.5-Omni's reference preprocessing gives
+    (qwen-omni-utils' ``process_audio_info``: ``librosa.load(..., sr=16000)``, which reads a
+    video's audio as ``ffmpeg -i path -f s16le -`` through audioread): every decoded sample is
+    first converted to 16 bits as libswresample converts to s16 (float: ``lrintf(x * 32768)``
+    clipped to int16, round half to even; s32: ``x >> 16``; u8: ``(x - 128) << 8``), then
+    divided by 32768 (librosa's ``buf_to_float``), channels averaged in float32 (``to_mono``)
+    and resampled by ``soxr.resample(..., quality="HQ")`` (librosa's ``res_type="soxr_hq"``),
+    trimmed or zero-padded to ``ceil(S * 16000 / rate)`` samples (librosa's ``fix_length``);
+    a 16 kHz track is not resampled. Samples past the stream's declared end (its edit list or
+    header duration, :func:`_declared_end`: the encoder's padding in the last frame) are
+    dropped, as the ``ffmpeg`` tool of FFmpeg n9.0.2 (imageio-ffmpeg 0.8.1) does; PyAV's
+    libraries (FFmpeg 8.1) keep them, and so would an older ``ffmpeg`` tool: up to one codec
+    frame (1024 samples of AAC) more at the end. PCM s16 files (which librosa reads with
+    soundfile) give the same 16-bit values exactly; files of more than 16 bits that soundfile
+    reads itself (24-bit or float wav, flac) keep their precision in librosa, so there the two
+    differ by at most half a 16-bit step (``2 ** -16``) before resampling.
+
+    Args:
+        path: a video or audio file.
+        mix: ``"mean"`` (mono) or ``"channels"`` (``[C, S]``, each channel resampled).
+        resampler: ``"torchaudio"`` (windowed sinc, float samples as decoded) or ``"soxr"``
+            (Qwen2.5-Omni's reference, above).
+
     Returns:
         :class:`AudioTrack` (``waveform [S] float32`` at 16 kHz) or :class:`NoAudio`.
 
@@ -116,6 +142,9 @@ def load_audio(path: str | os.PathLike[str], *,
         MediaError: missing, zero-byte or non-media file, or an audio stream with no sample
             that decodes.
     """
+    if resampler not in ("torchaudio", "soxr"):
+        raise ValueError(f"resampler must be 'torchaudio' or 'soxr', got {resampler!r}")
+    as_s16 = resampler == "soxr"
     with open_container(path) as container:
         if not container.streams.audio:
             return NoAudio(path=str(path))
@@ -124,12 +153,17 @@ def load_audio(path: str | os.PathLike[str], *,
         source_channels = int(stream.codec_context.layout.nb_channels or 0)
         chunks: list[np.ndarray] = []
         failure: BaseException | None = None
+        end = _declared_end(stream) if as_s16 else None
         try:
             for packet in container.demux(stream):
                 for frame in packet.decode():
                     if not source_rate:
                         source_rate = int(frame.sample_rate)
-                    chunks.append(_frame_to_mono(frame, mix))
+                    chunk = _frame_to_mono(frame, mix, as_s16=as_s16)
+                    if end is not None and frame.pts is not None:
+                        past = (end - frame.pts) * stream.time_base * frame.sample_rate
+                        chunk = chunk[..., :max(0, round(past))]
+                    chunks.append(chunk)
         except av.FFmpegError as exc:  # truncated / damaged: keep what decoded so far
             failure = exc
     if failure is not None:
@@ -141,9 +175,12 @@ def load_audio(path: str | os.PathLike[str], *,
         raise MediaError(path, "audio track holds no samples")
     if source_rate <= 0:
         raise MediaError(path, "audio track has no sample rate")
-    waveform = torch.from_numpy(mono)
-    if source_rate != SAMPLE_RATE:
-        waveform = torchaudio.functional.resample(waveform, source_rate, SAMPLE_RATE)
+    if as_s16:
+        waveform = torch.from_numpy(_soxr_resample(mono, source_rate, SAMPLE_RATE))
+    else:
+        waveform = torch.from_numpy(mono)
+        if source_rate != SAMPLE_RATE:
+            waveform = torchaudio.functional.resample(waveform, source_rate, SAMPLE_RATE)
     waveform = waveform.to(torch.float32).contiguous()
     return AudioTrack(
         waveform=waveform,
@@ -154,13 +191,17 @@ def load_audio(path: str | os.PathLike[str], *,
     )
 
 
-def _frame_to_mono(frame: av.AudioFrame, mix: str = "mean") -> np.ndarray:
+def _frame_to_mono(frame: av.AudioFrame, mix: str = "mean", *,
+                   as_s16: bool = False) -> np.ndarray:
     """``[n] float32`` mean over all channels of one decoded frame (``mix="mean"``), or
-    ``[C, n]`` (``"channels"``), scaled to [-1, 1]."""
+    ``[C, n]`` (``"channels"``), scaled to [-1, 1]; ``as_s16``: converted to 16 bits first
+    (:func:`_to_s16`), then scaled by 1 / 32768."""
     channels = frame.layout.nb_channels
     data = frame.to_ndarray()
     if not frame.format.is_planar:  # packed: one row of interleaved samples
         data = data.reshape(-1, channels).T
+    if as_s16:
+        data = _to_s16(data)
     if data.dtype == np.uint8:
         samples = (data.astype(np.float32) - 128.0) / 128.0
     elif np.issubdtype(data.dtype, np.integer):
@@ -170,6 +211,50 @@ def _frame_to_mono(frame: av.AudioFrame, mix: str = "mean") -> np.ndarray:
     if mix == "channels":
         return np.ascontiguousarray(samples, dtype=np.float32)
     return samples.mean(axis=0, dtype=np.float64).astype(np.float32)
+
+
+def _declared_end(stream: av.audio.AudioStream) -> int | None:
+    """The stream's end in its time base (``start_time + duration``, from the edit list or the
+    header), or None when the container declares no duration."""
+    if not stream.duration or stream.time_base is None:
+        return None
+    return (stream.start_time or 0) + stream.duration
+
+
+def _to_s16(data: np.ndarray) -> np.ndarray:
+    """Samples as int16, the way libswresample converts any sample format to s16 (what the
+    ``ffmpeg`` tool writes for ``-f s16le``): float and double ``clip(rint(x * 32768))``
+    (``lrintf``: round half to even), 32- and 64-bit integers shifted right (the top 16 bits),
+    unsigned 8-bit ``(x - 128) << 8``."""
+    if data.dtype == np.int16:
+        return data
+    if data.dtype == np.uint8:
+        return ((data.astype(np.int16) - 128) << 8).astype(np.int16)
+    if data.dtype in (np.int32, np.int64):
+        return (data >> (8 * data.itemsize - 16)).astype(np.int16)
+    if data.dtype in (np.float32, np.float64):
+        scaled = np.rint(data * data.dtype.type(32768))  # exact product: a power of two
+        return np.clip(scaled, -32768, 32767).astype(np.int16)
+    raise ValueError(f"unsupported sample type {data.dtype}")
+
+
+def _soxr_resample(samples: np.ndarray, source_rate: int, target_rate: int) -> np.ndarray:
+    """``[S]`` or ``[C, S]`` float32 at ``source_rate`` -> ``target_rate`` as librosa's
+    ``resample(res_type="soxr_hq")``: libsoxr's HQ one-shot per channel, then trimmed or
+    zero-padded to ``ceil(S * target_rate / source_rate)`` samples; unchanged at the same
+    rate."""
+    if source_rate == target_rate:
+        return samples
+    import soxr
+
+    length = int(math.ceil(samples.shape[-1] * (float(target_rate) / source_rate)))
+    rows = samples.reshape(-1, samples.shape[-1])
+    out = np.zeros((rows.shape[0], length), dtype=np.float32)
+    for out_row, row in zip(out, rows):
+        resampled = soxr.resample(np.ascontiguousarray(row, dtype=np.float32), source_rate,
+                                  target_rate, quality="HQ")[:length]
+        out_row[:resampled.size] = resampled
+    return out.reshape(*samples.shape[:-1], length)
 
 
 # --------------------------------------------------------------------------------------------

@@ -4,9 +4,12 @@
   (``np.linspace(0, total - 1, num_frames, dtype=int)``);
 - :func:`segment_start_indices`: the first frame of each of ``num_frames`` equal segments, as
   Video-LLaMA (``np.arange(0, total, total / num_frames)``);
-- :func:`fps_frame_indices`: a fixed rate in frames per second of video time, with a cap.
+- :func:`fps_frame_indices`: a fixed rate in frames per second of video time, with a cap;
+- :func:`qwen_frame_indices`: Qwen2-VL / Qwen2.5-Omni's (qwen-vl-utils' ``smart_nframes``: an
+  even frame count from the clip's average rate, spread with ``linspace(...).round()``).
 
-Pure numpy: no decoding here, so the rules are testable on timestamp arrays alone.
+No decoding here, so the rules are testable on timestamp arrays alone; numpy only, except
+:func:`qwen_frame_indices` (torch's float32 ``linspace``, imported when it is called).
 """
 
 from __future__ import annotations
@@ -131,3 +134,77 @@ def fps_frame_indices(
     if max_frames is not None and idx.size > max_frames:
         idx = idx[sample_frame_indices(idx.size, int(max_frames))]
     return idx
+
+
+#: qwen-vl-utils' frame count is a multiple of this (``FRAME_FACTOR``: the vision tower merges
+#: two frames into one temporal patch).
+QWEN_FRAME_FACTOR = 2
+
+
+def qwen_frame_indices(
+    total_frames: int,
+    video_fps: float,
+    *,
+    fps: float | None = 2.0,
+    nframes: int | None = None,
+    min_frames: int = 4,
+    max_frames: int = 768,
+) -> tuple[np.ndarray, float]:
+    """Frame sampling of Qwen2-VL / Qwen2.5-Omni's reference preprocessing: qwen-vl-utils'
+    ``smart_nframes`` and the index rule of its decord reader (``_read_video_decord``), as
+    ``qwen_omni_utils.v2_5.vision_process`` (0.0.9) runs them for ``process_mm_info``.
+
+    The frame count ``n`` is even (a multiple of :data:`QWEN_FRAME_FACTOR`):
+
+    - with ``nframes``: ``nframes`` rounded to the nearest even number (Python's ``round``,
+      half to even: 9 -> 8, 11 -> 12);
+    - else ``total_frames / video_fps * fps`` clamped to ``[min_frames rounded up to even,
+      max_frames rounded down to even]``, then to ``total_frames``, then rounded down to even.
+
+    Indices are ``torch.linspace(0, total_frames - 1, n)`` (float32, as the reference: numpy's
+    float64 linspace rounds to other frames on long clips, e.g. 100 000 frames, ``n = 768``)
+    rounded half to even, and ``sample_fps = n / total_frames * video_fps``: the rate the
+    frames stand for, which the processor turns into ``video_second_per_grid``.
+
+    Args:
+        total_frames: frames the clip really has (decord's ``len(vr)``), >= 1.
+        video_fps: the stream's average frame rate in Hz (decord's ``get_avg_fps()``), > 0.
+        fps: frames per second of video time to take, when ``nframes`` is None.
+        nframes: a fixed frame count instead of ``fps`` (give ``fps=None`` with it).
+        min_frames, max_frames: bounds of the ``fps`` count.
+
+    Returns:
+        ``(indices [n] int64 non-decreasing in [0, total_frames - 1], sample_fps)``.
+
+    Raises:
+        ValueError: both or neither of ``fps`` and ``nframes``, ``fps`` or ``video_fps`` not
+            > 0, ``total_frames < 1``, or a frame count outside ``[2, total_frames]`` (a clip
+            of fewer than 2 frames, or ``nframes`` above the clip's frame count).
+    """
+    total_frames = int(total_frames)
+    video_fps = float(video_fps)
+    if (fps is None) == (nframes is None):
+        raise ValueError("give exactly one of fps and nframes (pass fps=None with nframes)")
+    if total_frames < 1:
+        raise ValueError(f"total_frames must be >= 1, got {total_frames}")
+    if not (math.isfinite(video_fps) and video_fps > 0):
+        raise ValueError(f"video_fps must be > 0, got {video_fps}")
+    factor = QWEN_FRAME_FACTOR
+    if nframes is not None:
+        n = round(nframes / factor) * factor
+    else:
+        if not (math.isfinite(float(fps)) and float(fps) > 0):
+            raise ValueError(f"fps must be > 0, got {fps}")
+        low = math.ceil(min_frames / factor) * factor
+        high = math.floor(min(max_frames, total_frames) / factor) * factor
+        wanted = total_frames / video_fps * float(fps)
+        n = math.floor(min(max(wanted, low), high, total_frames) / factor) * factor
+    if not factor <= n <= total_frames:
+        raise ValueError(
+            f"Qwen sampling needs an even frame count in [{factor}, {total_frames}] "
+            f"(the clip's frames), got {n}"
+            + (f" from nframes={nframes}" if nframes is not None else f" at fps={fps}"))
+    import torch  # the reference's float32 linspace: float64 rounds differently on long clips
+
+    indices = torch.linspace(0, total_frames - 1, n).round().to(torch.int64).numpy()
+    return indices, n / total_frames * video_fps

@@ -6,7 +6,9 @@ Frame sampling follows the two model families this toolkit builds:
   (``np.linspace(0, total - 1, num_frames, dtype=int)`` over decord's frame index), see
   :func:`sample_frame_indices`;
 - sampling at a fixed rate (``fps`` frames per second of video time) with an optional cap, see
-  :func:`fps_frame_indices`.
+  :func:`fps_frame_indices`;
+- Qwen2-VL / Qwen2.5-Omni's reference sampling (qwen-vl-utils, ``sampling="qwen"``): an even
+  frame count from the average frame rate, see :func:`qwen_frame_indices`.
 
 Decoding seeks: only the selected frames are decoded, each from the key frame before it. At the
 decoded size the seeking decoder is PyAV's (:func:`_load_by_seeking`), which also skips the
@@ -34,8 +36,8 @@ import numpy as np
 
 from vlm_cli.errors import MediaError
 from vlm_cli.media.kinds import IMAGE_EXTENSIONS
-from vlm_cli.media.sampling import (fps_frame_indices, sample_frame_indices,
-                                    segment_start_indices)
+from vlm_cli.media.sampling import (fps_frame_indices, qwen_frame_indices,
+                                    sample_frame_indices, segment_start_indices)
 from vlm_cli.media.probe import (
     check_media_path,
     describe_error,
@@ -46,7 +48,9 @@ from vlm_cli.media.probe import (
 log = logging.getLogger(__name__)
 
 Decoder = Literal["pyav-seek", "decord", "pyav", "image"]
-
+Sampling = Literal["uniform", "segment_start", "qwen"]
+#: Chooses the frames to decode: ``(timestamps [N] s, end s, average fps) -> indices``.
+Selector = Callable[[np.ndarray, float, float], np.ndarray]
 
 
 @dataclass(frozen=True, eq=False)
@@ -66,6 +70,9 @@ class VideoFrames:
         duration: seconds, from the first frame's start to the last decodable frame's end;
             0.0 for images.
         fps: average frame rate in Hz (frames per second); 0.0 for images.
+        sample_fps: with ``sampling="qwen"``, the rate the taken frames stand for
+            (qwen-vl-utils' ``sample_fps = T / num_decodable * fps``, which Qwen's processor
+            turns into seconds per temporal patch); None for other samplings and images.
     """
 
     frames: np.ndarray
@@ -74,6 +81,7 @@ class VideoFrames:
     num_decodable: int
     duration: float
     fps: float
+    sample_fps: float | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -86,7 +94,7 @@ def load_video(
     num_frames: int | None = 8,
     fps: float | None = None,
     max_frames: int | None = None,
-    sampling: Literal["uniform", "segment_start"] = "uniform",
+    sampling: Sampling = "uniform",
     size: tuple[int, int] | None = None,
 ) -> VideoFrames:
     """Decode sampled frames of a video (or a still image) as ``[T, H, W, 3] uint8`` RGB.
@@ -99,6 +107,14 @@ def load_video(
       most the frame count).
     - ``fps``: one frame every ``1 / fps`` seconds of video time (:func:`fps_frame_indices`),
       at most ``max_frames`` frames.
+    - ``sampling="qwen"``: Qwen2-VL / Qwen2.5-Omni's reference (qwen-vl-utils' decord reader,
+      :func:`qwen_frame_indices`) over all decodable frames (decord's ``len(vr)``) at the
+      stream's average frame rate (libavformat's ``avg_frame_rate``, which decord's
+      ``get_avg_fps()`` returns; a stream without one gets the guessed rate, where decord
+      would return NaN): ``fps`` (2.0 in the reference; ``max_frames`` 768 unless given) or
+      ``num_frames`` (its ``nframes``). ``T`` is even; ``VideoFrames.sample_fps`` carries the
+      reference's ``sample_fps``. The frames are decord's ``get_batch(indices)``, bit for bit,
+      as for every sampling here.
 
     Decoding: the frame index comes from the packets demuxed, never from the header. Without
     ``size``, PyAV seeks to the key frame before each selected frame and decodes from there,
@@ -122,7 +138,7 @@ def load_video(
         num_frames: frames to take uniformly (>= 1), or ``None`` when sampling by ``fps``.
         fps: sampling rate in Hz (> 0), or ``None``.
         max_frames: cap for ``fps`` sampling (>= 1); not allowed with ``num_frames``.
-        sampling: ``uniform`` or ``segment_start``, for ``num_frames``.
+        sampling: ``uniform`` or ``segment_start`` (for ``num_frames``), or ``qwen`` (either).
         size: ``(height, width)`` px to scale every frame to in the decoder (aspect ratio not
             kept), as Video-LLaMA's ``VideoReader(uri, height=224, width=224)``: decord's (and
             PyAV's) libswscale; a still image is resized with PIL's bicubic filter, as BLIP-2's
@@ -134,15 +150,28 @@ def load_video(
     Raises:
         ValueError: bad sampling arguments (a programming error, not a file problem).
         MediaError: missing or zero-byte file, not a media file, no video stream, or no frame
-            that decodes.
+            that decodes; with ``sampling="qwen"``, a clip too short for its even frame count
+            (fewer than 2 frames, or fewer than ``num_frames`` rounded to even).
     """
     _check_sampling(num_frames, fps, max_frames)
-    if sampling not in ("uniform", "segment_start"):
-        raise ValueError(f"sampling must be 'uniform' or 'segment_start', got {sampling!r}")
+    if sampling not in ("uniform", "segment_start", "qwen"):
+        raise ValueError(
+            f"sampling must be 'uniform', 'segment_start' or 'qwen', got {sampling!r}")
     p = check_media_path(path)
     if p.suffix.lower() in IMAGE_EXTENSIONS:
         return _resized_image(_load_image(path), size)
-    def select(timestamps: np.ndarray, end: float) -> np.ndarray:
+    qwen_fps: list[float] = []  # sample_fps of the last qwen selection
+
+    def select(timestamps: np.ndarray, end: float, avg_fps: float) -> np.ndarray:
+        if sampling == "qwen":
+            limit = {} if max_frames is None else {"max_frames": int(max_frames)}
+            try:
+                idx, sample_fps = qwen_frame_indices(timestamps.size, avg_fps, fps=fps,
+                                                     nframes=num_frames, **limit)
+            except ValueError as exc:  # the clip, not the arguments: too few frames
+                raise MediaError(path, str(exc)) from None
+            qwen_fps[:] = [sample_fps]
+            return idx
         if fps is not None:
             return fps_frame_indices(timestamps, fps, max_frames, end=end)
         assert num_frames is not None
@@ -150,6 +179,16 @@ def load_video(
             return segment_start_indices(timestamps.size, num_frames)
         return sample_frame_indices(timestamps.size, num_frames)
 
+    video = _decode_selected_frames(path, select, size)
+    if qwen_fps:
+        video = dataclasses.replace(video, sample_fps=qwen_fps[0])
+    return video
+
+
+def _decode_selected_frames(path: str | os.PathLike[str], select: Selector,
+                            size: tuple[int, int] | None) -> VideoFrames:
+    """The frames ``select`` picks, by the first decoder that can read them (see
+    :func:`load_video`)."""
     # Files that are not videos at all fail here with a clear MediaError (decord would print its
     # own log line on stderr before failing).
     with open_container(path) as container:
@@ -247,7 +286,7 @@ _SKIP_NONREF_CODECS = frozenset({"h264"})
 
 def _load_by_seeking(
     container: av.container.InputContainer, stream: av.video.VideoStream,
-    select: Callable[[np.ndarray, float], np.ndarray],
+    select: Selector,
 ) -> VideoFrames:
     """Sampled frames of ``stream`` at their decoded size, decoded by seeking (``"pyav-seek"``).
 
@@ -300,7 +339,7 @@ def _load_by_seeking(
     last_end = starts[-1] + durations[int(order[-1])] * time_base
     duration = float(last_end if last_end > starts[-1]
                      else starts[-1] + (1 / avg_fps if avg_fps else 0.0))
-    idx = select(starts, duration)
+    idx = select(starts, duration, avg_fps)
     wanted = np.unique(ordered[idx])
     kept, decoded = _decode_by_seeking(container, stream, wanted,
                                        np.sort(np.asarray(keys, np.int64)))
@@ -411,7 +450,7 @@ def _decord_reason(exc: BaseException) -> str:
 
 
 def _load_with_decord(
-    path: str | os.PathLike[str], select: Callable[[np.ndarray, float], np.ndarray],
+    path: str | os.PathLike[str], select: Selector,
     size: tuple[int, int] | None = None,
 ) -> VideoFrames:
     decord = _import_decord()
@@ -435,7 +474,7 @@ def _load_with_decord(
             duration = float(last_end)
         else:
             duration = float(last_start + (1 / avg_fps if avg_fps else 0.0))
-        idx = select(spans[:, 0], duration)
+        idx = select(spans[:, 0], duration, avg_fps)
         unique, inverse = np.unique(idx, return_inverse=True)
         batch = reader.get_batch(unique.tolist())
         # Another library may have switched decord's global bridge to torch.
@@ -570,7 +609,7 @@ def _timeline(decoded: np.ndarray, packet_times: np.ndarray, avg_fps: float) -> 
 
 
 def _load_with_pyav(
-    path: str | os.PathLike[str], select: Callable[[np.ndarray, float], np.ndarray],
+    path: str | os.PathLike[str], select: Selector,
     size: tuple[int, int] | None = None,
 ) -> VideoFrames:
     packet_times, avg_fps, is_image = _count_packets(path)
@@ -582,7 +621,7 @@ def _load_with_pyav(
         span = packet_times[-1] - packet_times[0]
         avg_fps = (packet_times.size - 1) / span if span > 0 else 0.0
     frame_seconds = 1.0 / avg_fps if avg_fps else 0.0
-    idx = select(packet_times, packet_times[-1] + frame_seconds)
+    idx = select(packet_times, packet_times[-1] + frame_seconds, avg_fps)
     kept, decoded = _decode_selected(path, idx, stop_after_last=False, size=size)
     if decoded.size == 0:
         raise MediaError(path, "no video frame can be decoded")
@@ -594,7 +633,7 @@ def _load_with_pyav(
         log.info(
             "%s: %d packets but %d frames decode; resampling", path, packet_times.size, decoded.size
         )
-        idx = select(timeline, duration)
+        idx = select(timeline, duration, avg_fps)
         kept, _ = _decode_selected(path, idx, stop_after_last=True, size=size)
         if not all(int(i) in kept for i in idx):
             raise MediaError(path, "video decodes differently on a second pass")

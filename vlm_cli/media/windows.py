@@ -99,8 +99,8 @@ def video_windows(
 
     With ``fps`` (frames every ``1 / fps`` s, at most ``max_frames``) only ``window`` frames are
     ever held: memory does not grow with the length of the file. With ``num_frames`` (a fixed,
-    small count) or a still image, :func:`load_video` decodes them at once and the windows are
-    slices of its result.
+    small count), ``sampling="qwen"`` (at most ``max_frames``, 768 by default) or a still image,
+    :func:`load_video` decodes them at once and the windows are slices of its result.
 
     Args:
         path: video or image file. num_frames, fps, max_frames, sampling, size: as
@@ -124,7 +124,7 @@ def video_windows(
             still = is_image_container(container)
             if not still:
                 _video_stream(container, path)
-    if fps is None or still:
+    if fps is None or still or sampling == "qwen":
         return VideoWindows(path, lambda out: _sliced(out, num_frames=num_frames, fps=fps,
                                                       max_frames=max_frames, sampling=sampling,
                                                       size=size), window)
