@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from vlm_cli.commands.options import Download, Model, Revision
+from vlm_cli.commands.options import Download, Dtype, Model, Revision, System
 
 app = typer.Typer(add_completion=False, rich_markup_mode="rich")
 
@@ -44,6 +44,8 @@ def ask(
     top_p: Annotated[float, typer.Option(min=0.0, max=1.0, help="Nucleus sampling mass.")] = 1.0,
     seed: Annotated[Optional[int], typer.Option(help="Random seed for sampling.",
                                                 show_default=False)] = None,
+    dtype: Dtype = "auto",
+    system: System = None,
     revision: Revision = None,
     download: Download = False,
     json_out: Annotated[bool, typer.Option(
@@ -81,7 +83,8 @@ def ask(
         from vlm_cli.errors import MediaError
 
         raise MediaError(media, "file not found")
-    pipeline = Pipeline.load(model, revision=revision, download=download, frames=frames, fps=fps)
+    pipeline = Pipeline.load(model, revision=revision, download=download, frames=frames, fps=fps,
+                             dtype=dtype, system=system)
     vlm = pipeline.model
     console.info(f"model {pipeline.name} on {pipeline.store.device}, {vlm.llm.dtype} "
                  f"({vlm.llm.config._attn_implementation} attention)")

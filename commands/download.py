@@ -78,6 +78,7 @@ def _hub(name: Optional[str], recipe: Optional[str], *, revision: Optional[str],
     from vlm_cli import console
     from vlm_cli.hub import download_snapshot as fetch
     from vlm_cli.hub import recipe_repos
+    from vlm_cli.model.families import skipped_for_config
 
     if recipe is not None:
         from vlm_cli.recipe import load_recipe
@@ -100,7 +101,7 @@ def _hub(name: Optional[str], recipe: Optional[str], *, revision: Optional[str],
             got = fetch(repo_id, revision=rev, repo_type=repo_type,
                         include=include if recipe is None else None,
                         exclude=exclude if recipe is None else None, on_bytes=on_bytes,
-                        prefixes=prefixes)
+                        prefixes=prefixes, skip_for=skipped_for_config)
         results.append(got)
         if repo_type == "model" and not include and prefixes is None:
             targets += _required(Path(got.path), [t[0] for t in targets])

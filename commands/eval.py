@@ -7,8 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from vlm_cli.commands.options import (Answers, BatchSize, Download, Json, Limit, MaxNewTokens,
-                                      Model, QAMediaRoot, Revision, Workers)
+from vlm_cli.commands.options import (Answers, BatchSize, Download, Dtype, Json, Limit,
+                                      MaxNewTokens, Model, QAMediaRoot, Revision, System, Workers)
 
 app = typer.Typer(add_completion=False, rich_markup_mode="rich")
 
@@ -32,6 +32,8 @@ def evaluate(
     judge_revision: Annotated[Optional[str], typer.Option(
         help="Hub revision of --judge.", show_default=False)] = None,
     workers: Workers = 2,
+    dtype: Dtype = "auto",
+    system: System = None,
     revision: Revision = None,
     download: Download = False,
     json_out: Json = False,
@@ -59,7 +61,8 @@ def evaluate(
     state = PartialState(cpu=pick_device() == "cpu")
     items = load_qa(data, answers, media_root)[:limit]
     device = str(state.device)
-    pipeline = Pipeline.load(model, revision=revision, download=download, device=device)
+    pipeline = Pipeline.load(model, revision=revision, download=download, device=device,
+                             dtype=dtype, system=system)
     model_dir, recipe, vlm, store = (pipeline.directory, pipeline.loaded.recipe, pipeline.model,
                                      pipeline.store)
     out_dir = out or Path("eval") / f"{model_dir.name}-{data.stem}"
@@ -94,7 +97,8 @@ def evaluate(
         prompt=PROMPT, chat_template_sha256=hashlib.sha256(
             (vlm.tokenizer.chat_template or "").encode()).hexdigest(),
         decoding={"strategy": "greedy", "max_new_tokens": max_new_tokens})
-    extra = {"model": model_identity(model_dir), **dataclasses.asdict(settings)}
+    extra = {"model": model_identity(model_dir), **dataclasses.asdict(settings),
+             "system": pipeline.system, "dtype": str(vlm.llm.dtype).removeprefix("torch.")}
     if judge_model is not None:
         extra["judge"] = run_judge(judge_model, items, predictions, out_dir,
                                    batch_size=batch_size)

@@ -7,6 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from vlm_cli.model.families import supported_titles
+
 Json = Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")]
 Workers = Annotated[int, typer.Option(min=1, help="Decoder processes for missing features.")]
 Resume = Annotated[bool, typer.Option(help="Continue the run from its last checkpoint.")]
@@ -20,8 +22,16 @@ Encoders = Annotated[Optional[Path], typer.Option(
     help="An encoders run (vlm pretrain --stage encoders) whose encoders to use.",
     show_default=False)]
 Model = Annotated[Optional[str], typer.Option(
-    help="A run directory, merged model, checkpoint directory (Video-LLaVA-hf, Qwen2.5-Omni) or "
+    help=f"A run directory, merged model, checkpoint directory ({supported_titles()}) or "
          "cached hub id \\[default: $VLM_MODEL, else $VLM_HOME/models/tiny-av].",
+    show_default=False)]
+Dtype = Annotated[str, typer.Option(
+    help="Weights dtype: auto, bfloat16, float16 or float32. auto: the checkpoint's on a GPU "
+         "(bf16 where supported); on CPU fp32 where it fits comfortably in memory, else the "
+         "dtype the weights are stored in.")]
+System = Annotated[Optional[str], typer.Option(
+    help="The system turn sent before the conversation \\[default: the model card's, e.g. "
+         "Qwen2.5-Omni's; none for vlm's own models]. --system '' sends none.",
     show_default=False)]
 Revision = Annotated[Optional[str], typer.Option(
     help="Hub revision of --model when it is a hub id.", show_default=False)]

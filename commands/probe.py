@@ -7,8 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from vlm_cli.commands.options import (Answers, BatchSize, Download, Json, Limit, MaxNewTokens,
-                                      Model, QAMediaRoot, Revision, Workers)
+from vlm_cli.commands.options import (Answers, BatchSize, Download, Dtype, Json, Limit,
+                                      MaxNewTokens, Model, QAMediaRoot, Revision, System, Workers)
 
 app = typer.Typer(add_completion=False, rich_markup_mode="rich")
 
@@ -34,6 +34,8 @@ def probe(
     batch_size: BatchSize = 16,
     max_new_tokens: MaxNewTokens = 16,
     workers: Workers = 2,
+    dtype: Dtype = "auto",
+    system: System = None,
     revision: Revision = None,
     download: Download = False,
     json_out: Json = False,
@@ -58,7 +60,8 @@ def probe(
     items = load_qa(data, answers, media_root)[:limit]
     labels_path = labels or default_labels(data)
     clip_labels = load_labels(labels_path) if labels_path is not None else {}
-    pipeline = Pipeline.load(model, revision=revision, download=download)
+    pipeline = Pipeline.load(model, revision=revision, download=download, dtype=dtype,
+                             system=system)
     out_dir = out or Path("probe") / f"{pipeline.directory.name}-{data.stem}"
     out_dir.mkdir(parents=True, exist_ok=True)
     preprocess(list(dict.fromkeys(i.media for i in items)), pipeline.store, workers=workers)
@@ -76,7 +79,7 @@ def probe(
         "model": model_info, "data": str(data.resolve()),
         "data_sha256": hashlib.sha256(data.read_bytes()).hexdigest(),
         "labels": str(labels_path.resolve()) if labels_path else None,
-        "variants": chosen, "prompt": PROMPT,
+        "variants": chosen, "prompt": PROMPT, "system": pipeline.system,
         "decoding": {"strategy": "greedy", "max_new_tokens": max_new_tokens},
         "questions": len(items), "notes": notes,
         "errors": [{"media": m, "error": e} for m, e in errors]})

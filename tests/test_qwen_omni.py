@@ -1,8 +1,10 @@
-"""Qwen2.5-Omni (thinker) on a tiny random checkpoint in exactly the hub layout
-(tests/omni_fixtures.py): our family's logits equal transformers' own processor + thinker forward
-for a video with its audio interleaved, a video without audio, an image and an audio file; cached
-tower outputs give the same logits; an over-long clip is refused before decoding; from a (fake,
-local) hub without the talker's shard, then offline `vlm ask --json`."""
+"""Qwen2.5-Omni (thinker) through the transformers-native family, on a tiny random checkpoint in
+exactly the hub layout (tests/omni_fixtures.py), against the model card's own pipeline: PyPI's
+``qwen-omni-utils`` ``process_mm_info`` (decord frames, its resize, librosa + soxr audio), the card's
+system turn, the processor and greedy ``generate``. The greedy tokens of ``vlm ask`` equal it on
+clips with and without sound, a picture and an audio file, at the default and other frame rates;
+cached tower outputs give the same tokens and a second ask encodes nothing; an over-long clip is
+refused before decoding; from a (fake, local) hub without the talker's shard, then offline."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import pytest
 import torch
 
 from media_factory import SHARED_MEDIA, moving_frames, write_png
-from micro import vlm_home
+from micro import run_in_home, vlm_home
 from omni_fixtures import make_tiny_qwen_omni
 
 VLM = str(Path(sys.executable).with_name("vlm"))
@@ -24,6 +26,7 @@ QUESTION = "What sound is playing?"
 WITH_AUDIO = SHARED_MEDIA / "boat.mp4"  # 6 s, 592 x 336, AAC
 SILENT = SHARED_MEDIA / "output_v_3V9tzjyr51I.mp4"  # 5 s, no audio track
 AUDIO_FILE = SHARED_MEDIA / "dog_audio.wav"
+NEW_TOKENS = 64
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +47,79 @@ def reference(checkpoint):
 
 
 @pytest.fixture(scope="module")
+def omni_utils(tmp_path_factory):
+    """qwen-omni-utils as the model card runs it here: its decord reader (never a silent
+    fallback), ``MODEL_SEQ_LEN`` at its default, and an ``ffmpeg`` on PATH for audioread
+    (imageio-ffmpeg's binary)."""
+    vision_process = pytest.importorskip("qwen_omni_utils.v2_5.vision_process")
+    imageio_ffmpeg = pytest.importorskip("imageio_ffmpeg")
+    import qwen_omni_utils
+
+    def no_fallback(ele):
+        raise AssertionError(f"decord failed on {ele['video']}: the reference fell back")
+
+    bin_dir = tmp_path_factory.mktemp("ffmpeg-bin")
+    (bin_dir / "ffmpeg").symlink_to(imageio_ffmpeg.get_ffmpeg_exe())
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(vision_process, "get_video_reader_backend", lambda: "decord")
+        mp.setitem(vision_process.VIDEO_READER_BACKENDS, "torchvision", no_fallback)
+        mp.setattr(vision_process, "MODEL_SEQ_LEN", 128000)
+        mp.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
+        yield qwen_omni_utils
+
+
+def card_answer(reference, omni_utils, path: Path, kind: str, *, fps: float | None = None,
+                max_frames: int | None = None, audio: bool = True,
+                question: str = QUESTION, new_tokens: int = NEW_TOKENS) -> list[int]:
+    """The model card's route, from the file: the card's system turn, ``process_mm_info`` with
+    the clip's own audio (``use_audio_in_video``), the processor (the frames' ``sample_fps``),
+    greedy ``generate``. Returns the answer's token ids without the end-of-sequence token."""
+    from vlm_cli.media import probe_media
+    from vlm_cli.model.families.native_table import QWEN_SYSTEM
+
+    processor, thinker = reference
+    element = {"type": kind, kind: str(path)}
+    if fps is not None:
+        element["fps"] = fps
+    if max_frames is not None:
+        element["max_frames"] = max_frames
+    conversation = [{"role": "system", "content": [{"type": "text", "text": QWEN_SYSTEM}]},
+                    {"role": "user", "content": [element, {"type": "text", "text": question}]}]
+    in_video = kind == "video" and audio and probe_media(path).has_audio
+    text = processor.apply_chat_template(conversation, add_generation_prompt=True,
+                                         tokenize=False)
+    audios, images, videos, video_kwargs = omni_utils.process_mm_info(
+        conversation, use_audio_in_video=in_video, return_video_kwargs=True)
+    rate = {"fps": video_kwargs["fps"][0]} if videos else {}
+    # transformers 5.24 takes the card's decoded track with the video it came from named.
+    track = {"audio_from_video_indices": [0]} if in_video else {}
+    inputs = processor(text=text, audio=audios, images=images, videos=videos,
+                       return_tensors="pt", padding=True, use_audio_in_video=in_video,
+                       **rate, **track)
+    with torch.no_grad():
+        out = thinker.generate(**inputs, use_audio_in_video=in_video, do_sample=False,
+                               max_new_tokens=new_tokens)
+    ids = out[0, inputs["input_ids"].shape[1]:].tolist()
+    eos = processor.tokenizer.eos_token_id
+    return ids[: ids.index(eos)] if eos in ids else ids
+
+
+@pytest.fixture(scope="module")
+def ask(checkpoint, tmp_path_factory):
+    """``vlm ask FILE QUESTION --json ARGS`` in this process, one VLM_HOME for the module."""
+    home = tmp_path_factory.mktemp("omni-ask-home")
+
+    def run(path: Path, *args: str) -> dict:
+        code, out = run_in_home(str(home), ["ask", str(path), QUESTION, "--model",
+                                            str(checkpoint), "--json", "--max-new-tokens",
+                                            str(NEW_TOKENS), *args])
+        assert code == 0
+        return json.loads(out)
+
+    return run
+
+
+@pytest.fixture(scope="module")
 def family(checkpoint, tmp_path_factory):
     from vlm_cli.cache import FeatureCache
     from vlm_cli.features import FeatureStore
@@ -56,110 +132,71 @@ def family(checkpoint, tmp_path_factory):
         yield loaded, store
 
 
-def expected_logits(reference, kind: str, path: Path | None = None, frames=None, fps=2.0,
-                    image=None, audio: bool = True) -> torch.Tensor:
-    """transformers' own route: the processor on the frames (and the clip's own audio track,
-    interleaved), then the thinker's forward."""
-    from vlm_cli.media import NoAudio, load_audio
-
-    processor, thinker = reference
-    conversation = [{"role": "user", "content": [{"type": kind},
-                                                 {"type": "text", "text": QUESTION}]}]
-    prompt = processor.apply_chat_template(conversation, add_generation_prompt=True,
-                                           tokenize=False)
-    kwargs: dict = {}
-    track = load_audio(path) if path is not None and kind != "image" and audio else None
-    wave = None if track is None or isinstance(track, NoAudio) else track.waveform.numpy()
-    if kind == "video":
-        kwargs.update(videos=[frames], videos_kwargs={"fps": fps, "cap_pixels_per_frame": True})
-        if wave is not None:
-            kwargs.update(audio=[wave], audio_from_video_indices=[0], load_audio_from_video=True)
-    elif kind == "image":
-        kwargs.update(images=[image])
-    else:
-        kwargs.update(audio=[wave])
-    inputs = processor(text=prompt, return_tensors="pt", **kwargs)
-    with torch.no_grad():
-        return thinker(**inputs, use_audio_in_video=kind == "video" and wave is not None
-                       ).logits[0].float()
+def decoded(reference, ids: list[int]) -> str:
+    return reference[0].tokenizer.decode(ids, skip_special_tokens=True).strip()
 
 
-def our_logits(family, path: Path, kind: str, audio: bool = True):
-    loaded, store = family
-    media, info = store.fetch(path, audio=audio)
-    ids = loaded.model.encode_prompt([{"from": "human", "value": f"<{kind}>\n{QUESTION}"}])
-    return loaded.model.logits(ids, [media]), info
+@pytest.mark.parametrize("path, kind, args, card, audio", [
+    (WITH_AUDIO, "video", (), {}, "used"),
+    (WITH_AUDIO, "video", ("--fps", "1", "--frames", "16"), {"fps": 1.0, "max_frames": 16},
+     "used"),
+    (WITH_AUDIO, "video", ("--fps", "2"), {"fps": 2.0}, "used"),
+    (SHARED_MEDIA / "sample_demo_3.mp4", "video", (), {}, "used"),
+    (SILENT, "video", (), {}, "absent"),
+    (AUDIO_FILE, "audio", (), {}, "used"),
+], ids=["boat", "boat-fps1-16", "boat-fps2", "demo3", "silent", "wav"])
+def test_ask_answers_as_the_model_card(ask, reference, omni_utils, path, kind, args, card,
+                                       audio):
+    got = ask(path, *args)
+    expected = card_answer(reference, omni_utils, path, kind, **card)
+    assert got["audio"] == audio
+    assert got["answer"] == decoded(reference, expected)
+    assert got["timings"]["tokens"] == len(expected)
+    again = ask(path, *args)  # the tower outputs from the cache: nothing encoded
+    assert again["cache"] == "hit" and again["timings"]["encode"] == 0.0
+    assert again["answer"] == got["answer"]
 
 
-def close(a: torch.Tensor, b: torch.Tensor) -> float:
-    assert a.shape == b.shape, (a.shape, b.shape)
-    return (a - b).abs().max().item()
+def test_ask_about_a_picture_as_the_model_card(ask, reference, omni_utils, tmp_path):
+    picture = write_png(tmp_path / "still.png", moving_frames(1, 120, 200)[0])
+    got = ask(picture)
+    assert got["answer"] == decoded(reference, card_answer(reference, omni_utils, picture,
+                                                           "image"))
 
 
-def test_video_with_its_audio_interleaved(family, reference):
-    from vlm_cli.media import load_video
-
-    frames = load_video(WITH_AUDIO, num_frames=None, fps=2.0, max_frames=768).frames
-    expected = expected_logits(reference, "video", WITH_AUDIO, frames=frames)
-    got, info = our_logits(family, WITH_AUDIO, "video")
-    assert info["cache"] == "miss" and info["audio"] == "used"
-    assert close(got, expected) <= 1e-4
-    again, info = our_logits(family, WITH_AUDIO, "video")  # tower outputs from the cache
-    assert info["cache"] == "hit" and torch.equal(again, got)
-
-
-def test_video_without_audio_and_no_audio(family, reference):
-    from vlm_cli.media import load_video
-
-    frames = load_video(SILENT, num_frames=None, fps=2.0, max_frames=768).frames
-    got, info = our_logits(family, SILENT, "video")
-    assert info["audio"] == "absent"
-    assert close(got, expected_logits(reference, "video", SILENT, frames=frames)) <= 1e-4
-    frames = load_video(WITH_AUDIO, num_frames=None, fps=2.0, max_frames=768).frames
-    got, info = our_logits(family, WITH_AUDIO, "video", audio=False)
-    assert info["audio"] == "disabled"
-    assert close(got, expected_logits(reference, "video", WITH_AUDIO, frames=frames,
-                                      audio=False)) <= 1e-4
-
-
-def test_image_and_audio_file(family, reference, tmp_path):
-    rgb = moving_frames(1, 120, 200)[0]
-    path = write_png(tmp_path / "still.png", rgb)
-    got, _ = our_logits(family, path, "image")
-    assert close(got, expected_logits(reference, "image", image=rgb)) <= 1e-4
-    got, info = our_logits(family, AUDIO_FILE, "audio")
-    assert info["audio"] == "used"
-    assert close(got, expected_logits(reference, "audio", AUDIO_FILE)) <= 1e-4
-
-
-def test_greedy_answer_matches_generate(family, reference):
-    from vlm_cli.media import load_video
+def test_tokens_and_a_batch_equal_the_model_card(family, reference, omni_utils):
+    """Token for token, one by one and in a left-padded batch that mixes a clip with its audio
+    and one without (answered in two calls: their rope index takes one audio-in-video setting)."""
+    from vlm_cli.model.families.native_table import QWEN_SYSTEM
 
     loaded, store = family
-    processor, thinker = reference
+    turns = [{"from": "system", "value": QWEN_SYSTEM},
+             {"from": "human", "value": f"<video>\n{QUESTION}"}]
+    ids = loaded.model.encode_prompt(turns)
     media, _ = store.fetch(WITH_AUDIO)
-    ids = loaded.model.encode_prompt([{"from": "human", "value": f"<video>\n{QUESTION}"}])
-    frames = load_video(WITH_AUDIO, num_frames=None, fps=2.0, max_frames=768).frames
-    from vlm_cli.media import load_audio
-
-    prompt = processor.apply_chat_template(
-        [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": QUESTION}]}],
-        add_generation_prompt=True, tokenize=False)
-    inputs = processor(text=prompt, videos=[frames],
-                       videos_kwargs={"fps": 2.0, "cap_pixels_per_frame": True},
-                       audio=[load_audio(WITH_AUDIO).waveform.numpy()],
-                       audio_from_video_indices=[0], load_audio_from_video=True,
-                       return_tensors="pt")
-    theirs = thinker.generate(**inputs, use_audio_in_video=True, max_new_tokens=6,
-                              do_sample=False)[0, inputs["input_ids"].shape[1]:].tolist()
-    eos = processor.tokenizer.eos_token_id
-    theirs = theirs[: theirs.index(eos)] if eos in theirs else theirs
-    assert loaded.model.generate_batch([ids], [[media]], max_new_tokens=6)[0] == theirs
-    # A batch mixing a clip with audio and one without gives each its own answer.
     silent, _ = store.fetch(SILENT)
-    both = loaded.model.generate_batch([ids, ids], [[media], [silent]], max_new_tokens=6)
-    assert both[0] == theirs
-    assert both[1] == loaded.model.generate_batch([ids], [[silent]], max_new_tokens=6)[0]
+    expected = card_answer(reference, omni_utils, WITH_AUDIO, "video", new_tokens=8)
+    assert loaded.model.generate_batch([ids], [[media]], max_new_tokens=8)[0] == expected
+    both = loaded.model.generate_batch([ids, ids], [[media], [silent]], max_new_tokens=8)
+    assert both[0] == expected
+    assert both[1] == card_answer(reference, omni_utils, SILENT, "video", new_tokens=8)
+
+
+def test_a_chat_keeps_its_cache_and_answers_as_a_fresh_prefill(family):
+    """A follow-up question passes the conversation's KV cache to ``generate``
+    (``past_key_values``): only its own tokens are prefilled, and its answer is the one a fresh
+    prefill of the whole conversation gives."""
+    from vlm_cli.pipeline import ChatSession
+
+    loaded, store = family
+    media, _ = store.fetch(WITH_AUDIO)
+    session = ChatSession(loaded.model, media, "<video>", loaded.model.default_system)
+    first = session.ask(QUESTION, max_new_tokens=6)
+    second = session.ask("Is it loud?", max_new_tokens=6)
+    assert second.prefill_tokens < first.prefill_tokens
+    fresh = ChatSession(loaded.model, media, "<video>", loaded.model.default_system)
+    fresh.turns = session.turns[:2]
+    assert fresh.ask("Is it loud?", max_new_tokens=6).text == second.text
 
 
 def test_an_over_long_clip_is_refused_before_decoding(family):
@@ -167,7 +204,7 @@ def test_an_over_long_clip_is_refused_before_decoding(family):
 
     loaded, _ = family
     budget = loaded.check(WITH_AUDIO, fps=2.0, frames=768, audio=True)
-    assert (budget.frames, budget.video) == (13, 7 * 12 * 21)  # the grids the processor makes
+    assert (budget.frames, budget.video) == (12, 6 * 12 * 21)  # the grids the processor makes
     assert abs(budget.audio - 152) <= 2  # from the header's duration (AAC adds a few ms)
     model = loaded.model
     model.context, saved = budget.total + 100, model.context
@@ -199,7 +236,7 @@ def test_from_the_hub_without_the_talker_then_offline_ask(checkpoint, tmp_path):
                              timeout=300)
         assert ask.returncode == 0, ask.stderr[-2000:]
         result = json.loads(ask.stdout)
-        assert result["audio"] == "used" and result["frames"]["count"] == 13
+        assert result["audio"] == "used" and result["frames"]["count"] == 12
         assert "weights licence: qwen-research" in ask.stderr
         assert "[transformers]" not in ask.stderr
         silent = subprocess.run([VLM, "ask", str(SILENT), QUESTION, "--model",
@@ -225,7 +262,7 @@ def test_conversation_labels_are_the_answers_and_im_end(family):
 
 
 @pytest.mark.slow
-def test_tune_lora_then_merge_loads_in_transformers(checkpoint, tmp_path):
+def test_tune_lora_then_merge_loads_in_transformers(checkpoint, omni_utils, tmp_path):
     """From the (fake) hub: `vlm download`, then offline `vlm tune --from` the hub id (LoRA on
     the language model, towers frozen, features from the cache; the talker's shard never
     fetched), `vlm merge-lora` into a thinker checkpoint that transformers' own classes load and
@@ -275,13 +312,15 @@ def test_tune_lora_then_merge_loads_in_transformers(checkpoint, tmp_path):
             tmp_path / "merged", dtype=torch.float32).eval()
         from vlm_cli.cache import FeatureCache
         from vlm_cli.features import FeatureStore
-        from vlm_cli.media import load_video
+        from vlm_cli.model.families.native_table import QWEN_SYSTEM
 
         store = FeatureStore(merged.recipe, FeatureCache(), encoders=merged.encoders)
-        frames = load_video(WITH_AUDIO, num_frames=None, fps=2.0, max_frames=768).frames
-        expected = expected_logits((processor, thinker), "video", WITH_AUDIO, frames=frames)
-        got, _ = our_logits((merged, store), WITH_AUDIO, "video")
-        assert close(got, expected) <= 1e-4
+        media, _ = store.fetch(WITH_AUDIO)
+        ids = merged.model.encode_prompt([{"from": "system", "value": QWEN_SYSTEM},
+                                          {"from": "human", "value": f"<video>\n{QUESTION}"}])
+        expected = card_answer((processor, thinker), omni_utils, WITH_AUDIO, "video",
+                               new_tokens=8)
+        assert merged.model.generate_batch([ids], [[media]], max_new_tokens=8)[0] == expected
     ask = subprocess.run([VLM, "ask", str(WITH_AUDIO), QUESTION, "--model",
                           str(tmp_path / "merged"), "--json", "--max-new-tokens", "4"],
                          capture_output=True, text=True, env=env, timeout=300)

@@ -93,8 +93,14 @@ def decode_media(request: DecodeRequest) -> dict[str, Any]:
                                audio_track_log_mel, imagebind_clip_fbanks, load_audio, load_video)
 
     out: dict[str, Any] = {}
-    if request.frames is not None:
-        video = load_video(request.path, **request.frames)
+    if request.frames is not None and request.kind == "image" \
+            and request.frames.get("sampling") == "qwen":
+        out[VISION] = _qwen_picture(request.path)
+    elif request.frames is not None:
+        try:
+            video = load_video(request.path, **request.frames)
+        except ValueError as err:  # e.g. too few frames for a reference rule's frame count
+            raise MediaError(request.path, str(err)) from None
         frames = video.frames
         if request.resize is not None:
             from vlm_cli.media.resize import clip_resize_crop
@@ -102,10 +108,11 @@ def decode_media(request: DecodeRequest) -> dict[str, Any]:
             frames = clip_resize_crop(frames, request.resize)
         out[VISION] = {"frames": frames, "timestamps": video.timestamps,
                        "decoder": video.decoder, "duration": video.duration,
-                       "num_decodable": video.num_decodable}
+                       "num_decodable": video.num_decodable, "sample_fps": video.sample_fps}
     if request.audio is not None:
         settings = dict(request.audio)
         mix = settings.pop("mix", "mean")
+        resampler = settings.pop("resampler", "torchaudio")
         if settings["frontend"] == "kaldi_fbank" and mix == "mean" and _long_audio(request.path):
             # The clips' samples only, never the whole track (bit for bit the same fbank); a
             # short track is decoded once instead of twice.
@@ -119,7 +126,7 @@ def decode_media(request: DecodeRequest) -> dict[str, Any]:
                 out[AUDIO] = {"spectrogram": streamed[0].spectrogram.numpy(),
                               "starts": streamed[0].starts, "duration": streamed[1]}
             return out
-        track = load_audio(request.path, mix=mix)
+        track = load_audio(request.path, mix=mix, resampler=resampler)
         if isinstance(track, NoAudio):
             out[AUDIO] = {"absent": track.reason}
         else:
@@ -133,6 +140,26 @@ def decode_media(request: DecodeRequest) -> dict[str, Any]:
             out[AUDIO] = {"spectrogram": clips.spectrogram.numpy(), "starts": clips.starts,
                           "duration": track.duration}
     return out
+
+
+def _qwen_picture(path: str) -> dict[str, Any]:
+    """A picture as qwen-vl-utils' ``fetch_image`` prepares it (PIL, resized): the decoded
+    vision item of :func:`decode_media`.
+
+    Raises:
+        MediaError: PIL cannot read it, or its aspect ratio is refused.
+    """
+    import numpy as np
+
+    from vlm_cli.errors import MediaError
+    from vlm_cli.media.resize import qwen_load_image
+
+    try:
+        frames = qwen_load_image(path)
+    except (OSError, ValueError) as err:
+        raise MediaError(path, f"not a picture the reference pipeline reads ({err})") from None
+    return {"frames": frames, "timestamps": np.zeros(1), "decoder": "image", "duration": 0.0,
+            "num_decodable": 1, "sample_fps": None}
 
 
 #: Tracks longer than this (seconds, from the container header; unknown counts as long) are
@@ -300,13 +327,17 @@ class FeatureStore:
         missing = {m: keys[m] for m, e in entries.items() if e is None}
         if missing:
             t1 = time.perf_counter()
-            rest = [m for m in missing if m != VISION]
+            # Frames are decoded a window at a time while encoding, except under a reference
+            # rule of a transformers-native model (qwen-omni-utils' frame indices, which the
+            # window decoder does not take): its tower takes all the frames at once anyway.
+            windowed = VISION in missing and not self.reference_sampling(path)
+            rest = [m for m in missing if m != VISION or not windowed]
             decoded = decode_media(self.request(path, rest)) if rest else {}
-            if VISION in missing:  # decoded a window at a time, while encoding
+            if windowed:
                 decoded = {VISION: {"windows": self.vision_windows(path)}, **decoded}
             t2 = time.perf_counter()
             written = self.encode_and_store(path, digest, missing, decoded)
-            window_s = decoded[VISION]["windows"].decode_s if VISION in decoded else 0.0
+            window_s = decoded[VISION]["windows"].decode_s if windowed else 0.0
             info: dict[str, Any] = {"cache": "miss", "decode_s": t2 - t1 + window_s,
                                     "encode_s": time.perf_counter() - t2 - window_s}
             entries.update({m: (tensors, {}) for m, tensors in written.items()})
@@ -341,6 +372,13 @@ class FeatureStore:
         clip = self.clip_frames(path) or 1
         frames = self.request(path, [VISION]).frames or {}
         return video_windows(path, window=-(-WINDOW_FRAMES // clip) * clip, **frames)
+
+    def reference_sampling(self, path: str | Path) -> bool:
+        """Whether ``path``'s frames follow a model card's own sampling rule (the vision
+        source's ``decode`` names a ``sampling`` of :func:`vlm_cli.media.load_video`, e.g.
+        ``qwen``), decoded all at once by :func:`decode_media`."""
+        decode = self.sources[self.encoder_name(VISION, path)].decode or {}
+        return "sampling" in decode
 
     def clip_frames(self, path: str | Path) -> int | None:
         """Frames per clip of a per-clip vision encoder (ViViT's ``num_frames``), 1 for a
@@ -487,8 +525,8 @@ class FeatureStore:
                     encoder = self.encoder(name)
                     pad = {"pad": True} if self.sampling[VISION]["strategy"] == "fps" and \
                         getattr(encoder, "clip_frames", 1) > 1 else {}
-                    features = encoder.encode_frames(
-                        item["frames"], fps=self.frame_rate(stamps, item["duration"]), **pad)
+                    rate = item.get("sample_fps") or self.frame_rate(stamps, item["duration"])
+                    features = encoder.encode_frames(item["frames"], fps=rate, **pad)
                 tensors = _as_entry(features)
                 tensors["timestamps"] = stamps
                 if item["decoder"] == "image":  # a still picture, not a one-frame video

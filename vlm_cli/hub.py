@@ -60,18 +60,41 @@ def is_weight_file(name: str) -> bool:
     return base not in _NOT_WEIGHTS and any(fnmatch.fnmatch(base, g) for g in WEIGHT_GLOBS)
 
 
-#: Weight-key prefixes of speech-output modules (Qwen2.5-Omni's talker and token2wav, Qwen3-Omni's
-#: code2wav): text out needs none of them, so shards holding only these are never fetched.
-SPEECH_OUTPUT_PREFIXES = ("talker.", "token2wav.", "code2wav.")
+#: ``skip_for(config) -> prefixes``: the weight-key prefixes a checkpoint's family never loads
+#: (e.g. Qwen2.5-Omni's talker), from its ``config.json``. This module knows no family: the model
+#: layer registers its rule (:func:`set_skip_for`, from ``vlm_cli.model``'s package import, so
+#: before any checkpoint is resolved) and every function below uses it unless given one.
+SkipFor = Callable[[dict[str, Any]], tuple[str, ...]]
+_SKIP_FOR: list[SkipFor] = []
 
 
-def index_shards(text: str, prefixes: tuple[str, ...] | None = None) -> set[str] | None:
+def set_skip_for(rule: SkipFor) -> None:
+    """Register the model layer's :data:`SkipFor` rule (replacing any earlier one)."""
+    _SKIP_FOR[:] = [rule]
+
+
+def _skipped(skip_for: SkipFor | None, config_text: str | None) -> tuple[str, ...]:
+    """What ``skip_for`` (default: the registered rule) says of a ``config.json``'s text
+    (nothing without either)."""
+    skip_for = skip_for or (_SKIP_FOR[0] if _SKIP_FOR else None)
+    if skip_for is None or config_text is None:
+        return ()
+    try:
+        config = json.loads(config_text)
+    except ValueError:
+        return ()
+    return skip_for(config) if isinstance(config, dict) else ()
+
+
+def index_shards(text: str, prefixes: tuple[str, ...] | None = None,
+                 skip: tuple[str, ...] = ()) -> set[str] | None:
     """The shard file names a weight index (``*.safetensors.index.json``, ``weight_map``) names
     for weights we load, or None when ``text`` is not such an index.
 
     Args:
         prefixes: the weight-key prefixes the model loads (e.g. ``("vision_model.", "qformer.")``);
-            None: every key but :data:`SPEECH_OUTPUT_PREFIXES`.
+            None: every key but those starting with ``skip``.
+        skip: weight-key prefixes never loaded (a family's speech output, say).
     """
     try:
         weight_map = json.loads(text).get("weight_map")
@@ -81,12 +104,12 @@ def index_shards(text: str, prefixes: tuple[str, ...] | None = None) -> set[str]
         return None
     if prefixes is not None:
         return {shard for key, shard in weight_map.items() if str(key).startswith(prefixes)}
-    return {shard for key, shard in weight_map.items()
-            if not str(key).startswith(SPEECH_OUTPUT_PREFIXES)}
+    return {shard for key, shard in weight_map.items() if not str(key).startswith(skip)}
 
 
 def select_files(files: list[str], index_text: dict[str, str] | None = None,
-                 prefixes: tuple[str, ...] | None = None) -> list[str]:
+                 prefixes: tuple[str, ...] | None = None,
+                 skip: tuple[str, ...] = ()) -> list[str]:
     """The files a model needs from a repository listing: all non-weight files, plus one format
     of weights (safetensors, else PyTorch ``.bin``), restricted to the shards named by weight
     index files when there are any; and the top-level ``.pth`` checkpoints of a release whose
@@ -100,6 +123,8 @@ def select_files(files: list[str], index_text: dict[str, str] | None = None,
             ``consolidated.safetensors`` beside ``model-0000x-of-0000n.safetensors``).
         prefixes: only the shards holding weight keys with these prefixes (see
             :func:`index_shards`); None for the whole model.
+        skip: weight-key prefixes the model never loads: shards holding only those are left
+            out.
 
     Returns:
         The selected paths, sorted. Only non-weight files when the repository has no safetensors
@@ -110,7 +135,8 @@ def select_files(files: list[str], index_text: dict[str, str] | None = None,
     chosen = [f for f in weights if f.endswith(fmt)]
     named: dict[str, set[str]] = {}  # folder -> shards its index names
     for path, text in (index_text or {}).items():
-        shards = index_shards(text, prefixes) if path.endswith(fmt + ".index.json") else None
+        shards = (index_shards(text, prefixes, skip) if path.endswith(fmt + ".index.json")
+                  else None)
         if shards is None:
             continue
         folder = PurePosixPath(path).parent
@@ -145,7 +171,8 @@ class Downloaded:
 def download_snapshot(repo_id: str, *, revision: str | None = None, repo_type: str = "model",
              include: list[str] | None = None, exclude: list[str] | None = None,
              on_bytes: Callable[[int, int], None] | None = None,
-             prefixes: tuple[str, ...] | None = None) -> Downloaded:
+             prefixes: tuple[str, ...] | None = None,
+             skip_for: SkipFor | None = None) -> Downloaded:
     """Download a snapshot of ``repo_id`` into the Hugging Face hub cache.
 
     Args:
@@ -160,6 +187,9 @@ def download_snapshot(repo_id: str, *, revision: str | None = None, repo_type: s
             :func:`vlm_cli.runtime.quiet_third_party`).
         prefixes: only the weight shards holding keys with these prefixes
             (:func:`select_files`); None for the whole model.
+        skip_for: the family's weights never loaded, from the repository's ``config.json``
+            (:data:`SkipFor`; default the registered rule): shards holding only those are not
+            fetched.
 
     Returns:
         A :class:`Downloaded`. With ``HF_HUB_OFFLINE=1`` nothing is fetched: the snapshot is
@@ -177,7 +207,8 @@ def download_snapshot(repo_id: str, *, revision: str | None = None, repo_type: s
     if constants.HF_HUB_OFFLINE:
         with _hub_errors(label, repo_type):
             if repo_type == "model" and not include and not exclude:
-                path = str(resolve_snapshot(repo_id, revision, prefixes=prefixes))
+                path = str(resolve_snapshot(repo_id, revision, prefixes=prefixes,
+                                            skip_for=skip_for))
             else:
                 path = snapshot_download(repo_id, revision=revision, repo_type=repo_type,
                                          allow_patterns=include, ignore_patterns=exclude,
@@ -195,7 +226,9 @@ def download_snapshot(repo_id: str, *, revision: str | None = None, repo_type: s
         elif repo_type == "model":
             indexes = {f: _read_text(repo_id, info.sha, f) for f in files
                        if f.endswith(".index.json")}
-            files = select_files(files, indexes, prefixes)
+            skip = _skipped(skip_for, _read_text(repo_id, info.sha, "config.json")
+                            if "config.json" in files else None)
+            files = select_files(files, indexes, prefixes, skip)
             if not any(f.endswith((".safetensors", ".bin")) for f in files):
                 raise VlmError(f"{label}: no safetensors or PyTorch .bin weights in this "
                                "repository; pass --include to choose files explicitly")
@@ -341,7 +374,7 @@ def resolve_pretrained(name: str, revision: str | None, digest: Callable[[Path],
             raise VlmError(f"{name}: no weight files (safetensors, .bin, .pt, ...) in directory")
         # Content only, not the path: a copied or moved model keeps its cache entries.
         return local, {"weights": {str(p.relative_to(local)): digest(p) for p in files}}
-    snapshot = resolve_snapshot(name, revision)
+    snapshot = resolve_snapshot(name, revision, prefixes=prefixes)  # those shards at least
     return snapshot, {"repo_id": name, "revision": snapshot.name}
 
 
@@ -513,6 +546,26 @@ def _safetensors_header(path: Path) -> tuple[dict[str, Any], int]:
     return header, 8 + n
 
 
+def stored_weights(directory: Path, skip: tuple[str, ...] = ()) -> tuple[int, str | None]:
+    """The bytes of a checkpoint's safetensors tensors (all files below ``directory``) whose key
+    does not start with ``skip``, and their most common dtype (``BF16``, ``F32``, ...; None when
+    there is no safetensors file). Reads the headers only.
+
+    Raises:
+        VlmError: a safetensors file whose header cannot be read.
+    """
+    total, by_dtype = 0, {}
+    for path in sorted(directory.rglob("*.safetensors")):
+        header, _ = _safetensors_header(path)
+        for key, entry in header.items():
+            if key == "__metadata__" or key.startswith(skip) or not isinstance(entry, dict):
+                continue
+            start, end = entry.get("data_offsets", (0, 0))
+            total += end - start
+            by_dtype[entry.get("dtype")] = by_dtype.get(entry.get("dtype"), 0) + end - start
+    return total, max(by_dtype, key=by_dtype.get) if by_dtype else None
+
+
 def _hash_range(f: Any, offset: int, size: int, h: Any, buf: memoryview, path: Path) -> None:
     """Feed ``size`` bytes of the open file ``f`` from ``offset`` into ``h``."""
     if size < 0:
@@ -543,11 +596,12 @@ def local_path(name: str, revision: str | None, *, download: bool = False) -> Pa
 
 
 #: (hub cache, repo id, revision) -> its complete snapshot directory, resolved once per process.
-_SNAPSHOTS: dict[tuple[str, str, str | None, tuple[str, ...] | None], Path] = {}
+_SNAPSHOTS: dict[tuple[Any, ...], Path] = {}
 
 
 def resolve_snapshot(name: str, revision: str | None, *, download: bool = False,
-                     prefixes: tuple[str, ...] | None = None) -> Path:
+                     prefixes: tuple[str, ...] | None = None,
+                     skip_for: SkipFor | None = None) -> Path:
     """The local snapshot directory of hub repo ``name`` at ``revision``, complete: every
     non-weight file of the cached listing, and the weights (every shard a weight index names, or
     at least one weight file). Resolved once per process.
@@ -557,6 +611,8 @@ def resolve_snapshot(name: str, revision: str | None, *, download: bool = False,
             failing; a command's ``--download``.
         prefixes: the weight-key prefixes the caller loads: shards holding none of them need
             not be there (see :func:`select_files`).
+        skip_for: the family's weights never loaded (:data:`SkipFor`; default the registered
+            rule): their shards need not be there.
 
     Raises:
         VlmError: not in the Hugging Face cache, or only partly (an interrupted download); the
@@ -565,7 +621,7 @@ def resolve_snapshot(name: str, revision: str | None, *, download: bool = False,
     from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError
 
-    key = (str(constants.HF_HUB_CACHE), name, revision, prefixes)
+    key = (str(constants.HF_HUB_CACHE), name, revision, prefixes, skip_for)
     if key in _SNAPSHOTS:
         return _SNAPSHOTS[key]
     rev = f" --revision {revision}" if revision else ""
@@ -574,7 +630,7 @@ def resolve_snapshot(name: str, revision: str | None, *, download: bool = False,
     try:  # non-weight files: all of those in the cached listing (vlm download fetches them all)
         path = Path(snapshot_download(name, revision=revision, local_files_only=True,
                                       ignore_patterns=list(WEIGHT_GLOBS)))
-        missing = missing_weights(path, prefixes)
+        missing = missing_weights(path, prefixes, skip_for)
     except (LocalEntryNotFoundError, OSError, ValueError) as err:
         if not fetch:
             offline = " (HF_HUB_OFFLINE is set)" if constants.HF_HUB_OFFLINE else ""
@@ -585,7 +641,8 @@ def resolve_snapshot(name: str, revision: str | None, *, download: bool = False,
         from vlm_cli import console
 
         console.info(f"--download: fetching {label}")
-        path = Path(download_snapshot(name, revision=revision, prefixes=prefixes).path)
+        path = Path(download_snapshot(name, revision=revision, prefixes=prefixes,
+                                      skip_for=skip_for).path)
     elif missing:
         raise VlmError(f"{label}: incomplete in the Hugging Face cache ({missing}); run "
                        f"`vlm download {name}{rev}` to complete it (or pass --download)")
@@ -602,12 +659,16 @@ def fetch_missing(repos: Iterable[tuple[str, str | None]], download: bool) -> No
             resolve_snapshot(name, revision, download=True)
 
 
-def missing_weights(path: Path, prefixes: tuple[str, ...] | None = None) -> str | None:
+def missing_weights(path: Path, prefixes: tuple[str, ...] | None = None,
+                    skip_for: SkipFor | None = None) -> str | None:
     """What is missing from the weights of a snapshot directory (those holding keys with
-    ``prefixes`` only, when given), or None when they are whole."""
+    ``prefixes`` only, when given; none that ``skip_for`` says its family never loads), or None
+    when they are whole."""
+    config = path / "config.json"
+    skip = _skipped(skip_for, config.read_text() if config.is_file() else None)
     indexes = sorted(path.rglob("*.index.json"))
     for index in indexes:
-        shards = index_shards(index.read_text(), prefixes) or set()
+        shards = index_shards(index.read_text(), prefixes, skip) or set()
         absent = sorted(s for s in shards if not (index.parent / s).is_file())
         if absent:
             return f"{len(absent)} weight shard(s) missing, e.g. {absent[0]}"

@@ -148,17 +148,25 @@ class Pipeline:
     """
 
     def __init__(self, loaded: Loaded, store: FeatureStore | None, name: str,
-                 directory: Path) -> None:
+                 directory: Path, system: str | None = None) -> None:
         self.loaded, self.store, self.name, self.directory = loaded, store, name, directory
+        #: The system turn sent before every conversation (``--system``; default the model
+        #: card's, :attr:`~vlm_cli.model.protocol.LanguageModel.default_system`), or None.
+        self.system = loaded.model.default_system if system is None else (system or None)
 
     @classmethod
     def load(cls, model: str | None = None, *, revision: str | None = None,
-             download: bool = False, device: str = "auto", dtype: Any = None,
-             frames: int | None = None, fps: float | None = None) -> Pipeline:
+             download: bool = False, device: str = "auto", dtype: Any = "auto",
+             frames: int | None = None, fps: float | None = None,
+             system: str | None = None) -> Pipeline:
         """Resolve and load a model once (see :func:`resolve_model`).
 
         Args:
-            dtype: the LLM's torch dtype (default: the family's choice for the device).
+            dtype: ``--dtype``: ``auto`` (:func:`vlm_cli.runtime.choose_dtype`: on CPU fp32
+                where it fits comfortably, else the checkpoint's stored dtype), a dtype name,
+                or a torch dtype.
+            system: the system turn (``--system``): None for the model card's default, "" for
+                none.
             frames: frames sampled uniformly per clip instead of the recipe's; with ``fps``, or
                 for a model that samples by rate (Qwen2.5-Omni), the cap on the frames sampled
                 at that rate.
@@ -168,11 +176,18 @@ class Pipeline:
         """
         from vlm_cli.cache import FeatureCache
         from vlm_cli.features import FeatureStore
-        from vlm_cli.model.families import load_model
-        from vlm_cli.runtime import cpu_threads_for_width, pick_device
+        from vlm_cli.model.families import load_model, skipped_weights
+        from vlm_cli.runtime import choose_dtype, cpu_threads_for_width, pick_device
 
         directory, hub_id = resolve_model(model, revision, download=download)
         device = pick_device(device)
+        if isinstance(dtype, str):
+            stored_bytes, stored = (0, None)
+            if dtype == "auto" and device.startswith("cpu"):
+                from vlm_cli.hub import stored_weights
+
+                stored_bytes, stored = stored_weights(directory, skipped_weights(directory))
+            dtype = choose_dtype(dtype, device, stored_bytes=stored_bytes, stored=stored)
         loaded = load_model(directory, device=device, dtype=dtype, name=hub_id,
                             revision=revision, download=download)
         cpu_threads_for_width(loaded.model.llm.get_input_embeddings().embedding_dim, device)
@@ -187,7 +202,7 @@ class Pipeline:
         recipe = dataclasses.replace(loaded.recipe, data=data)
         store = FeatureStore(recipe, FeatureCache(), device=device, encoders=loaded.encoders,
                              check=loaded.check)
-        return cls(loaded, store, hub_id or str(directory), directory)
+        return cls(loaded, store, hub_id or str(directory), directory, system)
 
     @property
     def model(self) -> VideoLanguageModel:
@@ -236,7 +251,7 @@ class Pipeline:
             raise UsageError(f"{ref.path}: nothing to answer from (an audio file with "
                              "--no-audio, or a kind of file this model has no encoder for)")
         budget = None
-        if features.vision is not None and hasattr(self.model, "connectors"):
+        if features.vision is not None and self.model.fits_video_budget:
             from vlm_cli.model.budget import fit_video
 
             spec = store.recipe.model.vision  # ViViT's clip length, without loading it
@@ -254,7 +269,7 @@ class Pipeline:
 
     def chat(self, media: MediaInput, ref: MediaFile) -> ChatSession:
         """A conversation about one file (its features from :meth:`features`)."""
-        return ChatSession(self.model, media, ref.placeholder)
+        return ChatSession(self.model, media, ref.placeholder, self.system)
 
     def answer_batch(self, questions: Sequence[tuple[MediaInput, MediaFile, str]], *,
                      max_new_tokens: int = 32) -> list[str]:
@@ -275,12 +290,53 @@ class Pipeline:
                 None for text-only conversations.
         """
         tokenizer = self.model.tokenizer
-        prompts = [self.model.encode_prompt(turns, m) for turns, m in
+        system = [{"from": "system", "value": self.system}] if self.system else []
+        prompts = [self.model.encode_prompt(system + list(turns), m) for turns, m in
                    zip(conversations, media if media is not None else [None] * len(conversations))]
         answers = self.model.generate_batch(
             prompts, list(media) if media is not None else [[] for _ in prompts],
             max_new_tokens=max_new_tokens)
         return [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in answers]
+
+
+class TextStream:
+    """Incremental detokenisation whose pieces add up to the final answer, character for
+    character, for any tokenizer: ``"".join(pieces) == decode(ids, skip_special_tokens=True)
+    .strip()``.
+
+    A token can end in the middle of a character (byte-fallback tokenizers such as LLaMA's and
+    Qwen's split "€" into three byte tokens): while the decoded text ends in U+FFFD, nothing is
+    shown; leading and trailing white space is held back (the final answer is stripped); and
+    text that a later token rewrites (rare: a tokenizer whose decoding of earlier ids changes)
+    is held until :meth:`finish`.
+
+    Args:
+        tokenizer: anything with ``decode(ids, skip_special_tokens=True)``.
+    """
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer, self.ids, self.shown = tokenizer, [], ""
+
+    def push(self, token: int) -> str:
+        """Add one token id; returns the text that can be shown now (maybe "")."""
+        self.ids.append(token)
+        text = self.tokenizer.decode(self.ids, skip_special_tokens=True).lstrip()
+        return self._advance(text.rstrip("\ufffd").rstrip())
+
+    def finish(self) -> str:
+        """The rest of the answer (the complete text is :attr:`text`)."""
+        return self._advance(self.text)
+
+    @property
+    def text(self) -> str:
+        """The answer so far, decoded and stripped."""
+        return self.tokenizer.decode(self.ids, skip_special_tokens=True).strip()
+
+    def _advance(self, text: str) -> str:
+        if not text.startswith(self.shown):
+            return ""  # earlier text changed: wait for the end
+        delta, self.shown = text[len(self.shown):], text
+        return delta
 
 
 class ChatSession:
@@ -292,12 +348,15 @@ class ChatSession:
         model: a :class:`VideoLanguageModel` in eval mode.
         media: the file's :class:`MediaInput` (from :meth:`Pipeline.features`).
         placeholder: ``<video>``, ``<image>`` or ``<audio>``, put before the first question.
+        system: the system turn sent first, or None.
     """
 
-    def __init__(self, model: Any, media: Any, placeholder: str) -> None:
+    def __init__(self, model: Any, media: Any, placeholder: str,
+                 system: str | None = None) -> None:
         from vlm_cli.model.vlm import Prefix
 
         self.model, self.media, self.placeholder = model, media, placeholder
+        self.system = system
         self.turns: list[dict[str, str]] = []
         self.prefix = Prefix(set(model.media_token_ids))
 
@@ -312,27 +371,29 @@ class ChatSession:
             top_p: float = 1.0, on_text: Callable[[str], None] | None = None) -> Answer:
         """Answer ``question`` (greedy unless ``temperature`` > 0), streaming text deltas to
         ``on_text``. The answer is appended to the history."""
-        tokenizer = self.model.tokenizer
         value = (PROMPT.format(placeholder=self.placeholder, question=question)
                  if not self.turns else question)
         turns = self.turns + [{"from": "human", "value": value}]
-        ids: list[int] = []
-        text, first = "", None
+        system = [{"from": "system", "value": self.system}] if self.system else []
+        eos = self.model.tokenizer.eos_token_id
+        text, first = TextStream(self.model.tokenizer), None
         start = time.perf_counter()
-        for (token,) in self.model.stream([self.model.encode_prompt(turns, [self.media])],
+        for (token,) in self.model.stream([self.model.encode_prompt(system + turns,
+                                                                    [self.media])],
                                           [[self.media]],
                                           max_new_tokens=max_new_tokens, temperature=temperature,
                                           top_p=top_p, prefix=self.prefix):
             first = first or time.perf_counter()
-            if token is None or token == tokenizer.eos_token_id:
+            if token is None or token == eos:
                 continue
-            ids.append(token)
-            now = tokenizer.decode(ids, skip_special_tokens=True)
-            if on_text is not None and now.startswith(text) and len(now) > len(text):
-                on_text(now[len(text):])
-            text = now
+            delta = text.push(token)
+            if on_text is not None and delta:
+                on_text(delta)
         end = time.perf_counter()
-        text = tokenizer.decode(ids, skip_special_tokens=True).strip()
-        self.turns = turns + [{"from": "gpt", "value": text}]
+        rest = text.finish()
+        if on_text is not None and rest:
+            on_text(rest)
+        self.turns = turns + [{"from": "gpt", "value": text.text}]
         first = first or end
-        return Answer(text, len(ids), self.prefix.prefilled, first - start, end - first)
+        return Answer(text.text, len(text.ids), self.prefix.prefilled, first - start,
+                      end - first)

@@ -35,6 +35,8 @@ class MediaInfo:
         duration: seconds from the container header, ``None`` for images or when unknown.
         width: picture width in px, ``None`` without video.
         height: picture height in px, ``None`` without video.
+        fps: the video stream's average frame rate in Hz (what decord's ``get_avg_fps``
+            reports), ``None`` without video or when unknown.
     """
 
     kind: MediaKind
@@ -43,6 +45,7 @@ class MediaInfo:
     duration: float | None
     width: int | None
     height: int | None
+    fps: float | None = None
 
 
 def check_media_path(path: str | os.PathLike[str]) -> Path:
@@ -126,10 +129,12 @@ def probe_media(path: str | os.PathLike[str]) -> MediaInfo:
                     if s.duration is not None and s.time_base is not None
                 ]
                 duration = max(spans) if spans else None
-        width = height = None
+        width = height = fps = None
         if videos:
             width = int(videos[0].codec_context.width) or None
             height = int(videos[0].codec_context.height) or None
+            rate = videos[0].average_rate
+            fps = float(rate) if rate else None
         return MediaInfo(
             kind=kind,
             has_video=bool(videos),
@@ -137,6 +142,7 @@ def probe_media(path: str | os.PathLike[str]) -> MediaInfo:
             duration=duration,
             width=width,
             height=height,
+            fps=fps,
         )
 
 

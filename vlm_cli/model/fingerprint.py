@@ -36,16 +36,17 @@ def _torch_version() -> str:
     return version("torch")
 
 
-def resolve_source(spec: VisionEncoderSpec | AudioEncoderSpec,
-                   digest: Callable[[Path], str]) -> tuple[Path | None, dict[str, Any]]:
+def resolve_source(spec: VisionEncoderSpec | AudioEncoderSpec, digest: Callable[[Path], str],
+                   prefixes: tuple[str, ...] | None = None) -> tuple[Path | None, dict[str, Any]]:
     """Where an encoder's weights come from, and what pins them (for the cache key).
 
     Returns ``(None, {"config", "init_seed", "torch"})`` for a seeded random initialisation, or
-    ``(directory, {...})`` from :func:`vlm_cli.hub.resolve_pretrained`. Loads no weights.
+    ``(directory, {...})`` from :func:`vlm_cli.hub.resolve_pretrained` (``prefixes``: in a
+    local checkpoint, only the encoder's tensors are hashed). Loads no weights.
     """
     if spec.config is not None:
         return None, {"config": spec.config, "init_seed": spec.init_seed, "torch": _torch_version()}
-    return resolve_pretrained(spec.pretrained, spec.revision, digest)
+    return resolve_pretrained(spec.pretrained, spec.revision, digest, prefixes=prefixes)
 
 
 def _config_image_size(directory: Path) -> int:
@@ -95,10 +96,12 @@ def _width(config: dict[str, Any]) -> int:
     return int(config.get("hidden_size", config.get("d_model", DEFAULT_HIDDEN_SIZE)))
 
 
-def vision_fingerprint(spec: VisionEncoderSpec, digest: Callable[[Path], str]) -> dict[str, Any]:
-    """Everything that changes a vision encoder's features: weights identity, feature layer, CLS
-    selection, dtype and preprocessing (size in px, mean, std). Loads no weights."""
-    directory, source = resolve_source(spec, digest)
+def vision_fingerprint(spec: VisionEncoderSpec, digest: Callable[[Path], str],
+                       prefixes: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Everything that changes a vision encoder's features: weights identity (``prefixes``: of
+    a tower inside a larger local checkpoint, only its tensors), feature layer, CLS selection,
+    dtype and preprocessing (size in px, mean, std). Loads no weights."""
+    directory, source = resolve_source(spec, digest, prefixes)
     if spec.image_size is not None:
         size = spec.image_size
     elif directory is None:

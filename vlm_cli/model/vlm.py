@@ -72,6 +72,13 @@ class VideoLanguageModel(nn.Module):
     #: Whether :meth:`encode_prompt` words the prompt after the media (a family's model, e.g.
     #: Video-LLaMA's, says so; callers then pass the conversation's media).
     prompt_uses_media = False
+    #: No system turn unless the user gives one (``--system``); members of
+    #: :class:`vlm_cli.model.protocol.LanguageModel`, as the two below.
+    default_system: str | None = None
+    #: Our connectors' soft prompts are fitted to the video token budget by the pipeline.
+    fits_video_budget = True
+    #: The LLM is a causal LM with its own head: peft's ``CAUSAL_LM`` task.
+    lora_task_type = "CAUSAL_LM"
 
     def encode_prompt(self, turns: Sequence[dict[str, Any]],
                       media: Sequence[MediaInput] | None = None) -> list[int]:
@@ -379,6 +386,8 @@ class Prefix:
     ids: list[int] = dataclasses.field(default_factory=list)
     cache: Any = None
     prefilled: int = 0
+    #: A native model's rope deltas of the conversation (TMRoPE: positions of later text).
+    rope_deltas: Any = None
 
     def reusable(self, rows: Sequence[Sequence[int]]) -> int:
         """How many leading tokens of the single prompt in ``rows`` the cache can keep: their

@@ -54,11 +54,9 @@ def _apply_lora(model: Any, stage: StageSpec) -> None:
     from peft import LoraConfig, get_peft_model
 
     lora = stage.lora
-    # A causal LM (ours, Video-LLaVA-hf's) is a CAUSAL_LM task; a family's bare decoder (the
-    # Qwen2.5-Omni thinker's language model) takes a task-free adapter.
-    task = "CAUSAL_LM" if hasattr(model.llm, "prepare_inputs_for_generation") else None
     config = LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                        target_modules=list(lora.target_modules), task_type=task)
+                        target_modules=list(lora.target_modules),
+                        task_type=model.lora_task_type)
     import warnings
 
     with warnings.catch_warnings():  # peft calls a transformers attribute deprecated in v5
@@ -71,7 +69,7 @@ def _checkpoint(source: Path) -> tuple[Path, str, str] | None:
     vlm runs (a directory, or a hub id in the Hugging Face cache), else None (a run
     directory)."""
     from vlm_cli.hub import is_repo_id, resolve_snapshot
-    from vlm_cli.model.families import family_of
+    from vlm_cli.model.families import family_of, supported_titles
 
     if source.is_dir():
         directory, name = source, str(source.resolve())
@@ -82,7 +80,7 @@ def _checkpoint(source: Path) -> tuple[Path, str, str] | None:
     family = family_of(directory)
     if family is None:
         raise UsageError(f"--from {source}: not a run directory nor a supported checkpoint "
-                         "(Video-LLaVA-hf, Qwen2.5-Omni, Video-LLaMA)")
+                         f"({supported_titles()})")
     return None if family == "vlm-run" else (directory, name, family)
 
 

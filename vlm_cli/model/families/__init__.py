@@ -32,7 +32,7 @@ if TYPE_CHECKING:
 #: Family name -> module; tried in this order by :func:`family_of`.
 FAMILIES: dict[str, str] = {
     "video-llava-hf": "vlm_cli.model.families.video_llava_hf",
-    "qwen2.5-omni": "vlm_cli.model.families.qwen2_5_omni",
+    "transformers-native": "vlm_cli.model.families.native",
     "video-llama": "vlm_cli.model.families.video_llama",
     "vlm-run": "vlm_cli.model.families.vlm_run",
 }
@@ -126,8 +126,36 @@ def read_licence(directory: str | Path) -> str | None:
 
 
 def family_module(name: str) -> ModuleType:
-    """The module of family ``name``."""
+    """The module of family ``name``: a key of :data:`FAMILIES`, or the name of an entry of the
+    transformers-native table (``qwen2.5-omni``: run directories record it as their base)."""
+    if name not in FAMILIES:
+        from vlm_cli.model.families.native_table import MODELS
+
+        if name in {spec.name for spec in MODELS}:
+            name = "transformers-native"
     return importlib.import_module(FAMILIES[name])
+
+
+def skipped_for_config(config: dict[str, Any]) -> tuple[str, ...]:
+    """Weight-key prefixes a checkpoint's family never loads (e.g. Qwen2.5-Omni's talker and
+    token2wav), from its ``config.json``: what ``vlm download`` does not fetch and a snapshot
+    may lack (:data:`vlm_cli.hub.SkipFor`)."""
+    from vlm_cli.model.families.native_table import spec_for
+
+    spec = spec_for(config)
+    return spec.skip_prefixes if spec is not None else ()
+
+
+def skipped_weights(directory: str | Path) -> tuple[str, ...]:
+    """:func:`skipped_for_config` of ``directory/config.json``."""
+    return skipped_for_config(read_config(directory))
+
+
+def supported_titles() -> str:
+    """The checkpoints :func:`load_model` takes besides vlm's own, for help and error texts."""
+    from vlm_cli.model.families.native_table import MODELS
+
+    return ", ".join(["Video-LLaVA-hf", *(spec.title for spec in MODELS), "Video-LLaMA"])
 
 
 def family_of(directory: Path) -> str | None:
@@ -157,7 +185,7 @@ def load_model(directory: Path, *, device: str = "cpu", dtype: Any = None,
     family = family_of(directory)
     if family is None:
         raise UsageError(f"{directory}: not a vlm run directory, a merged vlm model nor a "
-                         "supported checkpoint (Video-LLaVA-hf, Qwen2.5-Omni, Video-LLaMA)")
+                         f"supported checkpoint ({supported_titles()})")
     loaded = family_module(family).load(directory, device=device, dtype=dtype, name=name,
                                         revision=revision, download=download)
     loaded.licence = loaded.licence or read_licence(directory)

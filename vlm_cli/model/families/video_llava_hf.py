@@ -35,6 +35,9 @@ KEY_MAP = {"video.net.0": "model.multi_modal_projector.linear_1",
            "video.net.2": "model.multi_modal_projector.linear_2"}
 #: The frozen towers by feature name (videos; still images).
 TOWERS = {"vision": "video_tower", "image": "image_tower"}
+#: Their weight keys, in the current and the hub's older layout: a local checkpoint's feature-cache
+#: identity hashes only these tensors (never the 7B LLM's).
+TOWER_PREFIXES = {feature: (f"model.{tower}.", f"{tower}.") for feature, tower in TOWERS.items()}
 #: Files written by ``save_pretrained`` of the model or tokenizer; the rest (processor configs,
 #: chat templates) are copied from the base checkpoint when a merged model is written.
 _WRITTEN = ("config.json", "generation_config.json", "model.safetensors.index.json")
@@ -152,6 +155,8 @@ def load(directory: Path, *, device: str = "cpu", dtype: Any = None, name: str |
 
     described = recipe(directory, name or str(directory), revision, device)
     dtype = dtype or resolve_dtype("auto", device)
+    for spec in (described.model.vision, described.model.image):  # as loaded: no second copy
+        spec.dtype = str(dtype).removeprefix("torch.")
     composite = _composite(directory, dtype)
     # Its own vocabulary: <image> and <video> are the checkpoint's tokens; nothing is added.
     tokenizer = load_tokenizer(described.model.llm, source=directory, add_media_tokens=False)
@@ -163,11 +168,11 @@ def load(directory: Path, *, device: str = "cpu", dtype: Any = None, name: str |
     encoders = {}
     for feature, tower in TOWERS.items():
         spec = getattr(described.model, feature)
-        fingerprint = vision_fingerprint(spec, digest)
+        fingerprint = vision_fingerprint(spec, digest, TOWER_PREFIXES[feature])
         fingerprint["source"] = {**fingerprint["source"], "tower": tower}
 
         def build(spec: Any = spec, tower: str = tower, fingerprint: dict = fingerprint) -> Any:
-            module = getattr(composite.model, tower).to(resolve_dtype(spec.dtype, "cpu"))
+            module = getattr(composite.model, tower)  # in the LLM's dtype, as loaded
             return VisionEncoder(spec, digest, model=module.eval().requires_grad_(False),
                                  fingerprint=fingerprint)
 

@@ -191,7 +191,7 @@ def load(directory: Path, *, device: str = "cpu", dtype: Any = None, name: str |
     dtype = dtype or resolve_dtype(recipe.model.llm.dtype, device)
     encoders, check = None, None
     if config.base:  # the base family's model, its LLM then adapted or replaced
-        base = load_base(config, device="cpu", dtype=dtype, download=download)
+        base = load_base(config, device=device, dtype=dtype, download=download)
         model, encoders, check = base.model, base.encoders, base.check
         if config.llm_weights:  # a fully fine-tuned LLM replaces the base's
             model.llm = build_llm(recipe.model.llm, model.tokenizer, weights=config.llm_weights,

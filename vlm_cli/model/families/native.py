@@ -1,0 +1,763 @@
+"""The family of checkpoints transformers runs natively through their processor (Qwen2.5-Omni's
+thinker today), driven by the table :mod:`vlm_cli.model.families.native_table`.
+
+transformers does the model: its class (``from_pretrained``), its processor's pieces (video /
+image processor, feature extractor, placeholder expansion), its rope index (TMRoPE) and its
+``generate`` (greedy or sampled, a streamer, ``past_key_values`` kept between chat turns,
+left-padded batches). vlm adds what it exists for: the feature cache of the towers' outputs (a
+second question encodes nothing), the budget check before decoding, the reference pipeline of the
+model card from the file (frames, resize kernel, resampler, system turn), the CLI, tune/merge and
+the probe. There is no token loop of ours here.
+
+How cached tower outputs go back in (the ``qwen-omni`` layout): image / video outputs through
+``mm_encoder_outputs`` (transformers' pre-encoded multimodal outputs, in ``forward`` and
+``generate``); audio outputs through the model's own ``get_audio_features``, which returns the
+cached outputs while a call runs (:func:`serving_audio`), so the thinker's forward scatters them
+and its rope index places them exactly as for a fresh encode.
+
+Shapes: ``B`` prompts, ``L`` tokens, ``N`` tower tokens, ``H`` the LLM width.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import math
+import queue
+import threading
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from vlm_cli.errors import DataError, MediaError, UsageError, VlmError
+from vlm_cli.model.families import EncoderSource, Loaded, read_config
+from vlm_cli.model.families.native_table import MODELS, NativeModelSpec, spec_for
+
+#: Family names this module serves (``Loaded.family``), for help and error texts.
+NAMES = tuple(spec.name for spec in MODELS)
+TITLES = tuple(spec.title for spec in MODELS)
+#: Prompt tokens besides the media (system turn, question, turn markers): the context check's
+#: margin.
+TEXT_MARGIN = 256
+#: Our conversations' roles in the chat template.
+ROLES = {"human": "user", "gpt": "assistant", "system": "system"}
+PLACEHOLDERS = {"<video>": "video", "<image>": "image", "<audio>": "audio"}
+
+
+def detect(directory: str | Path) -> bool:
+    """Whether ``directory`` holds a checkpoint of a :data:`MODELS` entry (``model_type``)."""
+    return spec_for(read_config(directory)) is not None
+
+
+def media_kind_of(media: Any) -> str:
+    """What a :class:`~vlm_cli.model.vlm.MediaInput` holds: ``video`` (frames placed in time:
+    ``second_per_grid``), ``image`` (one grid) or ``audio`` (no frames)."""
+    if media.vision is None:
+        return "audio"
+    return "video" if "second_per_grid" in media.vision_meta else "image"
+
+
+def audio_tokens(mel_frames: int) -> int:
+    """Audio tower output tokens for ``mel_frames`` 10 ms frames (two stride-2 stages: 40 ms a
+    token), as the processor's ``_get_feat_extract_output_lengths``."""
+    return ((mel_frames - 1) // 2 + 1 - 2) // 2 + 1
+
+
+@contextlib.contextmanager
+def serving_audio(model: Any, features: torch.Tensor | None) -> Iterator[None]:
+    """Within the block, ``model.get_audio_features`` returns ``features`` (``[N, H]``, the
+    cached outputs of the audio tower for every audio of the batch, in order) instead of running
+    the tower; the thinker's forward then scatters them into the audio tokens. Nothing is
+    changed when ``features`` is None. Restored on exit."""
+    if features is None:
+        yield
+        return
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    def cached(*args: Any, **kwargs: Any) -> Any:
+        return BaseModelOutputWithPooling(last_hidden_state=features)
+
+    model.get_audio_features = cached  # an instance attribute shadows the method
+    try:
+        yield
+    finally:
+        del model.get_audio_features
+
+
+@dataclasses.dataclass
+class Budget:
+    """How many tokens one media file makes (from its header, before decoding)."""
+
+    frames: int
+    video: int
+    audio: int
+
+    @property
+    def total(self) -> int:
+        return self.video + self.audio
+
+
+class _TokenQueue:
+    """A ``generate`` streamer (transformers' ``BaseStreamer`` protocol: ``put`` / ``end``) that
+    hands each step's tokens ``[B]`` to the consuming thread; the prompt (the first ``put``) is
+    not passed on."""
+
+    def __init__(self) -> None:
+        self.items: queue.Queue = queue.Queue()
+        self.prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_seen:
+            self.prompt_seen = True
+            return
+        self.items.put(value.reshape(-1).tolist())
+
+    def end(self) -> None:
+        self.items.put(None)
+
+
+class NativeModel(nn.Module):
+    """A transformers model run through its processor, behind
+    :class:`vlm_cli.model.protocol.LanguageModel`, fed with cached tower outputs.
+
+    Args:
+        spec: its table entry. hf: the transformers model in eval mode (e.g.
+            ``Qwen2_5OmniThinkerForConditionalGeneration``). processor: its processor.
+    """
+
+    prompt_uses_media = False
+    fits_video_budget = False
+    lora_task_type = None
+
+    def __init__(self, spec: NativeModelSpec, hf: Any, processor: Any) -> None:
+        super().__init__()
+        self.spec, self.hf, self.processor = spec, hf, processor
+        self.tokenizer = processor.tokenizer
+        config = hf.config
+        self.ids = {"video": config.video_token_id, "image": config.image_token_id,
+                    "audio": config.audio_token_id}
+        self.media_token_ids = {v: k for k, v in self.ids.items()}
+        self.context = int(config.text_config.max_position_embeddings)
+        self.default_system = spec.system
+        #: The language model (the thinker's own decoder): what LoRA adapts, in place.
+        self.llm = hf.model.language_model
+        self.connectors = nn.ModuleDict()
+        self.feature_dims: dict[str, int] = {}
+        eos = hf.generation_config.eos_token_id
+        eos = eos if isinstance(eos, (list, tuple)) else [eos]
+        self.eos_ids = {int(t) for t in eos if t is not None} | {self.tokenizer.eos_token_id}
+
+    def to(self, *args: Any, **kwargs: Any) -> NativeModel:
+        """``nn.Module.to`` of the language model and head (:attr:`NativeModelSpec.text_modules`):
+        the towers stay where :func:`load` put them (on disk until a feature is missing, then
+        on the language model's device)."""
+        for name in self.spec.text_modules:
+            self.hf.get_submodule(name).to(*args, **kwargs)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        """Where the language model runs (the towers may be offloaded: see :func:`load`)."""
+        return self.llm.get_input_embeddings().weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The language model's dtype (the towers run in it too)."""
+        return self.llm.get_input_embeddings().weight.dtype
+
+    # --- prompts -------------------------------------------------------------------------------
+
+    def _messages(self, turns: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+        """LLaVA turns -> chat messages with typed content (placeholders become media items)."""
+        messages = []
+        for turn in turns:
+            text, content = str(turn["value"]), []
+            while True:
+                found = [(text.find(p), p) for p in PLACEHOLDERS if p in text]
+                if not found:
+                    break
+                at, placeholder = min(found)
+                if text[:at].strip():
+                    content.append({"type": "text", "text": text[:at]})
+                content.append({"type": PLACEHOLDERS[placeholder]})
+                text = text[at + len(placeholder):].lstrip("\n")
+            if text:
+                content.append({"type": "text", "text": text})
+            messages.append({"role": ROLES[turn["from"]], "content": content})
+        return messages
+
+    def _render(self, messages: list[dict[str, Any]], generation_prompt: bool) -> list[int]:
+        rendered = self.processor.apply_chat_template(
+            messages, add_generation_prompt=generation_prompt, tokenize=False)
+        return list(self.tokenizer(rendered, add_special_tokens=False)["input_ids"])
+
+    def encode_prompt(self, turns: Sequence[dict[str, Any]],
+                      media: Sequence[Any] | None = None) -> list[int]:
+        """Token ids of a conversation (LLaVA turns; ``<video>``, ``<image>``, ``<audio>``
+        placeholders; a ``system`` turn first if any) ending in a user turn, through the
+        processor's chat template, plus the assistant prefix."""
+        return self._render(self._messages(turns), True)
+
+    def encode_conversation(self, turns: Sequence[dict[str, Any]], max_length: int,
+                            media: Sequence[Any] | None = None) -> tuple[list[int], list[int]]:
+        """Token ids and labels of a training conversation: labels on each assistant turn's
+        tokens and its ``<|im_end|>`` (found as the difference between the conversation rendered
+        up to the turn's header and up to its end), ``IGNORE_INDEX`` elsewhere; cut to
+        ``max_length``.
+
+        Raises:
+            DataError: no assistant turn, or none left within ``max_length``.
+        """
+        from vlm_cli.model.chat import IGNORE_INDEX
+
+        messages = self._messages(turns)
+        ids = self._render(messages, False)
+        labels = [IGNORE_INDEX] * len(ids)
+        newline = self.tokenizer("\n", add_special_tokens=False)["input_ids"]
+        for k, message in enumerate(messages):
+            if message["role"] != "assistant":
+                continue
+            start = len(self._render(messages[:k], True))
+            end = len(self._render(messages[:k + 1], False))
+            end -= len(newline) if ids[end - len(newline):end] == newline else 0
+            labels[start:end] = ids[start:end]  # the answer and <|im_end|>
+        ids, labels = ids[:max_length], labels[:max_length]
+        if all(label == IGNORE_INDEX for label in labels):
+            raise DataError("conversation has no assistant tokens within max_length")
+        return ids, labels
+
+    def expand(self, ids: Sequence[int], media: Sequence[Any],
+               labels: Sequence[int] | None = None) -> Any:
+        """Replace each media token by its tokens, as the processor does when it tokenises: a
+        video with its audio interleaved in 2 s chunks (``replace_video_with_audio_token``), a
+        video alone, an image, or an audio file.
+
+        Returns:
+            The expanded ids; with ``labels``, ``(ids, labels)``, media tokens ``IGNORE_INDEX``.
+
+        Raises:
+            DataError: the placeholder count differs from the media count; a placeholder of
+                another kind than its file; or videos with and without audio in one row (the
+                rope index takes one audio-in-video setting per call).
+        """
+        from vlm_cli.model.chat import IGNORE_INDEX
+
+        found = [t for t in ids if t in self.media_token_ids]
+        if len(found) != len(media):
+            raise DataError(f"{len(found)} media placeholders but {len(media)} media files")
+        for t, m in zip(found, media):
+            if self.media_token_ids[t] != media_kind_of(m):
+                raise DataError(f"a <{self.media_token_ids[t]}> placeholder for a "
+                                f"{media_kind_of(m)}: {self.spec.title} needs the placeholder "
+                                "of the file's kind")
+        if len({m.audio is not None for t, m in zip(found, media)
+                if self.media_token_ids[t] == "video"}) > 1:
+            raise DataError(f"videos with and without audio in one sample: {self.spec.title} "
+                            "places them with one audio-in-video setting; split the sample")
+        pieces = iter(media)
+        out: list[int] = []
+        out_labels: list[int] = []
+        config = self.hf.config
+        for j, t in enumerate(ids):
+            if t not in self.media_token_ids:
+                out.append(t)
+                out_labels.append(labels[j] if labels is not None else IGNORE_INDEX)
+                continue
+            m, kind, before = next(pieces), self.media_token_ids[t], len(out)
+            if kind == "video" and m.audio is not None:
+                text = self.processor.replace_video_with_audio_token(
+                    {"video_grid_thw": [[int(x) for x in m.vision_meta["grid_thw"]]],
+                     "video_second_per_grid": [float(m.vision_meta["second_per_grid"])]}, 0,
+                    {"num_audio_tokens": [m.audio.shape[0]]}, 0,
+                    position_id_per_seconds=config.position_id_per_seconds,
+                    seconds_per_chunk=config.seconds_per_chunk)
+                out += self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            elif kind in ("video", "image"):
+                out += [t] * m.vision.shape[0]
+            else:
+                out += [t] * m.audio.shape[0]
+            out_labels += [IGNORE_INDEX] * (len(out) - before)  # media tokens carry no loss
+        return out if labels is None else (out, out_labels)
+
+    # --- model inputs --------------------------------------------------------------------------
+
+    def model_inputs(self, rows: Sequence[list[int]], media: Sequence[Sequence[Any]],
+                     side: str) -> tuple[dict[str, Any], torch.Tensor | None]:
+        """The keyword arguments of the model's ``forward`` / ``generate`` for expanded rows
+        padded on ``side`` (``left`` to generate, ``right`` to train), as the processor's
+        outputs would be, with the towers' outputs from the cache: ``input_ids`` and
+        ``attention_mask [B, L]``, ``mm_encoder_outputs`` (image / video), the grids, seconds
+        per grid, ``feature_attention_mask [A, M]`` (audio lengths for the rope index),
+        ``use_audio_in_video``; and the audio outputs ``[sum N, H]`` to serve
+        (:func:`serving_audio`), or None."""
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        device = self.device
+        pad = self.tokenizer.pad_token_id
+        pad = pad if pad is not None else self.tokenizer.eos_token_id
+        length = max(len(r) for r in rows)
+        ids = torch.full((len(rows), length), pad, dtype=torch.long)
+        mask = torch.zeros(len(rows), length, dtype=torch.long)
+        for b, row in enumerate(rows):
+            where = slice(length - len(row), length) if side == "left" else slice(0, len(row))
+            ids[b, where] = torch.as_tensor(row)
+            mask[b, where] = 1
+        outputs: dict[str, list[torch.Tensor]] = {"image": [], "video": []}
+        grids: dict[str, list[torch.Tensor]] = {"image": [], "video": []}
+        seconds, audio, mel, in_video = [], [], [], False
+        for row_media in media:
+            for m in row_media:
+                kind = media_kind_of(m)
+                if m.vision is not None:
+                    outputs[kind].append(m.vision.to(device))
+                    grids[kind].append(torch.as_tensor(m.vision_meta["grid_thw"]))
+                    if kind == "video":
+                        seconds.append(float(m.vision_meta["second_per_grid"]))
+                if m.audio is not None:
+                    audio.append(m.audio)
+                    mel.append(int(m.audio_meta["mel_frames"]))
+                    in_video = in_video or kind == "video"
+        kwargs: dict[str, Any] = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+        encoded = {kind: BaseModelOutputWithPooling(pooler_output=tuple(feats))
+                   for kind, feats in outputs.items() if feats}
+        if encoded:
+            kwargs["mm_encoder_outputs"] = encoded
+        for kind in ("image", "video"):
+            if grids[kind]:
+                kwargs[f"{kind}_grid_thw"] = torch.stack(grids[kind]).to(device)
+        if seconds:
+            kwargs["video_second_per_grid"] = torch.as_tensor(seconds, device=device)
+        served = None
+        if audio:
+            served = torch.cat(audio).to(device)
+            frames = torch.zeros(len(mel), max(mel), dtype=torch.long)
+            for a, n in enumerate(mel):
+                frames[a, :n] = 1
+            kwargs["feature_attention_mask"] = frames.to(device)
+            kwargs["input_features"] = served  # stands for the log-mel: the tower is served
+        kwargs["use_audio_in_video"] = in_video
+        return kwargs, served
+
+    # --- training and logits -------------------------------------------------------------------
+
+    def forward(self, input_ids: Sequence[Sequence[int]], labels: Sequence[Sequence[int]],
+                media: Sequence[Sequence[Any]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed next-token cross-entropy over the labelled tokens, and their count (as
+        :meth:`vlm_cli.model.vlm.VideoLanguageModel.forward`): rows expanded and right-padded,
+        the model's own forward (its rope index places the media)."""
+        from vlm_cli.model.chat import IGNORE_INDEX
+        from vlm_cli.model.vlm import next_token_loss
+
+        rows, label_rows = zip(*(self.expand(ids, m, lab)
+                                 for ids, lab, m in zip(input_ids, labels, media)))
+        kwargs, served = self.model_inputs(rows, media, "right")
+        target = torch.full(kwargs["attention_mask"].shape, IGNORE_INDEX, dtype=torch.long)
+        for b, lab in enumerate(label_rows):
+            target[b, :len(lab)] = torch.as_tensor(lab)
+        with serving_audio(self.hf.model, served):
+            logits = self.hf(**kwargs, use_cache=False).logits
+        return next_token_loss(logits, target.to(logits.device))
+
+    @torch.no_grad()
+    def logits(self, input_ids: Sequence[int], media: Sequence[Any]) -> torch.Tensor:
+        """``[L, V]`` float logits of one prompt (the tests' comparison with transformers)."""
+        kwargs, served = self.model_inputs([self.expand(input_ids, media)], [media], "left")
+        with serving_audio(self.hf.model, served):
+            return self.hf(**kwargs, use_cache=False).logits[0].float()
+
+    # --- generation ----------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def stream(self, input_ids: Sequence[Sequence[int]], media: Sequence[Sequence[Any]], *,
+               max_new_tokens: int = 32, temperature: float = 0.0, top_p: float = 1.0,
+               prefix: Any = None, ignore_eos: bool = False) -> Iterator[list[int | None]]:
+        """transformers' ``generate`` on left-padded rows (run in a thread, its streamer feeding
+        this generator): per step one token per prompt, None once a prompt has ended (its
+        end-of-sequence token is yielded once). Greedy when ``temperature`` is 0.
+
+        Args:
+            prefix: one prompt only: a chat's :class:`vlm_cli.model.vlm.Prefix`. The KV cache
+                of the conversation so far is passed as ``past_key_values`` when it covers every
+                media token (cropped to the longest common prefix), so only the new tokens are
+                prefilled; it then holds this turn too.
+            ignore_eos: run all ``max_new_tokens`` steps (benchmarks).
+
+        Raises:
+            DataError: rows whose media cannot share one call (videos with and without their
+                audio: :meth:`generate_batch` splits such batches).
+        """
+        from transformers import DynamicCache
+
+        rows = [self.expand(ids, m) for ids, m in zip(input_ids, media)]
+        if len({_layout_key(m) for m in media}) > 1:
+            raise DataError("videos with and without their audio in one batch: "
+                            "generate_batch answers them in separate calls")
+        keep = prefix.reusable(rows) if prefix is not None else 0
+        if keep:  # a follow-up turn: text only after the cached media
+            cache = prefix.cache
+            cache.crop(keep - cache.get_seq_length())  # transformers 5: minus tokens to drop
+            row = torch.as_tensor(rows, device=self.device)
+            kwargs, served = {"input_ids": row, "attention_mask": torch.ones_like(row)}, None
+            self.hf.model.rope_deltas = prefix.rope_deltas
+        else:
+            cache = DynamicCache(config=self.hf.config.text_config)
+            kwargs, served = self.model_inputs(rows, media, "left")
+        if prefix is not None:
+            prefix.prefilled = len(rows[0]) - keep
+        sampling = ({"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
+                    if temperature > 0 else {"do_sample": False})
+        if ignore_eos:
+            sampling["min_new_tokens"] = max_new_tokens
+        streamer = _TokenQueue()
+        failure: list[BaseException] = []
+        sequences: list[torch.Tensor] = []
+
+        def run() -> None:
+            try:
+                with serving_audio(self.hf.model, served):
+                    sequences.append(self.hf.generate(
+                        **kwargs, cache=cache, max_new_tokens=max_new_tokens,
+                        streamer=streamer, **sampling))
+            except BaseException as err:  # re-raised in the consuming thread below
+                failure.append(err)
+                streamer.end()
+
+        worker = threading.Thread(target=run, name="vlm-generate", daemon=True)
+        worker.start()
+        done = [False] * len(rows)
+        while (tokens := streamer.items.get()) is not None:
+            yield [None if d else t for d, t in zip(done, tokens)]
+            done = [d or (t in self.eos_ids and not ignore_eos) for d, t in zip(done, tokens)]
+        worker.join()
+        if failure:
+            raise failure[0]
+        if prefix is not None:
+            fed = sequences[0][0].tolist()[: cache.get_seq_length()]
+            prefix.ids, prefix.cache = fed, cache
+            prefix.rope_deltas = self.hf.model.rope_deltas
+
+    def generate_batch(self, input_ids: Sequence[Sequence[int]], media: Sequence[Sequence[Any]],
+                       *, max_new_tokens: int = 32) -> list[list[int]]:
+        """Greedy answers of several prompts (ids without end-of-sequence): one left-padded
+        ``generate`` per group of rows whose media share a layout (videos with their audio,
+        videos without), the same tokens as one by one."""
+        from vlm_cli.model.vlm import collect
+
+        groups: dict[tuple, list[int]] = {}
+        for i, m in enumerate(media):
+            groups.setdefault(_layout_key(m), []).append(i)
+        answers: list[list[int]] = [[] for _ in input_ids]
+        for members in groups.values():
+            got = collect(self.stream([input_ids[i] for i in members], [media[i] for i in members],
+                                      max_new_tokens=max_new_tokens), len(members), None)
+            for i, ids in zip(members, got):
+                answers[i] = [t for t in ids if t not in self.eos_ids]
+        return answers
+
+    # --- media ---------------------------------------------------------------------------------
+
+    def check_budget(self, path: Path, *, fps: float | None, frames: int | None,
+                     audio: bool) -> Budget:
+        """The tokens ``path`` will make with these frame settings, from its header only: the
+        frame count of the reference sampling (:func:`vlm_cli.media.sampling.qwen_frame_indices`
+        on the header's frame count and rate), the per-frame pixel budget and the audio's
+        duration (within a token of the decoded track's).
+
+        Raises:
+            UsageError: more than the context (less a text margin), or audio longer than the
+                feature extractor takes: one line naming the setting to lower.
+            MediaError: the file cannot be probed, or the model refuses its picture size.
+        """
+        from vlm_cli.media import probe_media
+        from vlm_cli.media.resize import qwen_video_max_pixels, smart_resize
+
+        info = probe_media(path)
+        budget, sampling = Budget(0, 0, 0), self.spec.sampling
+        if info.has_video and info.kind != "audio":
+            if not info.height or not info.width:
+                raise MediaError(path, "no picture size in the file's header")
+            count = 1
+            if info.kind == "video":
+                count = _header_frame_count(info, fps or sampling.fps,
+                                            frames or sampling.max_frames, sampling)
+            factor = sampling.factor
+            try:
+                if info.kind == "video":
+                    low = sampling.video_min_tokens * factor ** 2
+                    h, w = smart_resize(info.height, info.width, factor=factor, min_pixels=low,
+                                        max_pixels=qwen_video_max_pixels(count, factor=factor))
+                else:
+                    h, w = smart_resize(info.height, info.width, factor=factor)
+            except ValueError as err:  # e.g. an aspect ratio over 200
+                raise MediaError(path, f"{self.spec.title}'s processor refuses this picture "
+                                       f"({info.width} x {info.height} px): {err}") from None
+            grids = math.ceil(count / 2) if info.kind == "video" else 1
+            budget.frames = count
+            budget.video = grids * (h // sampling.factor) * (w // sampling.factor)
+        if info.has_audio and info.kind != "image" and audio:
+            seconds = info.duration or 0.0
+            limit = self.spec.max_audio_s
+            if limit is not None and seconds > limit:
+                raise UsageError(f"{path}: {seconds:.0f} s of audio; {self.spec.title}'s audio "
+                                 f"front end takes at most {limit:.0f} s: pass --no-audio or "
+                                 "cut the clip")
+            budget.audio = audio_tokens(math.ceil(seconds * 100))
+        if budget.total + TEXT_MARGIN > self.context:
+            lower = "--fps or --frames" if info.kind == "video" else "the image size"
+            raise UsageError(
+                f"{path}: {budget.frames} frames make {budget.video} video tokens"
+                f"{f' and the audio {budget.audio}' if budget.audio else ''}: "
+                f"{budget.total} tokens, over the model's context of {self.context}; "
+                f"lower {lower}{' or pass --no-audio' if budget.audio else ''}")
+        return budget
+
+
+def _layout_key(media: Sequence[Any]) -> tuple:
+    """What must agree between rows generated in one call: whether videos carry audio."""
+    return tuple(sorted({media_kind_of(m) == "video" and m.audio is not None for m in media}))
+
+
+def _header_frame_count(info: Any, fps: float, max_frames: int, sampling: Any) -> int:
+    """The frames the reference sampling takes, from the header's frame count (else duration x
+    rate) and average rate."""
+    from vlm_cli.media.sampling import qwen_frame_indices
+
+    rate = info.fps or 25.0
+    total = max(1, round((info.duration or 0.0) * rate))
+    try:
+        indices, _ = qwen_frame_indices(total, rate, fps=fps, min_frames=sampling.min_frames,
+                                        max_frames=max_frames)
+    except ValueError:
+        return max(2, min(total, max_frames))
+    return len(indices)
+
+
+# --- towers (outputs cached) ---------------------------------------------------------------------
+
+class NativeTower:
+    """One tower of a native model, fed as the model card's pipeline feeds it, for the feature
+    cache: frames resized by the reference (qwen-omni-utils: torchvision's float bicubic kernel;
+    pictures with PIL), then the processor and ``get_video_features`` / ``get_image_features`` /
+    ``get_audio_features``. Outputs stay in the tower's dtype. Built on the first cache miss:
+    the tower's weights are then read from the checkpoint (:func:`materialize`).
+
+    Args:
+        model: the native model (its towers are used, not copied). kind: ``video``, ``image``
+            or ``audio``.
+    """
+
+    def __init__(self, model: NativeModel, kind: str) -> None:
+        self.native, self.kind = model, kind
+        modality = "audio" if kind == "audio" else "vision"
+        name = model.spec.tower_modules.get(modality)
+        if name is not None:
+            materialize(model.hf.get_submodule(name), model.device)
+
+    def to(self, device: Any) -> NativeTower:
+        """Already on the model's device (the store's ``.to`` is a no-op here)."""
+        return self
+
+    @torch.no_grad()
+    def encode_frames(self, frames: Any, fps: float | None = None) -> dict[str, torch.Tensor]:
+        """Frames ``[T, H, W, 3] uint8`` (``T`` = 1 for a picture) -> ``{"features": [N, H_llm],
+        "grid_thw": [3] long, "second_per_grid": [] float64 (videos)}``. ``fps``: the rate the
+        reference reports for the sampled frames (its ``sample_fps``): ``temporal_patch_size /
+        fps`` seconds per grid."""
+        from vlm_cli.media.resize import qwen_resize_frames
+
+        native, sampling = self.native, self.native.spec.sampling
+        processor, hf = native.processor, native.hf
+        # The processor itself (text: the bare placeholder), so its pixels are the reference's.
+        if self.kind == "image":  # resized by the decoder (qwen_load_image: PIL)
+            inputs = processor(text=[processor.image_token], images=[frames[0]],
+                               return_tensors="pt")
+            grid = inputs["image_grid_thw"]
+            out = hf.model.get_image_features(
+                inputs["pixel_values"].to(native.device, native.dtype), grid.to(native.device))
+            return {"features": out.pooler_output[0].cpu(), "grid_thw": grid[0]}
+        video = qwen_resize_frames(frames, factor=sampling.factor)
+        # Frames already within the reference's per-frame cap and multiples of the patch: the
+        # processor's own resize leaves them as they are, capped or not (the flag only silences
+        # its notice about the cap).
+        inputs = processor(text=[processor.video_token], videos=[video], return_tensors="pt",
+                           cap_pixels_per_frame=True)
+        grid = inputs["video_grid_thw"]
+        out = hf.model.get_video_features(
+            inputs["pixel_values_videos"].to(native.device, native.dtype),
+            grid.to(native.device))
+        return {"features": out.pooler_output[0].cpu(), "grid_thw": grid[0],
+                "second_per_grid": torch.tensor(
+                    processor.video_processor.temporal_patch_size / (fps or sampling.fps),
+                    dtype=torch.float64)}
+
+    @torch.no_grad()
+    def encode_clips(self, spectrogram: Any) -> dict[str, torch.Tensor]:
+        """The whole track's log-mel ``[1, 128, M]`` -> ``{"features": [N, H_llm],
+        "mel_frames": [] long}`` (``get_audio_features``, 40 ms a token)."""
+        native = self.native
+        mel = torch.as_tensor(spectrogram, dtype=torch.float32).to(native.device)
+        mask = torch.ones(mel.shape[0], mel.shape[-1], dtype=torch.long, device=mel.device)
+        out = native.hf.model.get_audio_features(mel.to(native.dtype), mask)
+        return {"features": out.last_hidden_state.cpu(), "mel_frames": torch.tensor(mel.shape[-1])}
+
+
+def _fingerprints(spec: NativeModelSpec, source: dict[str, Any], processor: Any,
+                  dtype: Any) -> dict[str, dict[str, Any]]:
+    """What changes each tower's output: the weights, the reference pipeline, the processor's
+    settings, the dtype."""
+    vp, ip, fe = processor.video_processor, processor.image_processor, processor.feature_extractor
+    common = {"family": spec.name, "source": source, "dtype": str(dtype).removeprefix("torch."),
+              "reference": dataclasses.asdict(spec.sampling)}
+    video = {"size": type(processor).videos_kwargs.get("size"), "mean": list(vp.image_mean),
+             "std": list(vp.image_std), "patch": vp.patch_size, "merge": vp.merge_size,
+             "temporal_patch": vp.temporal_patch_size, "resize": "torchvision-bicubic-float"}
+    image = {"size": dict(ip.size), "mean": list(ip.image_mean), "std": list(ip.image_std),
+             "patch": ip.patch_size, "merge": ip.merge_size, "resize": "pil"}
+    return {"vision": {"modality": "vision", "tower": "video", **common, "preprocess": video},
+            "image": {"modality": "vision", "tower": "image", **common, "preprocess": image},
+            "audio": {"modality": "audio", "tower": "audio", **common,
+                      "preprocess": {"frontend": "whisper_track", "mel_bins": fe.feature_size,
+                                     "hop": fe.hop_length, "n_fft": fe.n_fft,
+                                     "resampler": spec.resampler}}}
+
+
+def without_skipped(directory: Path, skip: tuple[str, ...]) -> Path:
+    """``directory`` itself when every shard its weight index names is present; else a view of
+    it (symbolic links, under ``$VLM_HOME/views``; rebuilt when the directory's files change)
+    whose index names only the shards of keys outside ``skip`` (e.g. Qwen2.5-Omni's talker),
+    which is what ``vlm download`` fetches (:func:`vlm_cli.hub.index_shards`).
+
+    Raises:
+        VlmError: a shard holding weights the model needs is missing.
+    """
+    import os
+    import shutil
+    import tempfile
+
+    from vlm_cli.cache import cache_root
+
+    index_path = directory / "model.safetensors.index.json"
+    if not index_path.is_file():
+        return directory
+    index = json.loads(index_path.read_text())
+    weight_map = index.get("weight_map", {})
+    if all((directory / shard).is_file() for shard in set(weight_map.values())):
+        return directory
+    kept = {k: v for k, v in weight_map.items() if not k.startswith(skip)}
+    absent = sorted({v for v in kept.values() if not (directory / v).is_file()})
+    if absent:
+        raise VlmError(f"{directory}: weight shard {absent[0]} is missing; run "
+                       "`vlm download` for this model again")
+    digest = hashlib.sha256(f"{directory.resolve()}\n{index_path.read_text()}".encode())
+    view = cache_root() / "views" / digest.hexdigest()[:16]
+    files = {p.name: p.resolve() for p in directory.iterdir()
+             if p.is_file() and p.name != index_path.name}
+    if (view / index_path.name).is_file() and {
+            p.name: p.resolve() for p in view.iterdir() if p.is_symlink()} == files:
+        return view
+    view.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=view.parent, prefix=".tmp-"))
+    try:
+        for name, target in files.items():
+            os.symlink(target, tmp / name)
+        (tmp / index_path.name).write_text(json.dumps({**index, "weight_map": kept}, indent=1))
+        shutil.rmtree(view, ignore_errors=True)  # stale: files were added since
+        os.replace(tmp, view)
+    except OSError:  # another process made it first, or the disk refused: leave no partial view
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not (view / index_path.name).is_file():
+            raise
+    return view
+
+
+def load(directory: Path, *, device: str = "cpu", dtype: Any = None, name: str | None = None,
+         revision: str | None = None, download: bool = False) -> Loaded:
+    """A checkpoint of a :data:`MODELS` entry as a :class:`~vlm_cli.model.families.Loaded`:
+    the model in ``dtype`` (default: :func:`vlm_cli.runtime.resolve_dtype` ``auto``) on
+    ``device``, the weights its entry skips left out; its towers' outputs are cached (encoder
+    sources ``vision``, ``image``, ``audio``).
+
+    Raises:
+        VlmError: weights the model needs are missing.
+    """
+    import transformers
+
+    from vlm_cli.cache import FeatureCache
+    from vlm_cli.hub import resolve_pretrained
+    from vlm_cli.recipe import DataSpec, LLMSpec, ModelSpec, Recipe, TrainSpec
+    from vlm_cli.runtime import resolve_dtype, transformers_errors_only
+
+    spec = spec_for(read_config(directory))
+    assert spec is not None, directory  # load_model dispatched here through detect
+    dtype = dtype or resolve_dtype("auto", device)
+    source_dir = without_skipped(directory, spec.skip_prefixes)
+    # The towers stay in the checkpoint's files (accelerate's disk offload reads them from
+    # there, no copy) until a feature is missing from the cache: a cached question never holds
+    # them in memory.
+    place = device if ":" in device or device == "cpu" else f"{device}:0"
+    device_map = {**{name: place for name in spec.text_modules},
+                  **{name: "disk" for name in spec.tower_modules.values()}}
+    with transformers_errors_only():  # e.g. a talker's config (never loaded) names thinker ids
+        processor = getattr(transformers, spec.processor_class).from_pretrained(source_dir)
+        hf = getattr(transformers, spec.model_class).from_pretrained(
+            source_dir, dtype=dtype, device_map=device_map).eval().requires_grad_(False)
+    model = NativeModel(spec, hf, processor)
+    _, source = resolve_pretrained(name or str(directory), revision, FeatureCache().file_digest,
+                                   prefixes=spec.tower_prefixes)
+    fingerprints = _fingerprints(spec, source, processor, dtype)
+    decode = {"vision": {"sampling": spec.sampling.rule}, "image": {"sampling": spec.sampling.rule},
+              "audio": {"frontend": "whisper_track", "processor": str(source_dir),
+                        "resampler": spec.resampler}}
+    towers = {"vision": "video", "image": "image", "audio": "audio"}
+    encoders = {feature: EncoderSource(fingerprints[feature],
+                                       lambda kind=kind: NativeTower(model, kind),
+                                       decode=decode[feature])
+                for feature, kind in towers.items()}
+    recipe = Recipe(name=spec.name, model=ModelSpec(llm=LLMSpec(
+        pretrained=name or str(directory), revision=revision)),
+        data=DataSpec(sampling="fps", fps=spec.sampling.fps, max_frames=spec.sampling.max_frames),
+        train=TrainSpec())
+    return Loaded(recipe, model, spec.name, encoders, check=model.check_budget,
+                  licence=spec.licence)
+
+
+def materialize(module: nn.Module, device: str) -> nn.Module:
+    """Load an offloaded module's weights (accelerate's disk offload, see :func:`load`) onto
+    ``device`` and drop its hooks: its forwards then run without reading the disk again.
+    Returns the module."""
+    from accelerate.hooks import remove_hook_from_module
+    from accelerate.utils import set_module_tensor_to_device
+
+    for sub in module.modules():
+        hook = getattr(sub, "_hf_hook", None)
+        if hook is None or not getattr(hook, "offload", False) or hook.weights_map is None:
+            continue
+        for name, _ in [*sub.named_parameters(recurse=False), *sub.named_buffers(recurse=False)]:
+            if name in hook.weights_map:
+                set_module_tensor_to_device(sub, name, device, value=hook.weights_map[name])
+    remove_hook_from_module(module, recurse=True)
+    return module
+
+
+#: Our weight keys -> the checkpoint's: none of ours (no connector); transformers maps the
+#: hub's keys (``thinker.model.*``, ``thinker.visual.*``, ...) itself, both ways.
+KEY_MAP: dict[str, str] = {}
+
+
+def save(model: NativeModel, out: Path, *, base: str | Path, dtype: Any,
+         max_shard_size: str = "2GB", recipe: Any = None) -> None:
+    """Write ``model`` (its language model merged, no adapter) as a checkpoint of its class
+    (``save_pretrained``: for Qwen2.5-Omni a *thinker*, config ``qwen2_5_omni_thinker``) with the
+    processor's files (tokenizer, image / video processor, feature extractor, chat template),
+    cast to ``dtype``; transformers' ``from_pretrained`` of the same classes loads it."""
+    del base, recipe  # everything is in the loaded model and processor
+    for name in model.spec.tower_modules.values():
+        materialize(model.hf.get_submodule(name), model.device)
+    model.hf.to(dtype).save_pretrained(out, safe_serialization=True,
+                                       max_shard_size=max_shard_size)
+    model.processor.save_pretrained(out)

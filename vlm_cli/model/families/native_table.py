@@ -1,0 +1,114 @@
+"""The checkpoints transformers runs natively through their processor, one entry per
+``model_type`` (as mlx-vlm maps ``model_type`` to a module): data, read by
+:mod:`vlm_cli.model.families.native`. Adding a model is an entry here, its tests and a README row.
+
+Importing this module imports nothing heavy (``detect``, download skip-lists and help texts read
+it without torch).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+
+@dataclasses.dataclass(frozen=True)
+class FrameSampling:
+    """The reference pipeline's frame sampling and resizing (qwen-omni-utils' ``fetch_video``:
+    ``smart_nframes`` at ``fps`` Hz, at least ``min_frames`` and at most ``max_frames``, indices
+    ``linspace(0, n - 1, k).round()``; frames resized with torchvision's float bicubic kernel to
+    multiples of ``factor`` px within a pixel budget; pictures with PIL, as ``fetch_image``).
+
+    Attributes:
+        rule: ``qwen`` (the only rule so far; the name goes into the cache key).
+        fps: default rate, Hz. min_frames, max_frames: frame-count bounds.
+        factor: px, patch size x spatial merge size.
+        video_min_tokens, video_max_tokens: per-frame token bounds (min/max pixels / factor²).
+        image_min_tokens, image_max_tokens: per-picture token bounds.
+        total_tokens: the sequence budget shared by a video's frames (``MODEL_SEQ_LEN``).
+    """
+
+    rule: str = "qwen"
+    fps: float = 2.0
+    min_frames: int = 4
+    max_frames: int = 768
+    factor: int = 28
+    video_min_tokens: int = 128
+    video_max_tokens: int = 768
+    image_min_tokens: int = 4
+    image_max_tokens: int = 16384
+    total_tokens: int = 128000
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class NativeModelSpec:
+    """How vlm runs one ``model_type`` (checkpoint family) through transformers.
+
+    Attributes:
+        name: the family name (``Loaded.family``, recipes, messages), e.g. ``qwen2.5-omni``.
+        title: how people call it in help and error texts.
+        model_types: ``config.json`` ``model_type`` values this entry takes.
+        model_class, processor_class: transformers class names loaded with ``from_pretrained``.
+        layout: how media tokens, positions and cached tower outputs reach the model (a layout
+            of :mod:`vlm_cli.model.families.native`: ``qwen-omni``).
+        sampling: the reference pipeline's frames (:class:`FrameSampling`).
+        resampler: how audio reaches 16 kHz in the reference (``soxr``: librosa.load's
+            ``soxr_hq``, from 16-bit PCM as ffmpeg decodes it).
+        audio_in_video: ``interleave`` (the clip's own track interleaved with its frames in
+            2 s chunks, placed by TMRoPE), or None (the model takes no audio with a video).
+        system: the system turn the model card sends (``--system`` replaces it).
+        skip_prefixes: weight-key prefixes never downloaded nor loaded (speech output).
+        tower_prefixes: weight-key prefixes whose tensors the cached features depend on
+            (the feature-cache identity of a local checkpoint hashes only these).
+        tower_modules: the towers' module names in the loaded model by modality (``vision``,
+            ``audio``): left on disk (accelerate's offload, read from the checkpoint's own
+            files) until a feature is not cached.
+        text_modules: the other modules (the language model and its head), loaded on the
+            device.
+        max_audio_s: seconds of audio the feature extractor takes (longer is refused).
+        licence: the licence when the model card does not state one, else None.
+    """
+
+    name: str
+    title: str
+    model_types: tuple[str, ...]
+    model_class: str
+    processor_class: str
+    layout: str
+    sampling: FrameSampling
+    resampler: str
+    audio_in_video: str | None
+    system: str | None
+    skip_prefixes: tuple[str, ...] = ()
+    tower_prefixes: tuple[str, ...] = ()
+    tower_modules: dict[str, str] = dataclasses.field(default_factory=dict)
+    text_modules: tuple[str, ...] = ()
+    max_audio_s: float | None = None
+    licence: str | None = None
+
+
+QWEN_SYSTEM = ("You are Qwen, a virtual human developed by the Qwen Team, Alibaba Group, capable "
+               "of perceiving auditory and visual inputs, as well as generating text and speech.")
+
+#: ``model_type`` -> spec. Qwen2.5-Omni: the thinker (text out) of ``Qwen/Qwen2.5-Omni-3B`` /
+#: ``-7B`` (config ``qwen2_5_omni``) and merged thinkers (``qwen2_5_omni_thinker``), fed as its
+#: model card feeds it (qwen-omni-utils ``process_mm_info(..., use_audio_in_video=True)``, the
+#: card's system turn, greedy ``generate``).
+MODELS: tuple[NativeModelSpec, ...] = (
+    NativeModelSpec(
+        name="qwen2.5-omni", title="Qwen2.5-Omni",
+        model_types=("qwen2_5_omni", "qwen2_5_omni_thinker"),
+        model_class="Qwen2_5OmniThinkerForConditionalGeneration",
+        processor_class="Qwen2_5OmniProcessor", layout="qwen-omni",
+        sampling=FrameSampling(), resampler="soxr", audio_in_video="interleave",
+        system=QWEN_SYSTEM, skip_prefixes=("talker.", "token2wav."),
+        tower_prefixes=("thinker.visual.", "thinker.audio_tower.", "visual.", "audio_tower."),
+        tower_modules={"vision": "model.visual", "audio": "model.audio_tower"},
+        text_modules=("model.language_model", "lm_head"), max_audio_s=300.0),
+)
+
+BY_MODEL_TYPE: dict[str, NativeModelSpec] = {t: spec for spec in MODELS for t in spec.model_types}
+
+
+def spec_for(config: dict) -> NativeModelSpec | None:
+    """The entry for a checkpoint's ``config.json`` (its ``model_type``), or None."""
+    return BY_MODEL_TYPE.get(str(config.get("model_type")))
