@@ -37,6 +37,16 @@ def _shared_media() -> Path:
 SHARED_MEDIA = _shared_media()
 
 
+def shared_sample(name: str) -> Path:
+    """``../shared/media/NAME``, or the test is skipped when the file is not there."""
+    import pytest
+
+    path = SHARED_MEDIA / name
+    if not path.is_file():
+        pytest.skip(f"missing sample {path}")
+    return path
+
+
 def moving_frames(num_frames: int, height: int = 64, width: int = 96) -> np.ndarray:
     """A synthetic clip: a bright bar moving left to right over a gradient.
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -343,3 +344,33 @@ def make_tiny_qwen_omni(out_dir: str | os.PathLike, seed: int = 0) -> Path:
 def _dump(out: str, name: str, obj: dict) -> None:
     with open(os.path.join(out, name), "w") as f:
         json.dump(obj, f, indent=2)
+
+
+@contextlib.contextmanager
+def card_pipeline(bin_dir: str | os.PathLike):
+    """qwen-omni-utils (PyPI, the model card's ``process_mm_info``) as the card runs it here,
+    for the block: its decord reader (a decord failure fails the test instead of falling back
+    to torchvision's reader), ``MODEL_SEQ_LEN`` at its default, and an ``ffmpeg`` on PATH for
+    audioread (imageio-ffmpeg's binary, linked into ``bin_dir``). Yields the package; skips
+    the test when it or imageio-ffmpeg is not installed."""
+    import warnings
+
+    import pytest
+
+    vision_process = pytest.importorskip("qwen_omni_utils.v2_5.vision_process")
+    imageio_ffmpeg = pytest.importorskip("imageio_ffmpeg")
+    import qwen_omni_utils
+
+    def no_fallback(ele):
+        raise AssertionError(f"decord failed on {ele['video']}: the reference fell back")
+
+    link = Path(bin_dir) / "ffmpeg"
+    if not link.exists():
+        link.symlink_to(imageio_ffmpeg.get_ffmpeg_exe())
+    with pytest.MonkeyPatch.context() as mp, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning)  # librosa: audioread
+        mp.setattr(vision_process, "get_video_reader_backend", lambda: "decord")
+        mp.setitem(vision_process.VIDEO_READER_BACKENDS, "torchvision", no_fallback)
+        mp.setattr(vision_process, "MODEL_SEQ_LEN", 128000)
+        mp.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
+        yield qwen_omni_utils

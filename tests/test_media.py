@@ -16,8 +16,8 @@ import pytest
 import torch
 import torchaudio
 
-from media_factory import (SHARED_MEDIA, moving_frames, tone, use_decoder, write_png, write_video,
-                           write_wav)
+from media_factory import (SHARED_MEDIA, moving_frames, shared_sample, tone, use_decoder,
+                           write_png, write_video, write_wav)
 from vlm_cli.errors import MediaError
 from vlm_cli.media import (
     IMAGEBIND_FBANK_MEAN,
@@ -56,13 +56,6 @@ SAMPLE_WAVS = {"dog_audio.wav": (2.6, 2), "car_audio.wav": (5.0, 1)}
 needs_samples = pytest.mark.skipif(not SAMPLES.is_dir(), reason=f"no sample media at {SAMPLES}")
 
 
-def _sample(name: str) -> Path:
-    path = SAMPLES / name
-    if not path.is_file():
-        pytest.skip(f"missing sample {path}")
-    return path
-
-
 @pytest.fixture
 def no_decord(monkeypatch: pytest.MonkeyPatch) -> None:
     """Only PyAV's sequential decoding: both seeking decoders fail on every file."""
@@ -86,7 +79,7 @@ def _assert_timestamps(vf, duration: float) -> None:
 @pytest.mark.parametrize("name", sorted(SAMPLE_VIDEOS))
 def test_sample_video_decodes_8_frames(name: str) -> None:
     width, height, duration, _ = SAMPLE_VIDEOS[name]
-    vf = load_video(_sample(name))
+    vf = load_video(shared_sample(name))
     assert vf.decoder == "pyav-seek"
     assert vf.frames.dtype == np.uint8
     assert vf.frames.shape == (8, height, width, 3)
@@ -108,9 +101,9 @@ def test_sample_video_decodes_8_frames(name: str) -> None:
 def test_seeking_with_pyav_gives_decords_frames(name: str, sampling: dict,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """The same pixels as decord, bit for bit, at the same times (decord keeps float32)."""
-    seek = load_video(_sample(name), **sampling)
+    seek = load_video(shared_sample(name), **sampling)
     use_decoder(monkeypatch, "decord")
-    reference = load_video(_sample(name), **sampling)
+    reference = load_video(shared_sample(name), **sampling)
     assert (seek.decoder, reference.decoder) == ("pyav-seek", "decord")
     np.testing.assert_array_equal(seek.frames, reference.frames)
     np.testing.assert_allclose(seek.timestamps, reference.timestamps, rtol=0, atol=2e-6)
@@ -124,9 +117,9 @@ def test_seeking_with_pyav_gives_decords_frames(name: str, sampling: dict,
 @pytest.mark.parametrize("name", sorted(SAMPLE_VIDEOS))
 def test_sample_video_pyav_matches_decord(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
     use_decoder(monkeypatch, "decord")
-    reference = load_video(_sample(name))
+    reference = load_video(shared_sample(name))
     use_decoder(monkeypatch, "pyav")
-    vf = load_video(_sample(name))
+    vf = load_video(shared_sample(name))
     assert vf.decoder == "pyav"
     assert vf.num_decodable == reference.num_decodable
     np.testing.assert_allclose(vf.timestamps, reference.timestamps, atol=1e-3)
@@ -139,10 +132,10 @@ def test_sample_video_pyav_matches_decord(name: str, monkeypatch: pytest.MonkeyP
 @pytest.mark.parametrize("name", sorted(SAMPLE_VIDEOS))
 def test_sample_video_audio(name: str) -> None:
     _, _, duration, channels = SAMPLE_VIDEOS[name]
-    track = load_audio(_sample(name))
+    track = load_audio(shared_sample(name))
     if channels is None:
         assert isinstance(track, NoAudio)
-        assert track.path == str(_sample(name))
+        assert track.path == str(shared_sample(name))
         return
     assert isinstance(track, AudioTrack)
     _assert_track(track, duration, channels, 44_100)
@@ -152,10 +145,10 @@ def test_sample_video_audio(name: str) -> None:
 @pytest.mark.parametrize("name", sorted(SAMPLE_WAVS))
 def test_sample_wav_audio(name: str) -> None:
     duration, channels = SAMPLE_WAVS[name]
-    track = load_audio(_sample(name))
+    track = load_audio(shared_sample(name))
     assert isinstance(track, AudioTrack)
     _assert_track(track, duration, channels, 44_100)
-    info = probe_media(_sample(name))
+    info = probe_media(shared_sample(name))
     assert (info.kind, info.has_video, info.has_audio) == ("audio", False, True)
 
 
@@ -173,7 +166,7 @@ def _assert_track(track: AudioTrack, duration: float, channels: int, source_rate
 @needs_samples
 def test_sample_mp3_in_mp4() -> None:
     """00003491.mp4 carries MP3 (not AAC) audio next to h264 at 60 fps."""
-    track = load_audio(_sample("00003491.mp4"))
+    track = load_audio(shared_sample("00003491.mp4"))
     assert isinstance(track, AudioTrack)
     assert track.duration == pytest.approx(60.0, abs=0.3)
     clips = audio_clip_fbanks(track)
@@ -186,7 +179,7 @@ def test_sample_mp3_in_mp4() -> None:
 @pytest.mark.parametrize("name", sorted(SAMPLE_VIDEOS))
 def test_sample_probe(name: str) -> None:
     width, height, duration, channels = SAMPLE_VIDEOS[name]
-    info = probe_media(_sample(name))
+    info = probe_media(shared_sample(name))
     assert info.kind == "video" and info.has_video
     assert info.has_audio == (channels is not None)
     assert (info.width, info.height) == (width, height)
@@ -196,8 +189,8 @@ def test_sample_probe(name: str) -> None:
 @needs_samples
 def test_wav_is_not_a_video() -> None:
     with pytest.raises(MediaError, match="no video stream") as err:
-        load_video(_sample("car_audio.wav"))
-    assert str(_sample("car_audio.wav")) in str(err.value)
+        load_video(shared_sample("car_audio.wav"))
+    assert str(shared_sample("car_audio.wav")) in str(err.value)
 
 
 # ------------------------------------------------------------------------------------------

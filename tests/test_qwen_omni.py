@@ -19,7 +19,7 @@ import torch
 
 from media_factory import SHARED_MEDIA, moving_frames, write_png
 from micro import run_in_home, vlm_home
-from omni_fixtures import make_tiny_qwen_omni
+from omni_fixtures import card_pipeline, make_tiny_qwen_omni
 
 VLM = str(Path(sys.executable).with_name("vlm"))
 QUESTION = "What sound is playing?"
@@ -48,24 +48,9 @@ def reference(checkpoint):
 
 @pytest.fixture(scope="module")
 def omni_utils(tmp_path_factory):
-    """qwen-omni-utils as the model card runs it here: its decord reader (never a silent
-    fallback), ``MODEL_SEQ_LEN`` at its default, and an ``ffmpeg`` on PATH for audioread
-    (imageio-ffmpeg's binary)."""
-    vision_process = pytest.importorskip("qwen_omni_utils.v2_5.vision_process")
-    imageio_ffmpeg = pytest.importorskip("imageio_ffmpeg")
-    import qwen_omni_utils
-
-    def no_fallback(ele):
-        raise AssertionError(f"decord failed on {ele['video']}: the reference fell back")
-
-    bin_dir = tmp_path_factory.mktemp("ffmpeg-bin")
-    (bin_dir / "ffmpeg").symlink_to(imageio_ffmpeg.get_ffmpeg_exe())
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(vision_process, "get_video_reader_backend", lambda: "decord")
-        mp.setitem(vision_process.VIDEO_READER_BACKENDS, "torchvision", no_fallback)
-        mp.setattr(vision_process, "MODEL_SEQ_LEN", 128000)
-        mp.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
-        yield qwen_omni_utils
+    """qwen-omni-utils as the model card runs it here (:func:`omni_fixtures.card_pipeline`)."""
+    with card_pipeline(tmp_path_factory.mktemp("ffmpeg-bin")) as package:
+        yield package
 
 
 def card_answer(reference, omni_utils, path: Path, kind: str, *, fps: float | None = None,

@@ -11,15 +11,14 @@ binary of imageio-ffmpeg, put on PATH by :func:`reference`.
 
 from __future__ import annotations
 
-import os
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from media_factory import SHARED_MEDIA, write_png
+from media_factory import SHARED_MEDIA, shared_sample, write_png
+from omni_fixtures import card_pipeline
 from vlm_cli.media import NoAudio, load_audio, load_video
 from vlm_cli.media.resize import (qwen_load_image, qwen_resize_frames, qwen_video_max_pixels,
                                   smart_resize)
@@ -39,30 +38,11 @@ SAMPLINGS = {
 }
 
 
-def _sample(name: str) -> Path:
-    path = SHARED_MEDIA / name
-    if not path.is_file():
-        pytest.skip(f"missing sample {path}")
-    return path
-
-
 @pytest.fixture
-def reference(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory):
-    """qwen-omni-utils as the model card runs it here: decord reader (no silent fallback to
-    torchvision's), ``MODEL_SEQ_LEN`` at its default, and an ``ffmpeg`` on PATH for audioread."""
-    imageio_ffmpeg = pytest.importorskip("imageio_ffmpeg")
-    monkeypatch.setattr(vision_process, "get_video_reader_backend", lambda: "decord")
-
-    def no_fallback(ele):
-        raise AssertionError(f"decord failed on {ele['video']}: the reference fell back")
-
-    monkeypatch.setitem(vision_process.VIDEO_READER_BACKENDS, "torchvision", no_fallback)
-    monkeypatch.setattr(vision_process, "MODEL_SEQ_LEN", 128000)
-    bin_dir = tmp_path_factory.mktemp("ffmpeg-bin")
-    (bin_dir / "ffmpeg").symlink_to(imageio_ffmpeg.get_ffmpeg_exe())
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
-    warnings.filterwarnings("ignore", category=FutureWarning)  # librosa: audioread deprecated
-    return qwen_omni_utils
+def reference(tmp_path_factory: pytest.TempPathFactory):
+    """qwen-omni-utils as the model card runs it here (:func:`omni_fixtures.card_pipeline`)."""
+    with card_pipeline(tmp_path_factory.mktemp("ffmpeg-bin")) as package:
+        yield package
 
 
 def _ours(path: Path, sampling: dict) -> tuple[np.ndarray, float, torch.Tensor]:
@@ -86,7 +66,7 @@ def _ours(path: Path, sampling: dict) -> tuple[np.ndarray, float, torch.Tensor]:
 @pytest.mark.parametrize("name", WITH_SOUND + SILENT)
 @pytest.mark.parametrize("case", sorted(SAMPLINGS))
 def test_video_equals_fetch_video(name: str, case: str, reference) -> None:
-    path = _sample(name)
+    path = shared_sample(name)
     keys, sampling = SAMPLINGS[case]
     (ref, meta), ref_fps = vision_process.fetch_video(
         {"type": "video", "video": str(path), **keys}, return_video_sample_fps=True,
@@ -103,7 +83,7 @@ def test_video_equals_fetch_video(name: str, case: str, reference) -> None:
 @pytest.mark.parametrize("name", WITH_SOUND)
 def test_process_mm_info_video_with_its_audio(name: str, reference) -> None:
     """The model card's call: one conversation, ``use_audio_in_video=True``."""
-    path = _sample(name)
+    path = shared_sample(name)
     conversation = [{"role": "user", "content": [{"type": "video", "video": str(path)},
                                                  {"type": "text", "text": "What happens?"}]}]
     audios, images, videos, kwargs = reference.process_mm_info(
@@ -119,7 +99,7 @@ def test_process_mm_info_video_with_its_audio(name: str, reference) -> None:
 
 def test_video_without_sound(reference) -> None:
     """No audio track: the reference refuses ``use_audio_in_video``, we say NoAudio."""
-    path = _sample(SILENT[0])
+    path = shared_sample(SILENT[0])
     conversation = [{"role": "user", "content": [{"type": "video", "video": str(path)}]}]
     with pytest.raises(AssertionError, match="audio track"):
         reference.process_mm_info(conversation, use_audio_in_video=True)
@@ -129,7 +109,7 @@ def test_video_without_sound(reference) -> None:
 def test_frames_bounded_by_total_pixels(reference) -> None:
     """The per-frame cap shrinks with the frame count (``total_pixels``), and explicit
     ``min_pixels`` / ``max_pixels`` bounds: the same sizes and pixels as ``fetch_video``."""
-    path = _sample("dog_barking.mp4")
+    path = shared_sample("dog_barking.mp4")
     for keys in ({"total_pixels": 1_000_000}, {"max_pixels": 150_000},
                  {"min_pixels": 500_000, "max_pixels": 600_000}):
         ref = vision_process.fetch_video({"video": str(path), "nframes": 8, **keys})
@@ -219,7 +199,7 @@ def test_video_max_pixels_shrinks_with_frame_count() -> None:
 def pictures(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """PNG files from a real frame: RGB at an odd size, RGBA with a varying alpha, and a
     picture small enough to be scaled up."""
-    frame = load_video(_sample("boat.mp4"), num_frames=1).frames[0]
+    frame = load_video(shared_sample("boat.mp4"), num_frames=1).frames[0]
     folder = tmp_path_factory.mktemp("pictures")
     from PIL import Image
 
@@ -254,7 +234,7 @@ def test_image_through_process_vision_info(pictures: dict[str, Path]) -> None:
 
 @pytest.mark.parametrize("name", WITH_SOUND + WAVS)
 def test_audio_equals_process_audio_info(name: str, reference) -> None:
-    path = _sample(name)
+    path = shared_sample(name)
     kind = "audio" if name in WAVS else "video"
     conversation = [{"role": "user", "content": [{"type": kind, kind: str(path)}]}]
     (ref,) = reference.process_mm_info(conversation, use_audio_in_video=True)[0]
@@ -264,7 +244,7 @@ def test_audio_equals_process_audio_info(name: str, reference) -> None:
 
 
 def test_soxr_keeps_the_default_resampler_unchanged() -> None:
-    path = _sample("dog_audio.wav")
+    path = shared_sample("dog_audio.wav")
     default, soxr = load_audio(path), load_audio(path, resampler="soxr")
     assert default.waveform.shape == soxr.waveform.shape
     assert not torch.equal(default.waveform, soxr.waveform)
@@ -282,7 +262,7 @@ def test_processor_keeps_reference_sized_frames() -> None:
     untouched (its smart_resize returns their size; torchvision returns the same tensor)."""
     from transformers import Qwen2VLVideoProcessor
 
-    video = load_video(_sample("boat.mp4"), sampling="qwen", num_frames=4)
+    video = load_video(shared_sample("boat.mp4"), sampling="qwen", num_frames=4)
     frames = qwen_resize_frames(video.frames)
     processor = Qwen2VLVideoProcessor(cap_pixels_per_frame=True)
     resized = processor(videos=[frames], return_tensors="pt")
@@ -303,7 +283,7 @@ def test_qwen_sampling_through_windows_and_fallbacks(decoder: str,
     from media_factory import use_decoder
     from vlm_cli.media import video_windows
 
-    path = _sample("boat.mp4")
+    path = shared_sample("boat.mp4")
     video = load_video(path, sampling="qwen", num_frames=None, fps=1.0)
     windows = video_windows(path, sampling="qwen", fps=1.0, window=4)
     np.testing.assert_array_equal(np.concatenate(list(windows)), video.frames)
@@ -319,4 +299,4 @@ def test_clip_too_short_for_qwen_sampling_is_a_media_error() -> None:
     from vlm_cli.errors import MediaError
 
     with pytest.raises(MediaError, match="even frame count"):
-        load_video(_sample(SILENT[0]), sampling="qwen", num_frames=1000)
+        load_video(shared_sample(SILENT[0]), sampling="qwen", num_frames=1000)
