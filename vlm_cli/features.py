@@ -89,14 +89,10 @@ def decode_media(request: DecodeRequest) -> dict[str, Any]:
         MediaError: the file is missing or cannot be decoded.
     """
     from vlm_cli.errors import MediaError
-    from vlm_cli.media import (NoAudio, audio_clip_fbanks, audio_clip_log_mels,
-                               audio_track_log_mel, imagebind_clip_fbanks, load_audio, load_video)
+    from vlm_cli.media import AUDIO_FRONTENDS, NoAudio, load_audio, load_video
 
     out: dict[str, Any] = {}
-    if request.frames is not None and request.kind == "image" \
-            and request.frames.get("sampling") == "qwen":
-        out[VISION] = _qwen_picture(request.path)
-    elif request.frames is not None:
+    if request.frames is not None:
         try:
             video = load_video(request.path, **request.frames)
         except ValueError as err:  # e.g. too few frames for a reference rule's frame count
@@ -130,9 +126,7 @@ def decode_media(request: DecodeRequest) -> dict[str, Any]:
         if isinstance(track, NoAudio):
             out[AUDIO] = {"absent": track.reason}
         else:
-            frontend = {"kaldi_fbank": audio_clip_fbanks, "whisper_log_mel": audio_clip_log_mels,
-                        "whisper_track": audio_track_log_mel,
-                        "imagebind_fbank": imagebind_clip_fbanks}[settings.pop("frontend")]
+            frontend = AUDIO_FRONTENDS[settings.pop("frontend")]
             try:
                 clips = frontend(track, **settings)
             except ValueError as err:  # e.g. longer than the model's audio front end takes
@@ -140,26 +134,6 @@ def decode_media(request: DecodeRequest) -> dict[str, Any]:
             out[AUDIO] = {"spectrogram": clips.spectrogram.numpy(), "starts": clips.starts,
                           "duration": track.duration}
     return out
-
-
-def _qwen_picture(path: str) -> dict[str, Any]:
-    """A picture as qwen-vl-utils' ``fetch_image`` prepares it (PIL, resized): the decoded
-    vision item of :func:`decode_media`.
-
-    Raises:
-        MediaError: PIL cannot read it, or its aspect ratio is refused.
-    """
-    import numpy as np
-
-    from vlm_cli.errors import MediaError
-    from vlm_cli.media.resize import qwen_load_image
-
-    try:
-        frames = qwen_load_image(path)
-    except (OSError, ValueError) as err:
-        raise MediaError(path, f"not a picture the reference pipeline reads ({err})") from None
-    return {"frames": frames, "timestamps": np.zeros(1), "decoder": "image", "duration": 0.0,
-            "num_decodable": 1, "sample_fps": None}
 
 
 #: Tracks longer than this (seconds, from the container header; unknown counts as long) are

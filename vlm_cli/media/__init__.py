@@ -29,7 +29,8 @@ from vlm_cli.media.kinds import AUDIO_EXTENSIONS, IMAGE_EXTENSIONS, VIDEO_EXTENS
 _LAZY = {
     **dict.fromkeys(("AST_FBANK_MEAN", "AST_FBANK_STD", "IMAGEBIND_FBANK_MEAN",
                      "IMAGEBIND_FBANK_STD", "SAMPLE_RATE", "AudioClips", "AudioTrack", "NoAudio",
-                     "audio_clip_fbanks", "audio_clip_log_mels", "audio_track_log_mel",
+                     "AUDIO_FRONTENDS", "audio_clip_fbanks", "audio_clip_log_mels",
+                     "audio_track_log_mel",
                      "imagebind_clip_fbanks", "kaldi_fbank", "load_audio",
                      "sample_audio_clips", "whisper_log_mel"),
                     "vlm_cli.media.audio"),
@@ -51,6 +52,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "AUDIO_FRONTENDS",
     "AST_FBANK_MEAN",
     "AST_FBANK_STD",
     "AUDIO_EXTENSIONS",

@@ -591,3 +591,10 @@ def imagebind_clip_fbanks(
         view -= view.mean()  # in place: the shared track changes, as in the original
         feats.append(_fbank(view[0], track.sample_rate, num_mel_bins, target_frames, mean, std))
     return AudioClips(spectrogram=torch.stack(feats), starts=starts)
+
+
+#: Spectrogram front ends by the name a decode request gives (``frontend``): each takes an
+#: :class:`AudioTrack` and its keyword arguments and returns :class:`AudioClips`. Families name
+#: theirs in their encoders' decode settings; the feature store looks them up here.
+AUDIO_FRONTENDS = {"kaldi_fbank": audio_clip_fbanks, "whisper_log_mel": audio_clip_log_mels,
+                   "whisper_track": audio_track_log_mel, "imagebind_fbank": imagebind_clip_fbanks}

@@ -158,6 +158,8 @@ def load_video(
         raise ValueError(
             f"sampling must be 'uniform', 'segment_start' or 'qwen', got {sampling!r}")
     p = check_media_path(path)
+    if p.suffix.lower() in IMAGE_EXTENSIONS and sampling == "qwen":
+        return _qwen_picture(path)
     if p.suffix.lower() in IMAGE_EXTENSIONS:
         return _resized_image(_load_image(path), size)
     qwen_fps: list[float] = []  # sample_fps of the last qwen selection
@@ -238,6 +240,23 @@ def _resized_image(video: VideoFrames, size: tuple[int, int] | None) -> VideoFra
     picture = Image.fromarray(video.frames[0]).resize((int(size[1]), int(size[0])),
                                                       Image.Resampling.BICUBIC)
     return dataclasses.replace(video, frames=np.asarray(picture, dtype=np.uint8)[None])
+
+
+def _qwen_picture(path: str | os.PathLike[str]) -> VideoFrames:
+    """A picture as qwen-vl-utils' ``fetch_image`` prepares it (PIL, resized within its pixel
+    bounds: :func:`vlm_cli.media.resize.qwen_load_image`), as a one-frame video.
+
+    Raises:
+        MediaError: PIL cannot read it, or its aspect ratio is over the reference's limit.
+    """
+    from vlm_cli.media.resize import qwen_load_image
+
+    try:
+        frames = qwen_load_image(path)
+    except (OSError, ValueError) as err:
+        raise MediaError(path, f"not a picture the reference pipeline reads ({err})") from None
+    return VideoFrames(frames=frames, timestamps=np.zeros(1), decoder="image", num_decodable=1,
+                       duration=0.0, fps=0.0)
 
 
 def _load_image(path: str | os.PathLike[str]) -> VideoFrames:
