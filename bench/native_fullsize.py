@@ -42,8 +42,9 @@ Runs, each in its own process, in this order, per model:
 
 1. reference: transformers' own route: ``Qwen2_5OmniProcessor`` +
    ``Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(dir, dtype="auto")`` on the clip's 2
-   frames and its own audio track (the route of tests/test_qwen_omni.py ``expected_logits``, frames
-   and audio decoded by ``vlm_cli.media`` exactly as `vlm ask --frames 2` takes them), or
+   frames and its own audio track as the model card prepares them (qwen-omni-utils'
+   ``process_mm_info`` at 2 fps capped at 2 frames, the card's system turn: tests/test_qwen_omni.py
+   ``card_answer``), or
    ``VideoLlavaProcessor`` + ``VideoLlavaForConditionalGeneration.from_pretrained(dir,
    dtype="auto")`` on 2 uniformly sampled frames; then ``generate(max_new_tokens=16,
    do_sample=False)``. Load time = processor + model ``from_pretrained``.
@@ -458,7 +459,7 @@ def _reference(model: str, ckpt: str, clip: str) -> dict:
 
     transformers.logging.set_verbosity_error()
     torch.set_grad_enabled(False)
-    from vlm_cli.media import load_audio, load_video
+    from vlm_cli.media import load_video
 
     t0 = time.perf_counter()
     if model == "qwen":
@@ -475,20 +476,29 @@ def _reference(model: str, ckpt: str, clip: str) -> dict:
     load = time.perf_counter() - t0
     t1 = time.perf_counter()
     if model == "qwen":
-        # as `vlm ask --frames 2`: fps sampling (2 fps) capped at 2 frames, placed in time at
-        # their real rate; the whole track, interleaved (use_audio_in_video)
-        video = load_video(clip, num_frames=None, fps=2.0, max_frames=FRAMES)
-        real = len(video.frames) / video.duration
-        fps = min(2.0, real) if real < 0.95 * 2.0 else 2.0
-        wave = load_audio(clip).waveform.numpy()
-        conversation = [{"role": "user", "content": [{"type": "video"},
-                                                     {"type": "text", "text": QUESTION}]}]
+        # The model card's route, as `vlm ask --frames 2` takes the clip: qwen-omni-utils'
+        # process_mm_info at 2 fps capped at 2 frames, the clip's own track interleaved, the
+        # card's system turn (tests/omni_fixtures.py card_pipeline: its decord reader and an
+        # ffmpeg for audioread).
+        import tempfile
+
+        _tests_on_path()
+        from omni_fixtures import card_pipeline
+        from vlm_cli.model.families.native_table import QWEN_SYSTEM
+
+        conversation = [
+            {"role": "system", "content": [{"type": "text", "text": QWEN_SYSTEM}]},
+            {"role": "user", "content": [{"type": "video", "video": clip, "fps": 2.0,
+                                          "max_frames": FRAMES},
+                                         {"type": "text", "text": QUESTION}]}]
         prompt = processor.apply_chat_template(conversation, add_generation_prompt=True,
                                                tokenize=False)
-        inputs = processor(text=prompt, videos=[video.frames],
-                           videos_kwargs={"fps": fps, "cap_pixels_per_frame": True},
-                           audio=[wave], audio_from_video_indices=[0],
-                           load_audio_from_video=True, return_tensors="pt")
+        with card_pipeline(tempfile.mkdtemp()) as omni_utils:
+            audios, _, videos, kwargs = omni_utils.process_mm_info(
+                conversation, use_audio_in_video=True, return_video_kwargs=True)
+        inputs = processor(text=prompt, videos=videos, audio=audios, fps=kwargs["fps"][0],
+                           audio_from_video_indices=[0], load_audio_from_video=True,
+                           return_tensors="pt")
         extra = {"use_audio_in_video": True}
     else:
         video = load_video(clip, num_frames=FRAMES)

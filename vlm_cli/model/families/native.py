@@ -729,7 +729,9 @@ def load(directory: Path, *, device: str = "cpu", dtype: Any = None, name: str |
 def materialize(module: nn.Module, device: str) -> nn.Module:
     """Load an offloaded module's weights (accelerate's disk offload, see :func:`load`) onto
     ``device`` and drop its hooks: its forwards then run without reading the disk again.
-    Returns the module."""
+    Each tensor is copied out of the checkpoint's memory map (a view would keep a second
+    mapping of the shard resident beside transformers' own: 1.7 GB more RSS for
+    Qwen2.5-Omni-3B's towers). Returns the module."""
     from accelerate.hooks import remove_hook_from_module
     from accelerate.utils import set_module_tensor_to_device
 
@@ -739,7 +741,8 @@ def materialize(module: nn.Module, device: str) -> nn.Module:
             continue
         for name, _ in [*sub.named_parameters(recurse=False), *sub.named_buffers(recurse=False)]:
             if name in hook.weights_map:
-                set_module_tensor_to_device(sub, name, device, value=hook.weights_map[name])
+                set_module_tensor_to_device(sub, name, device,
+                                            value=hook.weights_map[name].clone())
     remove_hook_from_module(module, recurse=True)
     return module
 
