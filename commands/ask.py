@@ -127,7 +127,8 @@ def ask(
                              top_p=top_p, on_text=stream)
         if json_out:
             console.print_json({
-                "answer": result.text, "question": text, "model": pipeline.name,
+                "answer": result.text, "thinking": result.thinking, "question": text,
+                "model": pipeline.name,
                 "media": str(media), "frames": info.frames, "audio": info.audio,
                 "branches": info.branches, "cache": info.cache, "budget": info.budget,
                 "timings": {"load": round(load_s, 4), "decode": round(info.decode_s, 4),

@@ -374,3 +374,50 @@ def card_pipeline(bin_dir: str | os.PathLike):
         mp.setattr(vision_process, "MODEL_SEQ_LEN", 128000)
         mp.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}")
         yield qwen_omni_utils
+
+
+def card_answer(reference, omni_utils, path, kind: str, *, system: str | None, question: str,
+                new_tokens: int, fps: float | None = None, max_frames: int | None = None,
+                audio: bool = True) -> list[int]:
+    """The model card's route for a Qwen omni thinker, from the file: the system turn (None:
+    none), qwen-omni-utils' ``process_mm_info`` with the clip's own audio
+    (``use_audio_in_video``; transformers 5.24 needs the track's video named:
+    ``audio_from_video_indices``), the processor (the frames' ``sample_fps``), greedy
+    ``generate``.
+
+    Args:
+        reference: ``(processor, thinker)`` loaded by transformers. omni_utils: the package, as
+            :func:`card_pipeline` yields it.
+
+    Returns:
+        The answer's token ids without the end-of-sequence token.
+    """
+    import torch
+
+    from vlm_cli.media import probe_media
+
+    processor, thinker = reference
+    element = {"type": kind, kind: str(path)}
+    if fps is not None:
+        element["fps"] = fps
+    if max_frames is not None:
+        element["max_frames"] = max_frames
+    conversation = [{"role": "user", "content": [element, {"type": "text", "text": question}]}]
+    if system is not None:
+        conversation.insert(0, {"role": "system", "content": [{"type": "text", "text": system}]})
+    in_video = kind == "video" and audio and probe_media(path).has_audio
+    text = processor.apply_chat_template(conversation, add_generation_prompt=True,
+                                         tokenize=False)
+    audios, images, videos, video_kwargs = omni_utils.process_mm_info(
+        conversation, use_audio_in_video=in_video, return_video_kwargs=True)
+    rate = {"fps": video_kwargs["fps"][0]} if videos else {}
+    track = {"audio_from_video_indices": [0]} if in_video else {}
+    inputs = processor(text=text, audio=audios, images=images, videos=videos,
+                       return_tensors="pt", padding=True, use_audio_in_video=in_video,
+                       **rate, **track)
+    with torch.no_grad():
+        out = thinker.generate(**inputs, use_audio_in_video=in_video, do_sample=False,
+                               max_new_tokens=new_tokens)
+    ids = out[0, inputs["input_ids"].shape[1]:].tolist()
+    eos = processor.tokenizer.eos_token_id
+    return ids[: ids.index(eos)] if eos in ids else ids

@@ -19,6 +19,7 @@ import torch
 
 from media_factory import SHARED_MEDIA, moving_frames, write_png
 from micro import run_in_home, vlm_home
+from omni_fixtures import card_answer as omni_card_answer
 from omni_fixtures import card_pipeline, make_tiny_qwen_omni
 
 VLM = str(Path(sys.executable).with_name("vlm"))
@@ -53,40 +54,14 @@ def omni_utils(tmp_path_factory):
         yield package
 
 
-def card_answer(reference, omni_utils, path: Path, kind: str, *, fps: float | None = None,
-                max_frames: int | None = None, audio: bool = True,
-                question: str = QUESTION, new_tokens: int = NEW_TOKENS) -> list[int]:
-    """The model card's route, from the file: the card's system turn, ``process_mm_info`` with
-    the clip's own audio (``use_audio_in_video``), the processor (the frames' ``sample_fps``),
-    greedy ``generate``. Returns the answer's token ids without the end-of-sequence token."""
-    from vlm_cli.media import probe_media
+def card_answer(reference, omni_utils, path: Path, kind: str, **kwargs) -> list[int]:
+    """The model card's greedy answer (:func:`omni_fixtures.card_answer`) with the card's system
+    turn."""
     from vlm_cli.model.families.native_table import QWEN_SYSTEM
 
-    processor, thinker = reference
-    element = {"type": kind, kind: str(path)}
-    if fps is not None:
-        element["fps"] = fps
-    if max_frames is not None:
-        element["max_frames"] = max_frames
-    conversation = [{"role": "system", "content": [{"type": "text", "text": QWEN_SYSTEM}]},
-                    {"role": "user", "content": [element, {"type": "text", "text": question}]}]
-    in_video = kind == "video" and audio and probe_media(path).has_audio
-    text = processor.apply_chat_template(conversation, add_generation_prompt=True,
-                                         tokenize=False)
-    audios, images, videos, video_kwargs = omni_utils.process_mm_info(
-        conversation, use_audio_in_video=in_video, return_video_kwargs=True)
-    rate = {"fps": video_kwargs["fps"][0]} if videos else {}
-    # transformers 5.24 takes the card's decoded track with the video it came from named.
-    track = {"audio_from_video_indices": [0]} if in_video else {}
-    inputs = processor(text=text, audio=audios, images=images, videos=videos,
-                       return_tensors="pt", padding=True, use_audio_in_video=in_video,
-                       **rate, **track)
-    with torch.no_grad():
-        out = thinker.generate(**inputs, use_audio_in_video=in_video, do_sample=False,
-                               max_new_tokens=new_tokens)
-    ids = out[0, inputs["input_ids"].shape[1]:].tolist()
-    eos = processor.tokenizer.eos_token_id
-    return ids[: ids.index(eos)] if eos in ids else ids
+    return omni_card_answer(reference, omni_utils, path, kind, system=QWEN_SYSTEM,
+                            question=kwargs.pop("question", QUESTION),
+                            new_tokens=kwargs.pop("new_tokens", NEW_TOKENS), **kwargs)
 
 
 @pytest.fixture(scope="module")

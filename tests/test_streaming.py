@@ -63,3 +63,18 @@ def test_chat_session_streams_exactly_the_answer(tokenizer):
     answer = session.ask("what does it cost?", on_text=shown.append)
     assert "".join(shown) == answer.text
     assert answer.text == "a € costs 3 日本 yen ✓"
+
+
+def test_a_reasoning_block_is_never_streamed(tokenizer):
+    """A reasoning model's ``<think>`` ... ``</think>`` block (not special tokens: byte-level
+    pieces) stays out of the stream and the answer; the answer after it streams as usual."""
+    from vlm_cli.pipeline import ChatSession, split_reasoning
+
+    ids = tokenizer("<think>\nmaybe a € boat\n</think>\n\n" + ANSWER,
+                    add_special_tokens=False)["input_ids"]
+    session = ChatSession(_Scripted(tokenizer, ids), media=None, placeholder="<video>")
+    shown: list[str] = []
+    answer = session.ask("what does it cost?", on_text=shown.append)
+    assert "".join(shown) == answer.text == "a € costs 3 日本 yen ✓"
+    assert answer.thinking == "maybe a € boat"
+    assert split_reasoning("<think>unfinished") == ("", "unfinished")

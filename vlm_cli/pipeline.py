@@ -129,6 +129,8 @@ class Answer:
     prefill_tokens: int
     prefill_s: float
     generate_s: float
+    #: A reasoning model's reasoning before the answer (:func:`split_reasoning`), or None.
+    thinking: str | None = None
 
     @property
     def tokens_per_s(self) -> float:
@@ -296,7 +298,25 @@ class Pipeline:
         answers = self.model.generate_batch(
             prompts, list(media) if media is not None else [[] for _ in prompts],
             max_new_tokens=max_new_tokens)
-        return [tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in answers]
+        return [split_reasoning(tokenizer.decode(ids, skip_special_tokens=True))[0]
+                for ids in answers]
+
+
+#: A reasoning model's markup (Qwen3-Omni-Thinking): what it writes between these two, before
+#: its answer, is its reasoning, kept out of the answer.
+REASONING = ("<think>", "</think>")
+
+
+def split_reasoning(text: str) -> tuple[str, str | None]:
+    """``(answer, reasoning)`` of a model's reply: the reasoning is the text of a leading
+    ``<think>`` ... ``</think>`` block (None without one; the whole rest while it is still open),
+    the answer what follows it; both stripped."""
+    opened, closed = REASONING
+    body = text.lstrip()
+    if not body.startswith(opened):
+        return text.strip(), None
+    reasoning, _, answer = body[len(opened):].partition(closed)
+    return answer.strip(), reasoning.strip()
 
 
 class TextStream:
@@ -308,7 +328,8 @@ class TextStream:
     Qwen's split "€" into three byte tokens): while the decoded text ends in U+FFFD, nothing is
     shown; leading and trailing white space is held back (the final answer is stripped); and
     text that a later token rewrites (rare: a tokenizer whose decoding of earlier ids changes)
-    is held until :meth:`finish`.
+    is held until :meth:`finish`. A leading reasoning block (:func:`split_reasoning`) is never
+    shown: only the answer after it.
 
     Args:
         tokenizer: anything with ``decode(ids, skip_special_tokens=True)``.
@@ -321,6 +342,10 @@ class TextStream:
         """Add one token id; returns the text that can be shown now (maybe "")."""
         self.ids.append(token)
         text = self.tokenizer.decode(self.ids, skip_special_tokens=True).lstrip()
+        if REASONING[0].startswith(text):  # maybe the start of a reasoning block: wait
+            return ""
+        if text.startswith(REASONING[0]):
+            text = text.partition(REASONING[1])[2].lstrip()
         return self._advance(text.rstrip("\ufffd").rstrip())
 
     def finish(self) -> str:
@@ -329,8 +354,13 @@ class TextStream:
 
     @property
     def text(self) -> str:
-        """The answer so far, decoded and stripped."""
-        return self.tokenizer.decode(self.ids, skip_special_tokens=True).strip()
+        """The answer so far, decoded, without its reasoning, stripped."""
+        return split_reasoning(self.tokenizer.decode(self.ids, skip_special_tokens=True))[0]
+
+    @property
+    def reasoning(self) -> str | None:
+        """The reasoning block before the answer (:func:`split_reasoning`), or None."""
+        return split_reasoning(self.tokenizer.decode(self.ids, skip_special_tokens=True))[1]
 
     def _advance(self, text: str) -> str:
         if not text.startswith(self.shown):
@@ -396,4 +426,4 @@ class ChatSession:
         self.turns = turns + [{"from": "gpt", "value": text.text}]
         first = first or end
         return Answer(text.text, len(text.ids), self.prefix.prefilled, first - start,
-                      end - first)
+                      end - first, text.reasoning)

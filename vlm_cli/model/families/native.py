@@ -62,10 +62,14 @@ def media_kind_of(media: Any) -> str:
     return "video" if "second_per_grid" in media.vision_meta else "image"
 
 
-def audio_tokens(mel_frames: int) -> int:
-    """Audio tower output tokens for ``mel_frames`` 10 ms frames (two stride-2 stages: 40 ms a
-    token), as the processor's ``_get_feat_extract_output_lengths``."""
-    return ((mel_frames - 1) // 2 + 1 - 2) // 2 + 1
+def audio_tokens(processor: Any, mel_frames: int) -> int:
+    """Audio tower output tokens for ``mel_frames`` 10 ms frames, by the processor's own rule
+    (its module's ``_get_feat_extract_output_lengths``: Qwen2.5-Omni 40 ms a token, Qwen3-Omni
+    13 a second)."""
+    import sys
+
+    rule = sys.modules[type(processor).__module__]._get_feat_extract_output_lengths
+    return int(rule(torch.as_tensor(mel_frames)))
 
 
 @contextlib.contextmanager
@@ -273,9 +277,10 @@ class NativeModel(nn.Module):
                 text = self.processor.replace_video_with_audio_token(
                     {"video_grid_thw": [[int(x) for x in m.vision_meta["grid_thw"]]],
                      "video_second_per_grid": [float(m.vision_meta["second_per_grid"])]}, 0,
-                    {"num_audio_tokens": [m.audio.shape[0]]}, 0,
-                    position_id_per_seconds=config.position_id_per_seconds,
-                    seconds_per_chunk=config.seconds_per_chunk)
+                    {"num_audio_tokens": [m.audio.shape[0]]}, 0, **{
+                        name: getattr(config, name) for name in
+                        ("position_id_per_seconds", "seconds_per_chunk")
+                        if hasattr(config, name)})
                 out += self.tokenizer(text, add_special_tokens=False)["input_ids"]
             elif kind in ("video", "image"):
                 out += [t] * m.vision.shape[0]
@@ -308,6 +313,7 @@ class NativeModel(nn.Module):
             ids[b, where] = torch.as_tensor(row)
             mask[b, where] = 1
         outputs: dict[str, list[torch.Tensor]] = {"image": [], "video": []}
+        stacks: dict[str, list[torch.Tensor]] = {"image": [], "video": []}
         grids: dict[str, list[torch.Tensor]] = {"image": [], "video": []}
         seconds, audio, mel, in_video = [], [], [], False
         for row_media in media:
@@ -315,6 +321,8 @@ class NativeModel(nn.Module):
                 kind = media_kind_of(m)
                 if m.vision is not None:
                     outputs[kind].append(m.vision.to(device))
+                    if "deepstack" in m.vision_meta:  # [layers, N, H]
+                        stacks[kind].append(m.vision_meta["deepstack"].to(device))
                     grids[kind].append(torch.as_tensor(m.vision_meta["grid_thw"]))
                     if kind == "video":
                         seconds.append(float(m.vision_meta["second_per_grid"]))
@@ -323,7 +331,7 @@ class NativeModel(nn.Module):
                     mel.append(int(m.audio_meta["mel_frames"]))
                     in_video = in_video or kind == "video"
         kwargs: dict[str, Any] = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
-        encoded = {kind: BaseModelOutputWithPooling(pooler_output=tuple(feats))
+        encoded = {kind: self._tower_output(feats, stacks[kind])
                    for kind, feats in outputs.items() if feats}
         if encoded:
             kwargs["mm_encoder_outputs"] = encoded
@@ -342,6 +350,20 @@ class NativeModel(nn.Module):
             kwargs["input_features"] = served  # stands for the log-mel: the tower is served
         kwargs["use_audio_in_video"] = in_video
         return kwargs, served
+
+    def _tower_output(self, features: list[torch.Tensor], deepstack: list[torch.Tensor]) -> Any:
+        """Cached vision outputs as the model's ``get_*_features`` return them: per-item
+        ``pooler_output``; with DeepStack (Qwen3-Omni), per layer the items' features of that
+        layer (``deepstack_features``, the output class of the model's own module)."""
+        import sys
+
+        from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+        if not deepstack:
+            return BaseModelOutputWithPooling(pooler_output=tuple(features))
+        output = sys.modules[type(self.hf).__module__].BaseModelOutputWithDeepstackFeatures
+        layers = [tuple(item[layer] for item in deepstack) for layer in range(len(deepstack[0]))]
+        return output(pooler_output=tuple(features), deepstack_features=layers)
 
     # --- training and logits -------------------------------------------------------------------
 
@@ -501,12 +523,13 @@ class NativeModel(nn.Module):
             budget.video = grids * (h // sampling.factor) * (w // sampling.factor)
         if info.has_audio and info.kind != "image" and audio:
             seconds = info.duration or 0.0
-            limit = self.spec.max_audio_s
-            if limit is not None and seconds > limit:
+            extractor = self.processor.feature_extractor
+            limit = extractor.nb_max_frames * extractor.hop_length / extractor.sampling_rate
+            if seconds > limit:
                 raise UsageError(f"{path}: {seconds:.0f} s of audio; {self.spec.title}'s audio "
                                  f"front end takes at most {limit:.0f} s: pass --no-audio or "
                                  "cut the clip")
-            budget.audio = audio_tokens(math.ceil(seconds * 100))
+            budget.audio = audio_tokens(self.processor, math.ceil(seconds * 100))
         if budget.total + TEXT_MARGIN > self.context:
             lower = "--fps or --frames" if info.kind == "video" else "the image size"
             raise UsageError(
@@ -579,7 +602,7 @@ class NativeTower:
             grid = inputs["image_grid_thw"]
             out = hf.model.get_image_features(
                 inputs["pixel_values"].to(native.device, native.dtype), grid.to(native.device))
-            return {"features": out.pooler_output[0].cpu(), "grid_thw": grid[0]}
+            return {**_vision_entry(out), "grid_thw": grid[0]}
         video = qwen_resize_frames(frames, factor=sampling.factor)
         # Frames already within the reference's per-frame cap and multiples of the patch: the
         # processor's own resize leaves them as they are, capped or not (the flag only silences
@@ -590,7 +613,7 @@ class NativeTower:
         out = hf.model.get_video_features(
             inputs["pixel_values_videos"].to(native.device, native.dtype),
             grid.to(native.device))
-        return {"features": out.pooler_output[0].cpu(), "grid_thw": grid[0],
+        return {**_vision_entry(out), "grid_thw": grid[0],
                 "second_per_grid": torch.tensor(
                     processor.video_processor.temporal_patch_size / (fps or sampling.fps),
                     dtype=torch.float64)}
@@ -604,6 +627,17 @@ class NativeTower:
         mask = torch.ones(mel.shape[0], mel.shape[-1], dtype=torch.long, device=mel.device)
         out = native.hf.model.get_audio_features(mel.to(native.dtype), mask)
         return {"features": out.last_hidden_state.cpu(), "mel_frames": torch.tensor(mel.shape[-1])}
+
+
+def _vision_entry(out: Any) -> dict[str, torch.Tensor]:
+    """One item's vision tower output as cache-entry tensors: ``features [N, H]`` and, for a
+    DeepStack model, ``deepstack [layers, N, H]`` (each layer's features of that item)."""
+    entry = {"features": out.pooler_output[0].cpu()}
+    layers = getattr(out, "deepstack_features", None)
+    if layers:
+        entry["deepstack"] = torch.stack([layer[0] if isinstance(layer, (list, tuple))
+                                          else layer for layer in layers]).cpu()
+    return entry
 
 
 def _fingerprints(spec: NativeModelSpec, source: dict[str, Any], processor: Any,

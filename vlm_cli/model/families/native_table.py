@@ -64,7 +64,6 @@ class NativeModelSpec:
             files) until a feature is not cached.
         text_modules: the other modules (the language model and its head), loaded on the
             device.
-        max_audio_s: seconds of audio the feature extractor takes (longer is refused).
         licence: the licence when the model card does not state one, else None.
     """
 
@@ -82,7 +81,6 @@ class NativeModelSpec:
     tower_prefixes: tuple[str, ...] = ()
     tower_modules: dict[str, str] = dataclasses.field(default_factory=dict)
     text_modules: tuple[str, ...] = ()
-    max_audio_s: float | None = None
     licence: str | None = None
 
 
@@ -103,7 +101,7 @@ MODELS: tuple[NativeModelSpec, ...] = (
         system=QWEN_SYSTEM, skip_prefixes=("talker.", "token2wav."),
         tower_prefixes=("thinker.visual.", "thinker.audio_tower.", "visual.", "audio_tower."),
         tower_modules={"vision": "model.visual", "audio": "model.audio_tower"},
-        text_modules=("model.language_model", "lm_head"), max_audio_s=300.0),
+        text_modules=("model.language_model", "lm_head")),
 )
 
 BY_MODEL_TYPE: dict[str, NativeModelSpec] = {t: spec for spec in MODELS for t in spec.model_types}
