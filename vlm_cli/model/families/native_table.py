@@ -102,6 +102,19 @@ MODELS: tuple[NativeModelSpec, ...] = (
         tower_prefixes=("thinker.visual.", "thinker.audio_tower.", "visual.", "audio_tower."),
         tower_modules={"vision": "model.visual", "audio": "model.audio_tower"},
         text_modules=("model.language_model", "lm_head")),
+    # Qwen3-Omni's thinker (Qwen/Qwen3-Omni-30B-A3B-Instruct, -Thinking, -Captioner: a mixture of
+    # experts, 3 B active): the same processor API and card route, DeepStack vision features,
+    # audio at 13 tokens a second, no system turn on its card; talker and code2wav never loaded.
+    NativeModelSpec(
+        name="qwen3-omni", title="Qwen3-Omni",
+        model_types=("qwen3_omni_moe", "qwen3_omni_moe_thinker"),
+        model_class="Qwen3OmniMoeThinkerForConditionalGeneration",
+        processor_class="Qwen3OmniMoeProcessor", layout="qwen-omni",
+        sampling=FrameSampling(), resampler="soxr", audio_in_video="interleave",
+        system=None, skip_prefixes=("talker.", "code2wav."),
+        tower_prefixes=("thinker.visual.", "thinker.audio_tower.", "visual.", "audio_tower."),
+        tower_modules={"vision": "model.visual", "audio": "model.audio_tower"},
+        text_modules=("model.language_model", "lm_head")),
 )
 
 BY_MODEL_TYPE: dict[str, NativeModelSpec] = {t: spec for spec in MODELS for t in spec.model_types}
