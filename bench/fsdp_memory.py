@@ -123,7 +123,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.worker:
         worker(args.worker, args.steps, args.seq)
-        return
+        # As `vlm` ends (vlm_cli.cli.main): skip the interpreter's teardown, in which torch 2.11
+        # with a gloo group sometimes aborts ("terminate called without an active exception";
+        # DDP and FSDP2 alike, after the work is done and written).
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     with tempfile.TemporaryDirectory() as tmp:
         runs = {mode: launch(mode, Path(tmp) / mode, args.steps, args.seq) for mode in CONFIGS}
     mib = 1 / 2**20
