@@ -90,6 +90,7 @@ bench: install demo
 	$(PY) bench/toyav_generate.py
 	$(PY) bench/preprocess.py
 	$(PY) bench/tiny_av_train.py
+	$(PY) bench/fsdp_memory.py
 	$(PY) bench/demo_steps.py
 	$(PY) bench/ask_latency.py --model $(DEMO_DIR)/runs/merged
 	$(PY) bench/gpu_ready.py --tiny  # the 7B shape needs a GPU: bench/gpu_ready.py there

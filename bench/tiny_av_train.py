@@ -89,8 +89,8 @@ def stage1_throughput(encoders: Path, toy: Path, steps: int = 40) -> tuple[float
         if mode == "recompute":
             dataset._features = recompute
         with tempfile.TemporaryDirectory() as tmp:
-            result = train_stage(model, dataset, recipe.train.stage1, Path(tmp), resume=False,
-                                 accelerator=make_accelerator())
+            result, _ = train_stage(model, dataset, recipe.train.stage1, Path(tmp),
+                                    resume=False, accelerator=make_accelerator())
         rates.append(result.samples_per_s)
     return rates[0], rates[1]
 

@@ -37,7 +37,8 @@ def pretrain(
     frozen-encoder features from the cache (clips that are
     missing are preprocessed first; the encoders are not loaded otherwise). AdamW with a cosine
     schedule and warmup, gradient accumulation, clipping; checkpoints, metrics.jsonl and loss.png
-    in the run directory. Works under `accelerate launch` (DDP)."""
+    in the run directory. Works under `accelerate launch` (DDP, or FSDP2 with
+    recipes/accelerate/fsdp2.yaml)."""
     from vlm_cli.errors import UsageError
     from vlm_cli.recipe import load_recipe
     from vlm_cli.train.report import StageProgress, print_summary

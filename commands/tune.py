@@ -34,7 +34,8 @@ def tune(
     """Stage 2: instruction-tune connectors + LLM on multi-turn conversations, fully or with
     LoRA (train.stage2.lora: rank, alpha, dropout, target modules), starting from a stage-1 run
     or a released Video-LLaVA-hf checkpoint. The model comes from --from; the training settings
-    from RECIPE."""
+    from RECIPE. Works under `accelerate launch` (DDP, or FSDP2 with
+    recipes/accelerate/fsdp2.yaml)."""
     from vlm_cli.recipe import load_recipe
     from vlm_cli.train.report import StageProgress, print_summary
     from vlm_cli.train.stages import run_stage

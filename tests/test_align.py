@@ -126,13 +126,13 @@ def test_alignment_two_processes_match_one(aligned, tmp_path):
     from safetensors.torch import load_file
 
     root, env, _ = aligned
-    accelerate = str(Path(sys.executable).with_name("accelerate"))
+    accelerate = [sys.executable, "-m", "accelerate.commands.launch"]
     args = ["pretrain", str(root / "micro.yaml"), "--stage", "encoders", "--data",
             str(root / "toy" / "stage1.json"), "--json"]
     one = subprocess.run([VLM, *args, "--out", str(tmp_path / "one")], capture_output=True,
                          text=True, env=env)
     assert one.returncode == 0, one.stderr
-    two = subprocess.run([accelerate, "launch", "--multi_gpu", "--num_processes", "2",
+    two = subprocess.run([*accelerate, "--multi_gpu", "--num_processes", "2",
                           "--main_process_port", "29541", "-m", "vlm_cli.cli", *args, "--out",
                           str(tmp_path / "two")], capture_output=True, text=True, env=env,
                          timeout=300)

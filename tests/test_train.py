@@ -14,7 +14,7 @@ from micro import micro_recipe, micro_world, run_in_home, run_killed_at
 from vlm_cli.cli import run
 
 VLM = str(Path(sys.executable).with_name("vlm"))
-ACCELERATE = str(Path(sys.executable).with_name("accelerate"))
+ACCELERATE = [sys.executable, "-m", "accelerate.commands.launch"]  # also where no script is
 
 MICRO = micro_recipe(
     video_connector="{type: qformer, num_query_tokens: 4, hidden_size: 32, num_layers: 1, "
@@ -124,7 +124,7 @@ def test_two_processes_match_one(world, tmp_path):
     one = subprocess.run([VLM, *pretrain_args(root, tmp_path / "one", *extra)],
                          capture_output=True, text=True, env=env)
     assert one.returncode == 0, one.stderr
-    two = subprocess.run([ACCELERATE, "launch", "--multi_gpu", "--num_processes", "2",
+    two = subprocess.run([*ACCELERATE, "--multi_gpu", "--num_processes", "2",
                           "--main_process_port", "29517", "-m", "vlm_cli.cli",
                           *pretrain_args(root, tmp_path / "two", *extra)],
                          capture_output=True, text=True, env=env, timeout=300)

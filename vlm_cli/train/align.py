@@ -160,7 +160,8 @@ def run_align(recipe: Recipe, run_dir: Path, *, data: Path | None, media_root: P
               on_step: Callable[[Any], None] | None = None) -> AlignSummary | None:
     """Align the recipe's encoders to caption views and save them into ``run_dir``, on the
     training engine of stages 1 and 2 (:func:`vlm_cli.train.loop.fit`): checkpoints, ``--resume``
-    and ``accelerate launch`` (DDP) work the same.
+    and ``accelerate launch`` (DDP, or FSDP2 with the encoders' layers as sharded units) work the
+    same.
 
     Returns:
         The summary on the main process; None on the other processes of a distributed run.
@@ -226,9 +227,8 @@ def run_align(recipe: Recipe, run_dir: Path, *, data: Path | None, media_root: P
         return total * len(micro)
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    result = fit(model, loss, spec, n=len(records), steps=spec.steps, run_dir=run_dir,
-                 resume=resume, accelerator=accelerator, on_step=on_step)
-    model = accelerator.unwrap_model(model)
+    result, model = fit(model, loss, spec, n=len(records), steps=spec.steps, run_dir=run_dir,
+                        resume=resume, accelerator=accelerator, on_step=on_step)
     if not accelerator.is_main_process:
         return None
     _save(run_dir, recipe, model, spec, result.seconds)

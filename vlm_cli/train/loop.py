@@ -1,15 +1,16 @@
 """The training engine of every stage (encoder alignment, stage 1, stage 2), on accelerate
-(1 CPU, 1 GPU, or DDP under ``accelerate launch``): :func:`fit` takes the model, a loss function
-and an :class:`~vlm_cli.recipe.OptimSpec`.
+(1 CPU, 1 GPU, or DDP / FSDP2 under ``accelerate launch``): :func:`fit` takes the model, a loss
+function and an :class:`~vlm_cli.recipe.OptimSpec`.
 
 Per optimizer step: the global batch comes from the owned data order (:mod:`.order`); this process
 takes its slice and splits it into ``grad_accum`` micro-batches; each micro-batch's summed loss is
 divided by the *whole global batch*'s weight (for stages 1 and 2 its number of target tokens,
-known up front from the labels), times the process count because DDP averages gradients. Every
-unit of weight therefore counts the same whatever the split, so 1 process and N processes take
-the same steps. Then gradient clipping, AdamW, and the schedule (cosine / linear / constant with
-linear warmup, transformers' ``get_scheduler``). Checkpoints hold the trainable parameters, the
-optimizer, scheduler and RNG states, so ``--resume`` continues bit for bit.
+known up front from the labels), times the process count because DDP and FSDP2 average gradients.
+Every unit of weight therefore counts the same whatever the split, so 1 process and N processes
+take the same steps. Then gradient clipping, AdamW, and the schedule (cosine / linear / constant
+with linear warmup, transformers' ``get_scheduler``). Checkpoints hold the trainable parameters
+(sharded under FSDP2), the optimizer, scheduler and RNG states, so ``--resume`` continues bit for
+bit (:mod:`.checkpoint`).
 """
 
 from __future__ import annotations
@@ -63,28 +64,44 @@ class StageResult:
 
 def make_accelerator() -> Any:
     """An ``accelerate.Accelerator``: bf16 autocast on GPUs that support it, else fp16 (with
-    loss scaling) on other GPUs, fp32 on CPU; DDP
-    with unused parameters allowed (a batch without audio leaves the audio connector idle).
+    loss scaling) on other GPUs, fp32 on CPU (the dtype :func:`vlm_cli.runtime.resolve_dtype`
+    picks for ``auto``); DDP with unused parameters allowed (a batch without audio leaves the
+    audio connector idle), or FSDP2 when launched with an FSDP config
+    (:func:`vlm_cli.train.fsdp.fsdp_plugin`: bf16 / fp16 parameters, fp32 reductions).
 
     Without CUDA the accelerator is told ``cpu=True``, so that several processes started by
     ``accelerate launch --multi_gpu --num_processes N`` or ``torchrun`` form a gloo
-    (MULTI_CPU) group instead of N independent runs."""
+    (MULTI_CPU) group instead of N independent runs; an FSDP config then switches that group
+    to FSDP2 (:func:`vlm_cli.train.fsdp.use_on_cpu`).
+
+    Raises:
+        UsageError: the launch config asks for something FSDP2 cannot do here (FSDP1).
+    """
     from accelerate import Accelerator, DistributedDataParallelKwargs
 
     from vlm_cli.runtime import pick_device, resolve_dtype
+    from vlm_cli.train.fsdp import fsdp_plugin, use_on_cpu
 
     device = pick_device()
-    precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(
-        resolve_dtype("auto", device), "no")  # the dtype `auto` picks, as autocast
-    return Accelerator(mixed_precision=precision, cpu=device == "cpu", kwargs_handlers=[
-        DistributedDataParallelKwargs(find_unused_parameters=True)])
+    dtype = resolve_dtype("auto", device)  # the dtype `auto` picks, as autocast
+    precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "no")
+    plugin = fsdp_plugin(dtype)
+    accelerator = Accelerator(
+        mixed_precision=precision, cpu=device == "cpu",
+        fsdp_plugin=plugin if device != "cpu" else None,
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    if plugin is not None and device == "cpu":
+        use_on_cpu(accelerator, plugin)
+    return accelerator
 
 
 def train_stage(model: torch.nn.Module, dataset: FeatureDataset, stage: StageSpec,
                 run_dir: Path, *, resume: bool, accelerator: Any,
-                on_step: Callable[[StepMetrics], None] | None = None) -> StageResult:
+                on_step: Callable[[StepMetrics], None] | None = None,
+                ) -> tuple[StageResult, torch.nn.Module | None]:
     """Stage 1 or 2: :func:`fit` with the summed next-token loss over assistant tokens, weighed
-    by the global batch's target-token count."""
+    by the global batch's target-token count; under FSDP2 the LLM's decoder layers are the
+    sharded units."""
 
     def loss(model: torch.nn.Module, micro: list[int]) -> torch.Tensor:
         batch = [dataset[i] for i in micro]
@@ -93,14 +110,26 @@ def train_stage(model: torch.nn.Module, dataset: FeatureDataset, stage: StageSpe
         return loss_sum
 
     steps = total_steps(len(dataset), stage.batch_size, stage.epochs, stage.max_steps)
-    return fit(model, loss, stage, n=len(dataset), steps=steps, run_dir=run_dir,
-               weight=lambda indices: sum(dataset.targets(i) for i in indices),
-               resume=resume, accelerator=accelerator, on_step=on_step)
+    # No KV cache while training: it is never read, and a layer replayed by an activation
+    # checkpoint (FSDP2's) would append to it twice.
+    config = model.llm.config
+    use_cache, config.use_cache = getattr(config, "use_cache", None), False
+    try:
+        result, trained = fit(model, loss, stage, n=len(dataset), steps=steps, run_dir=run_dir,
+                              weight=lambda indices: sum(dataset.targets(i) for i in indices),
+                              resume=resume, accelerator=accelerator, on_step=on_step,
+                              layers=model.llm)
+    finally:
+        config.use_cache = use_cache
+    if trained is not None:  # a copy gathered from the shards has a copy of the config
+        trained.llm.config.use_cache = use_cache
+    return result, trained
 
 
 def fit(model: torch.nn.Module, loss: LossFn, spec: OptimSpec, *, n: int, steps: int,
         run_dir: Path, weight: Callable[[list[int]], float] | None = None, resume: bool = False,
-        accelerator: Any, on_step: Callable[[StepMetrics], None] | None = None) -> StageResult:
+        accelerator: Any, on_step: Callable[[StepMetrics], None] | None = None,
+        layers: torch.nn.Module | None = None) -> tuple[StageResult, torch.nn.Module | None]:
     """Train ``model``'s trainable parameters for ``steps`` optimizer steps over ``n`` samples.
 
     Args:
@@ -109,15 +138,26 @@ def fit(model: torch.nn.Module, loss: LossFn, spec: OptimSpec, *, n: int, steps:
         weight: the global batch's total weight (the loss is divided by it); default: its
             number of samples (a loss that is a sum of per-sample means).
         resume: continue from the last checkpoint in ``run_dir/checkpoints``.
+        layers: under FSDP2, the part of ``model`` whose transformer layers are the sharded
+            units (:func:`vlm_cli.train.fsdp.shard_plan`; default: the whole model). Every
+            process must run them on every micro-batch (an LLM, not a connector that a batch
+            without its modality skips).
 
     Checkpoints go to ``run_dir/checkpoints`` every ``save_every`` steps and at the end; metrics
     to ``run_dir/metrics.jsonl`` every ``log_every`` steps and at the end.
 
+    Returns:
+        The result, and the trained model with its full weights: unwrapped (DDP), or gathered
+        from the shards on the main process under FSDP2 (None on the other processes).
+
     Raises:
         UsageError: the global batch does not split over processes × accumulation steps,
-            nothing is trainable, or ``resume`` is asked but the run has no checkpoint.
+            nothing is trainable, ``resume`` is asked but the run has no checkpoint, or FSDP2
+            finds no layer class to wrap.
     """
     from transformers import get_scheduler
+
+    from vlm_cli.train.fsdp import gather, is_fsdp, shard_plan
 
     weight = weight or len
     world, rank = accelerator.num_processes, accelerator.process_index
@@ -127,21 +167,25 @@ def fit(model: torch.nn.Module, loss: LossFn, spec: OptimSpec, *, n: int, steps:
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise UsageError("nothing to train: every part is frozen")
+    checkpoint = latest_checkpoint(run_dir) if resume else None
+    if resume and checkpoint is None:
+        raise UsageError(f"{run_dir}: --resume given but the run has no checkpoint")
     optimizer = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
     scheduler = get_scheduler(SCHEDULES[spec.schedule], optimizer,
                               num_warmup_steps=math.ceil(spec.warmup_ratio * steps),
                               num_training_steps=steps)
-    start = 0
-    if resume:
-        checkpoint = latest_checkpoint(run_dir)
-        if checkpoint is None:
-            raise UsageError(f"{run_dir}: --resume given but the run has no checkpoint")
-        start = load_checkpoint(checkpoint, model, optimizer, scheduler)["step"]
-        _truncate_metrics(run_dir / "metrics.jsonl", start)
-    else:
+    if not resume:
         torch.manual_seed(spec.seed)  # dropout
+    skeleton = shard_plan(accelerator, model, layers if layers is not None else model)
     model, optimizer = accelerator.prepare(model, optimizer)
-    core = accelerator.unwrap_model(model)
+    optimizer = getattr(optimizer, "optimizer", optimizer)  # the torch optimizer
+    params = [p for p in model.parameters() if p.requires_grad]  # sharded ones under FSDP2
+    sharded = is_fsdp(accelerator)
+    start = 0
+    if checkpoint is not None:
+        start = load_checkpoint(checkpoint, model, optimizer, scheduler)["step"]
+        if accelerator.is_main_process:
+            _truncate_metrics(run_dir / "metrics.jsonl", start)
     metrics_path = run_dir / "metrics.jsonl"
     began, samples, loss_value = time.monotonic(), 0, float("nan")
     model.train()
@@ -154,6 +198,8 @@ def fit(model: torch.nn.Module, loss: LossFn, spec: OptimSpec, *, n: int, steps:
             sync = contextlib.nullcontext() if k == len(micros) - 1 else accelerator.no_sync(model)
             with sync, accelerator.autocast():
                 loss_sum = loss(model, micro)
+                if sharded:
+                    loss_sum = loss_sum + _touch_unsharded(model)
                 accelerator.backward(loss_sum * world / total)
             step_loss += loss_sum.detach()
         if spec.max_grad_norm > 0:
@@ -173,16 +219,26 @@ def fit(model: torch.nn.Module, loss: LossFn, spec: OptimSpec, *, n: int, steps:
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(dataclasses.asdict(record)) + "\n")
         if (spec.save_every and done % spec.save_every == 0) or done == steps:
-            accelerator.wait_for_everyone()
-            if accelerator.is_main_process:
-                save_checkpoint(run_dir, done, core, optimizer.optimizer
-                                if hasattr(optimizer, "optimizer") else optimizer, scheduler,
-                                {"total_steps": steps, "loss": loss_value})
+            save_checkpoint(run_dir, done, model, optimizer, scheduler,
+                            {"total_steps": steps, "loss": loss_value})
     accelerator.wait_for_everyone()
     model.eval()
     seconds = time.monotonic() - began
+    trained = gather(model, skeleton) if sharded else accelerator.unwrap_model(model)
     return StageResult(steps - start, steps, start, loss_value, seconds,
-                       samples / seconds if seconds > 0 else 0.0)
+                       samples / seconds if seconds > 0 else 0.0), trained
+
+
+def _touch_unsharded(model: torch.nn.Module) -> torch.Tensor | float:
+    """Zero times every trainable parameter that is unsharded after the forward pass (FSDP2's
+    root group: connectors, embeddings, the LLM's head). FSDP2 reduce-scatters the gradients a
+    process has, so a connector idle on one process (a micro-batch without audio) and used on
+    another would make the processes' collectives differ; DDP's ``find_unused_parameters``
+    counterpart. Adds nothing to the loss or to any gradient."""
+    from torch.distributed.tensor import DTensor
+
+    idle = [p.sum() for p in model.parameters() if p.requires_grad and not isinstance(p, DTensor)]
+    return torch.stack(idle).sum() * 0.0 if idle else 0.0
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

@@ -130,9 +130,9 @@ def run_stage(recipe: Recipe, stage_name: str, run_dir: Path, *, data: Path | No
 
     setup = setup_stage(recipe, stage_name, run_dir, data=data, media_root=media_root,
                         from_run=from_run, resume=resume, workers=workers, on_clip=on_clip)
-    result = train_stage(setup.model, setup.dataset, setup.stage, run_dir, resume=resume,
-                         accelerator=setup.accelerator, on_step=on_step)
-    return save_stage(setup, result, run_dir)
+    result, trained = train_stage(setup.model, setup.dataset, setup.stage, run_dir,
+                                  resume=resume, accelerator=setup.accelerator, on_step=on_step)
+    return save_stage(setup, result, run_dir, trained)
 
 
 def setup_stage(recipe: Recipe, stage_name: str, run_dir: Path, *, data: Path | None,
@@ -155,6 +155,7 @@ def setup_stage(recipe: Recipe, stage_name: str, run_dir: Path, *, data: Path | 
     from vlm_cli.model.vlm import VideoLanguageModel
     from vlm_cli.runtime import resolve_dtype
     from vlm_cli.train.data import FeatureDataset, ensure_features
+    from vlm_cli.train.fsdp import checkpoints_activations
     from vlm_cli.train.loop import make_accelerator
 
     stage: StageSpec = getattr(recipe.train, stage_name)
@@ -222,7 +223,7 @@ def setup_stage(recipe: Recipe, stage_name: str, run_dir: Path, *, data: Path | 
     if stage.lora is not None:
         _apply_lora(model, stage)
         trained.append("lora")
-    if stage.gradient_checkpointing:
+    if stage.gradient_checkpointing and not checkpoints_activations(accelerator):
         model.llm.activation_checkpointing_enable()  # transformers 5.24's name
         model.llm.enable_input_require_grads()
     dataset = FeatureDataset(records, model, store, stage.max_length)
@@ -232,13 +233,14 @@ def setup_stage(recipe: Recipe, stage_name: str, run_dir: Path, *, data: Path | 
                       llm_weights, base, parent_name)
 
 
-def save_stage(setup: StageSetup, result: Any, run_dir: Path) -> StageSummary | None:
-    """Write the run directory (main process) and return the summary (None elsewhere)."""
+def save_stage(setup: StageSetup, result: Any, run_dir: Path, model: Any) -> StageSummary | None:
+    """Write the run directory (main process) from ``model``, the trained model with its full
+    weights (gathered from the shards under FSDP2: None on the other processes), and return the
+    summary (None elsewhere)."""
     from vlm_cli.model.families.vlm_run import RunConfig, base_identity, save_run
     from vlm_cli.train.loop import plot_loss
 
     accelerator, recipe, stage = setup.accelerator, setup.recipe, setup.stage
-    model = accelerator.unwrap_model(setup.model)
     if accelerator.is_main_process:
         random_llm = recipe.model.llm.config is not None and setup.llm_weights is None
         config = RunConfig(stage=setup.stage_name, recipe=recipe.name,
