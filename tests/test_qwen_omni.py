@@ -391,3 +391,22 @@ def test_preprocess_refuses_an_over_long_clip_before_decoding(family, tmp_path):
             assert not list(FeatureCache().entries())
     finally:
         model.context = saved
+
+
+def test_a_training_batch_mixing_clips_with_and_without_audio_is_exact(family):
+    """The loss of a batch that mixes a clip with its audio and one without equals the losses
+    of the rows one by one (the rope index takes one audio-in-video setting per forward: the
+    rows are run in groups)."""
+    loaded, store = family
+    model = loaded.model
+    turns = [{"from": "human", "value": f"<video>\n{QUESTION}"},
+             {"from": "gpt", "value": "a boat engine"}]
+    ids, labels = model.encode_conversation(turns, 4096)
+    with_audio, _ = store.fetch(WITH_AUDIO)
+    silent, _ = store.fetch(SILENT)
+    with torch.no_grad():
+        both = model.forward([ids, ids], [labels, labels], [[with_audio], [silent]])
+        one = model.forward([ids], [labels], [[with_audio]])
+        other = model.forward([ids], [labels], [[silent]])
+    assert both[1] == one[1] + other[1]
+    assert torch.allclose(both[0], one[0] + other[0], rtol=1e-6)

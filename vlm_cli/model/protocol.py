@@ -51,6 +51,11 @@ class LanguageModel(Protocol):
     fits_video_budget: bool
     lora_task_type: str | None
 
+    def release_towers(self) -> None:
+        """Leave any frozen tower that is part of the model out of it from here on (training
+        reads the towers' outputs from the feature cache; under FSDP2 nothing of them is
+        sharded or gathered)."""
+
     def encode_prompt(self, turns: Sequence[dict[str, Any]],
                       media: Sequence[MediaInput] | None = None) -> list[int]:
         """Token ids of LLaVA turns ending in a user turn, plus the assistant prefix."""

@@ -80,6 +80,10 @@ class VideoLanguageModel(nn.Module):
     #: The LLM is a causal LM with its own head: peft's ``CAUSAL_LM`` task.
     lora_task_type = "CAUSAL_LM"
 
+    def release_towers(self) -> None:
+        """Nothing to release: the frozen encoders are not part of this module (see
+        :class:`vlm_cli.model.protocol.LanguageModel`)."""
+
     def encode_prompt(self, turns: Sequence[dict[str, Any]],
                       media: Sequence[MediaInput] | None = None) -> list[int]:
         """Token ids of a conversation ending in a user turn, plus the assistant prefix

@@ -203,6 +203,7 @@ def setup_stage(recipe: Recipe, stage_name: str, run_dir: Path, *, data: Path | 
         parent_model = load(from_run, dtype=dtype).model
     if parent_model is not None:
         model = parent_model
+        model.release_towers()  # every feature is cached now: training never runs a tower
     else:
         tokenizer = load_tokenizer(recipe.model.llm)
         model = VideoLanguageModel(recipe.model, build_llm(recipe.model.llm, tokenizer,

@@ -164,6 +164,15 @@ class NativeModel(nn.Module):
             self.hf.get_submodule(name).to(*args, **kwargs)
         return self
 
+    def release_towers(self) -> None:
+        """Take the towers out of the model (training: their outputs come from the feature
+        cache; under FSDP2 nothing of them is sharded or gathered, and accelerate sees one
+        device). Their encoders cannot be built afterwards."""
+        for name in self.spec.tower_modules.values():
+            parent, _, child = name.rpartition(".")
+            setattr(self.hf.get_submodule(parent), child, None)
+        self.hf.__dict__.pop("hf_device_map", None)
+
     @property
     def device(self) -> torch.device:
         """Where the language model runs (the towers may be offloaded: see :func:`load`)."""
@@ -371,19 +380,28 @@ class NativeModel(nn.Module):
                 media: Sequence[Sequence[Any]]) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed next-token cross-entropy over the labelled tokens, and their count (as
         :meth:`vlm_cli.model.vlm.VideoLanguageModel.forward`): rows expanded and right-padded,
-        the model's own forward (its rope index places the media)."""
+        the model's own forward (its rope index places the media), one forward per group of
+        rows whose media share a layout (videos with their audio, videos without: the rope
+        index takes one audio-in-video setting per call), the sums added."""
         from vlm_cli.model.chat import IGNORE_INDEX
         from vlm_cli.model.vlm import next_token_loss
 
-        rows, label_rows = zip(*(self.expand(ids, m, lab)
-                                 for ids, lab, m in zip(input_ids, labels, media)))
-        kwargs, served = self.model_inputs(rows, media, "right")
-        target = torch.full(kwargs["attention_mask"].shape, IGNORE_INDEX, dtype=torch.long)
-        for b, lab in enumerate(label_rows):
-            target[b, :len(lab)] = torch.as_tensor(lab)
-        with serving_audio(self.hf.model, served):
-            logits = self.hf(**kwargs, use_cache=False).logits
-        return next_token_loss(logits, target.to(logits.device))
+        groups: dict[tuple, list[int]] = {}
+        for i, m in enumerate(media):
+            groups.setdefault(_layout_key(m), []).append(i)
+        total, count = None, None
+        for members in groups.values():
+            rows, label_rows = zip(*(self.expand(input_ids[i], media[i], labels[i])
+                                     for i in members))
+            kwargs, served = self.model_inputs(rows, [media[i] for i in members], "right")
+            target = torch.full(kwargs["attention_mask"].shape, IGNORE_INDEX, dtype=torch.long)
+            for b, lab in enumerate(label_rows):
+                target[b, :len(lab)] = torch.as_tensor(lab)
+            with serving_audio(self.hf.model, served):
+                logits = self.hf(**kwargs, use_cache=False).logits
+            loss, n = next_token_loss(logits, target.to(logits.device))
+            total, count = (loss, n) if total is None else (total + loss, count + n)
+        return total, count
 
     @torch.no_grad()
     def logits(self, input_ids: Sequence[int], media: Sequence[Any]) -> torch.Tensor:
@@ -719,6 +737,8 @@ def load(directory: Path, *, device: str = "cpu", dtype: Any = None, name: str |
     Raises:
         VlmError: weights the model needs are missing.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     import transformers
 
     from vlm_cli.cache import FeatureCache
@@ -736,13 +756,17 @@ def load(directory: Path, *, device: str = "cpu", dtype: Any = None, name: str |
     place = device if ":" in device or device == "cpu" else f"{device}:0"
     device_map = {**{name: place for name in spec.text_modules},
                   **{name: "disk" for name in spec.tower_modules.values()}}
-    with transformers_errors_only():  # e.g. a talker's config (never loaded) names thinker ids
+    # The weights' identity for the feature cache (a local checkpoint's first load hashes its
+    # towers' tensors, ~1 s a GB) is computed while transformers builds the model: hashing
+    # runs in C without the GIL.
+    with ThreadPoolExecutor(1) as pool, transformers_errors_only():
+        identity = pool.submit(resolve_pretrained, name or str(directory), revision,
+                               FeatureCache().file_digest, prefixes=spec.tower_prefixes)
         processor = getattr(transformers, spec.processor_class).from_pretrained(source_dir)
         hf = getattr(transformers, spec.model_class).from_pretrained(
             source_dir, dtype=dtype, device_map=device_map).eval().requires_grad_(False)
+        _, source = identity.result()
     model = NativeModel(spec, hf, processor)
-    _, source = resolve_pretrained(name or str(directory), revision, FeatureCache().file_digest,
-                                   prefixes=spec.tower_prefixes)
     fingerprints = _fingerprints(spec, source, processor, dtype)
     decode = {"vision": {"sampling": spec.sampling.rule}, "image": {"sampling": spec.sampling.rule},
               "audio": {"frontend": "whisper_track", "processor": str(source_dir),

@@ -87,34 +87,34 @@ class NativeModelSpec:
 QWEN_SYSTEM = ("You are Qwen, a virtual human developed by the Qwen Team, Alibaba Group, capable "
                "of perceiving auditory and visual inputs, as well as generating text and speech.")
 
-#: ``model_type`` -> spec. Qwen2.5-Omni: the thinker (text out) of ``Qwen/Qwen2.5-Omni-3B`` /
-#: ``-7B`` (config ``qwen2_5_omni``) and merged thinkers (``qwen2_5_omni_thinker``), fed as its
-#: model card feeds it (qwen-omni-utils ``process_mm_info(..., use_audio_in_video=True)``, the
-#: card's system turn, greedy ``generate``).
+#: Qwen2.5-Omni: the thinker (text out) of ``Qwen/Qwen2.5-Omni-3B`` / ``-7B`` (config
+#: ``qwen2_5_omni``) and merged thinkers (``qwen2_5_omni_thinker``), fed as its model card feeds
+#: it (qwen-omni-utils ``process_mm_info(..., use_audio_in_video=True)``, the card's system turn,
+#: greedy ``generate``).
+QWEN2_5_OMNI = NativeModelSpec(
+    name="qwen2.5-omni", title="Qwen2.5-Omni",
+    model_types=("qwen2_5_omni", "qwen2_5_omni_thinker"),
+    model_class="Qwen2_5OmniThinkerForConditionalGeneration",
+    processor_class="Qwen2_5OmniProcessor", layout="qwen-omni",
+    sampling=FrameSampling(), resampler="soxr", audio_in_video="interleave",
+    system=QWEN_SYSTEM, skip_prefixes=("talker.", "token2wav."),
+    tower_prefixes=("thinker.visual.", "thinker.audio_tower.", "visual.", "audio_tower."),
+    tower_modules={"vision": "model.visual", "audio": "model.audio_tower"},
+    text_modules=("model.language_model", "lm_head"))
+
+#: ``model_type`` -> spec (through :data:`BY_MODEL_TYPE`).
 MODELS: tuple[NativeModelSpec, ...] = (
-    NativeModelSpec(
-        name="qwen2.5-omni", title="Qwen2.5-Omni",
-        model_types=("qwen2_5_omni", "qwen2_5_omni_thinker"),
-        model_class="Qwen2_5OmniThinkerForConditionalGeneration",
-        processor_class="Qwen2_5OmniProcessor", layout="qwen-omni",
-        sampling=FrameSampling(), resampler="soxr", audio_in_video="interleave",
-        system=QWEN_SYSTEM, skip_prefixes=("talker.", "token2wav."),
-        tower_prefixes=("thinker.visual.", "thinker.audio_tower.", "visual.", "audio_tower."),
-        tower_modules={"vision": "model.visual", "audio": "model.audio_tower"},
-        text_modules=("model.language_model", "lm_head")),
+    QWEN2_5_OMNI,
     # Qwen3-Omni's thinker (Qwen/Qwen3-Omni-30B-A3B-Instruct, -Thinking, -Captioner: a mixture of
-    # experts, 3 B active): the same processor API and card route, DeepStack vision features,
-    # audio at 13 tokens a second, no system turn on its card; talker and code2wav never loaded.
-    NativeModelSpec(
-        name="qwen3-omni", title="Qwen3-Omni",
+    # experts, 3 B active): Qwen2.5-Omni's processor API, card route and module layout, with
+    # DeepStack vision features, audio at 13 tokens a second, no system turn on its card; the
+    # talker and code2wav never loaded.
+    dataclasses.replace(
+        QWEN2_5_OMNI, name="qwen3-omni", title="Qwen3-Omni",
         model_types=("qwen3_omni_moe", "qwen3_omni_moe_thinker"),
         model_class="Qwen3OmniMoeThinkerForConditionalGeneration",
-        processor_class="Qwen3OmniMoeProcessor", layout="qwen-omni",
-        sampling=FrameSampling(), resampler="soxr", audio_in_video="interleave",
-        system=None, skip_prefixes=("talker.", "code2wav."),
-        tower_prefixes=("thinker.visual.", "thinker.audio_tower.", "visual.", "audio_tower."),
-        tower_modules={"vision": "model.visual", "audio": "model.audio_tower"},
-        text_modules=("model.language_model", "lm_head")),
+        processor_class="Qwen3OmniMoeProcessor", system=None,
+        skip_prefixes=("talker.", "code2wav.")),
 )
 
 BY_MODEL_TYPE: dict[str, NativeModelSpec] = {t: spec for spec in MODELS for t in spec.model_types}
