@@ -47,7 +47,8 @@ Runs, each in its own process, in this order, per model:
    ``card_answer``), or
    ``VideoLlavaProcessor`` + ``VideoLlavaForConditionalGeneration.from_pretrained(dir,
    dtype="auto")`` on 2 uniformly sampled frames; then ``generate(max_new_tokens=16,
-   do_sample=False)``. Load time = processor + model ``from_pretrained``.
+   do_sample=False)``. Load time = ``import torch, transformers`` + processor + model
+   ``from_pretrained`` (`vlm ask`'s ``timings.load`` covers its imports too).
 2. vlm, first: ``vlm ask CLIP "what is happening?" --model DIR --frames 2 --max-new-tokens 16
    --json`` with a fresh ``VLM_HOME`` (cold feature cache); load time = the answer's
    ``timings.load``. Otherwise default settings (no dtype or device option).
@@ -453,7 +454,10 @@ def make_clip(data: Path) -> Path:
 # --------------------------------------------------------------------------- reference runs
 
 def _reference(model: str, ckpt: str, clip: str) -> dict:
-    """transformers' own run (in the measured child process): load, decode, generate."""
+    """transformers' own run (in the measured child process): load, decode, generate. Load
+    time counts from before ``import torch``, as `vlm ask`'s ``timings.load`` does (its command
+    imports torch and transformers while loading)."""
+    t0 = time.perf_counter()
     import torch
     import transformers
 
@@ -461,7 +465,6 @@ def _reference(model: str, ckpt: str, clip: str) -> dict:
     torch.set_grad_enabled(False)
     from vlm_cli.media import load_video
 
-    t0 = time.perf_counter()
     if model == "qwen":
         from transformers import Qwen2_5OmniProcessor, Qwen2_5OmniThinkerForConditionalGeneration
 

@@ -443,7 +443,8 @@ class NativeModel(nn.Module):
             cache.crop(keep - cache.get_seq_length())  # transformers 5: minus tokens to drop
             row = torch.as_tensor(rows, device=self.device)
             kwargs, served = {"input_ids": row, "attention_mask": torch.ones_like(row)}, None
-            self.hf.model.rope_deltas = prefix.rope_deltas
+            if prefix.rope_deltas is not None:  # TMRoPE models: positions of later text
+                self.hf.model.rope_deltas = prefix.rope_deltas
         else:
             cache = DynamicCache(config=self.hf.config.text_config)
             kwargs, served = self.model_inputs(rows, media, "left")
@@ -479,7 +480,7 @@ class NativeModel(nn.Module):
         if prefix is not None:
             fed = sequences[0][0].tolist()[: cache.get_seq_length()]
             prefix.ids, prefix.cache = fed, cache
-            prefix.rope_deltas = self.hf.model.rope_deltas
+            prefix.rope_deltas = getattr(self.hf.model, "rope_deltas", None)
 
     def generate_batch(self, input_ids: Sequence[Sequence[int]], media: Sequence[Sequence[Any]],
                        *, max_new_tokens: int = 32) -> list[list[int]]:
