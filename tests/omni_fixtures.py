@@ -67,8 +67,10 @@ CORPUS = [
 ] * 20
 
 
-def _build_tokenizer(out_dir, target_vocab=400):
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers, trainers
+def byte_level_bpe(corpus, target_vocab):
+    """A Qwen-style byte-level BPE (NFC, Qwen's pre-tokenising regex) trained on ``corpus``,
+    without added tokens: the tiny Qwen2.5-Omni and Qwen3-Omni tokenizers start from it."""
+    from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers, trainers
     from tokenizers.models import BPE
 
     tok = Tokenizer(BPE(unk_token=None, continuing_subword_prefix="", end_of_word_suffix="", fuse_unk=False,
@@ -81,7 +83,14 @@ def _build_tokenizer(out_dir, target_vocab=400):
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=target_vocab, min_frequency=2, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=[])
-    tok.train_from_iterator(CORPUS, trainer=trainer)
+    tok.train_from_iterator(corpus, trainer=trainer)
+    return tok
+
+
+def _build_tokenizer(out_dir, target_vocab=400):
+    from tokenizers import AddedToken
+
+    tok = byte_level_bpe(CORPUS, target_vocab)
     base_vocab_size = tok.get_vocab_size()
     tok.add_special_tokens([AddedToken(t, special=s, normalized=False, lstrip=False, rstrip=False, single_word=False)
                             for t, s in SPECIAL_TOKENS if s])

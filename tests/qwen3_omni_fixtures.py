@@ -37,7 +37,7 @@ import os
 from pathlib import Path
 
 from omni_fixtures import CORPUS as _OMNI_CORPUS
-from omni_fixtures import PRETOKENIZE_REGEX
+from omni_fixtures import byte_level_bpe
 
 VARIANTS = ("instruct", "thinking", "captioner")
 REPO_IDS = {"instruct": "Qwen/Qwen3-Omni-30B-A3B-Instruct", "thinking": "Qwen/Qwen3-Omni-30B-A3B-Thinking",
@@ -204,20 +204,9 @@ def _build_tokenizer(out_dir: str, target_vocab: int = 400):
     """Byte-level BPE (Qwen2 pre-tokenizer) plus the added tokens in their real relative order, saved
     as the hub has them: ``vocab.json``, ``merges.txt``, ``tokenizer_config.json`` (added tokens,
     ``extra`` named tokens the processor reads). Returns ({token: id}, vocabulary length, Tokenizer)."""
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers, trainers
-    from tokenizers.models import BPE
+    from tokenizers import AddedToken
 
-    tok = Tokenizer(BPE(unk_token=None, continuing_subword_prefix="", end_of_word_suffix="", fuse_unk=False,
-                        byte_fallback=False))
-    tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=target_vocab, min_frequency=2, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), special_tokens=[])
-    tok.train_from_iterator(_CORPUS, trainer=trainer)
+    tok = byte_level_bpe(_CORPUS, target_vocab)
     base = tok.get_vocab_size()
     ids = {}
     for i, (content, special) in enumerate(SPECIAL_TOKENS):

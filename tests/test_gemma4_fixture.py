@@ -29,7 +29,7 @@ import torch
 
 from gemma4_fixtures import KINDS, MEDIA_TOKENS, MODEL_CLASSES, PROCESSOR_CLASSES, REPO_IDS, SPECIAL_TOKENS, \
     make_tiny_gemma4
-from media_factory import SHARED_MEDIA, write_png
+from media_factory import shared_sample, write_png
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),  # numpy 2, in transformers
@@ -39,13 +39,6 @@ pytestmark = [
 BOAT, SILENT, WAV = "boat.mp4", "output_v_3V9tzjyr51I.mp4", "dog_audio.wav"
 PROMPT = "What can you see and hear? Answer in one short sentence."
 CASES = ("video+sound", "silent video", "picture", "audio")
-
-
-def _sample(name: str) -> Path:
-    path = SHARED_MEDIA / name
-    if not path.is_file():
-        pytest.skip(f"missing sample {path}")
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -111,22 +104,22 @@ def models(tiny) -> dict:
 def picture(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from vlm_cli.media import load_video
 
-    frame = load_video(_sample(BOAT), num_frames=1).frames[0]
+    frame = load_video(shared_sample(BOAT), num_frames=1).frames[0]
     return write_png(tmp_path_factory.mktemp("png") / "boat.png", frame[:300, :400])
 
 
 def _messages(case: str, picture: Path | None = None) -> tuple[list[dict], dict]:
     """The card's messages for ``case`` and the extra ``apply_chat_template`` arguments."""
     if case == "video+sound":
-        content = [{"type": "video", "video": str(_sample(BOAT))}, {"type": "audio"}]
+        content = [{"type": "video", "video": str(shared_sample(BOAT))}, {"type": "audio"}]
         extra = {"load_audio_from_video": True}
     elif case == "silent video":
-        content, extra = [{"type": "video", "video": str(_sample(SILENT))}], {}
+        content, extra = [{"type": "video", "video": str(shared_sample(SILENT))}], {}
     elif case == "picture":
         content, extra = [{"type": "image", "url": str(picture)}], {}
     else:  # the card puts audio after the text
         return [{"role": "user", "content": [{"type": "text", "text": PROMPT},
-                                             {"type": "audio", "audio": str(_sample(WAV))}]}], {}
+                                             {"type": "audio", "audio": str(shared_sample(WAV))}]}], {}
     return [{"role": "user", "content": [*content, {"type": "text", "text": PROMPT}]}], extra
 
 
@@ -323,7 +316,7 @@ def test_clip_sound_without_explicit_audio_entry(card_env, processors, boat_refe
     """transformers 5.24 inserts the ``{"type": "audio"}`` entry after the video itself (with a warning);
     from 5.25 the messages must carry it, as :func:`_messages` does."""
     inputs = boat_reference("unified")[0]
-    messages = [{"role": "user", "content": [{"type": "video", "video": str(_sample(BOAT))},
+    messages = [{"role": "user", "content": [{"type": "video", "video": str(shared_sample(BOAT))},
                                              {"type": "text", "text": PROMPT}]}]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -357,7 +350,7 @@ def test_placeholders_from_counts(card_env, processors, boat_reference, kind: st
     # little longer than the header's 6.04 s)
     from transformers import processing_utils
 
-    samples = len(processing_utils.load_audio(str(_sample(BOAT)), sampling_rate=16000))
+    samples = len(processing_utils.load_audio(str(shared_sample(BOAT)), sampling_rate=16000))
     assert 96600 < samples < 97300
     sizes = processor._get_num_multimodal_tokens(video_sizes=[(32, 336, 592)], image_sizes=[(300, 400)],
                                                  audio_lengths=[samples])

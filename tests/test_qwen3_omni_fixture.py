@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from media_factory import SHARED_MEDIA, write_png
+from media_factory import shared_sample, write_png
 from qwen3_omni_fixtures import REPO_IDS, SPECIAL_TOKENS, VARIANTS, make_tiny_qwen3_omni
 
 qwen_omni_utils = pytest.importorskip("qwen_omni_utils")
@@ -36,13 +36,6 @@ pytestmark = [
 
 BOAT, SILENT, WAV = "boat.mp4", "output_v_3V9tzjyr51I.mp4", "dog_audio.wav"
 PROMPT = "What can you see and hear? Answer in one short sentence."
-
-
-def _sample(name: str) -> Path:
-    path = SHARED_MEDIA / name
-    if not path.is_file():
-        pytest.skip(f"missing sample {path}")
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +81,7 @@ def thinker(tiny):
 def picture(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from vlm_cli.media import load_video
 
-    frame = load_video(_sample(BOAT), num_frames=1).frames[0]
+    frame = load_video(shared_sample(BOAT), num_frames=1).frames[0]
     return write_png(tmp_path_factory.mktemp("png") / "boat.png", frame[:300, :400])
 
 
@@ -137,7 +130,7 @@ def _greedy(model, inputs, use_audio_in_video: bool, **extra) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def boat_reference(card_env, processor, thinker) -> tuple:
     """The card's inputs and greedy tokens for boat.mp4 with its sound."""
-    inputs, audios, images, videos = _card_inputs(processor, _conversation("video", _sample(BOAT)), True)
+    inputs, audios, images, videos = _card_inputs(processor, _conversation("video", shared_sample(BOAT)), True)
     inputs = inputs.to(thinker.device).to(thinker.dtype)
     return inputs, audios, images, videos, _greedy(thinker, inputs, True)
 
@@ -250,9 +243,9 @@ def test_card_pipeline_generates(case: str, card_env, processor, thinker, pictur
         use_audio_in_video = True
     else:
         kind, path, use_audio_in_video = {
-            "silent video": ("video", _sample(SILENT), False),  # process_mm_info refuses use_audio_in_video
+            "silent video": ("video", shared_sample(SILENT), False),  # process_mm_info refuses use_audio_in_video
             "picture": ("image", picture, True),
-            "audio": ("audio", _sample(WAV), True),
+            "audio": ("audio", shared_sample(WAV), True),
         }[case]
         inputs, audios, images, videos = _card_inputs(processor, _conversation(kind, path), use_audio_in_video)
         inputs = inputs.to(thinker.device).to(thinker.dtype)
@@ -288,7 +281,7 @@ def test_card_pipeline_generates(case: str, card_env, processor, thinker, pictur
 def test_card_call_needs_audio_from_video_indices(card_env, processor) -> None:
     """transformers 5.24: ``use_audio_in_video=True`` (deprecated for ``load_audio_from_video``) with the
     audio list from ``process_mm_info`` fails unless each audio slot names its video."""
-    conversation = _conversation("video", _sample(BOAT))
+    conversation = _conversation("video", shared_sample(BOAT))
     text = processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
     audios, images, videos = _mm_info(conversation, True)
     with pytest.raises(ValueError, match="audio"):
@@ -369,7 +362,7 @@ def test_precomputed_video_features_and_audio_override(processor, thinker, boat_
 def test_continuation_with_cache_uses_rope_deltas(card_env, processor, thinker) -> None:
     """A second turn on a kept KV cache: generate takes its 3D positions from ``model.rope_deltas``
     (float; set by the prefill), which must be the conversation's own."""
-    conversation = _conversation("video", _sample(BOAT))
+    conversation = _conversation("video", shared_sample(BOAT))
     text = processor.apply_chat_template(conversation, add_generation_prompt=True, tokenize=False)
     text += "A boat.<|im_end|>\n<|im_start|>user\nAnd then?<|im_end|>\n<|im_start|>assistant\n"
     audios, _, videos = _mm_info(conversation, True)
