@@ -12,3 +12,15 @@ sys.path.insert(0, str(Path(__file__).parent))
 from vlm_cli.runtime import quiet_third_party  # noqa: E402
 
 quiet_third_party()
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def omni_utils(tmp_path_factory):
+    """qwen-omni-utils as the model cards run it here (:func:`omni_fixtures.card_pipeline`)."""
+    from omni_fixtures import card_pipeline
+
+    with card_pipeline(tmp_path_factory.mktemp("ffmpeg-bin")) as package:
+        yield package

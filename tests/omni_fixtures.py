@@ -385,6 +385,19 @@ def card_pipeline(bin_dir: str | os.PathLike):
         yield qwen_omni_utils
 
 
+def load_reference(checkpoint, processor_class: str, model_class: str):
+    """``(processor, thinker)`` of a tiny checkpoint through transformers' own classes (by name),
+    the thinker in fp32 and eval mode: the model card's side of the omni tests."""
+    import torch
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    processor = getattr(transformers, processor_class).from_pretrained(checkpoint)
+    thinker = getattr(transformers, model_class).from_pretrained(
+        checkpoint, dtype=torch.float32).eval()
+    return processor, thinker
+
+
 def card_answer(reference, omni_utils, path, kind: str, *, system: str | None, question: str,
                 new_tokens: int, fps: float | None = None, max_frames: int | None = None,
                 audio: bool = True) -> list[int]:

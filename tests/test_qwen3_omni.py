@@ -18,7 +18,7 @@ import torch
 
 from media_factory import SHARED_MEDIA, moving_frames, write_png
 from micro import run_in_home, vlm_home
-from omni_fixtures import card_answer, card_pipeline
+from omni_fixtures import card_answer, load_reference
 from qwen3_omni_fixtures import make_tiny_qwen3_omni
 
 VLM = str(Path(sys.executable).with_name("vlm"))
@@ -36,20 +36,7 @@ def checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def reference(checkpoint):
-    import transformers
-    from transformers import Qwen3OmniMoeProcessor, Qwen3OmniMoeThinkerForConditionalGeneration
-
-    transformers.logging.set_verbosity_error()
-    processor = Qwen3OmniMoeProcessor.from_pretrained(checkpoint)
-    thinker = Qwen3OmniMoeThinkerForConditionalGeneration.from_pretrained(
-        checkpoint, dtype=torch.float32).eval()
-    return processor, thinker
-
-
-@pytest.fixture(scope="module")
-def omni_utils(tmp_path_factory):
-    with card_pipeline(tmp_path_factory.mktemp("ffmpeg-bin")) as package:
-        yield package
+    return load_reference(checkpoint, "Qwen3OmniMoeProcessor", "Qwen3OmniMoeThinkerForConditionalGeneration")
 
 
 def expected(reference, omni_utils, path: Path, kind: str, **kwargs) -> list[int]:

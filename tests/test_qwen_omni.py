@@ -20,7 +20,7 @@ import torch
 from media_factory import SHARED_MEDIA, moving_frames, write_png
 from micro import run_in_home, vlm_home
 from omni_fixtures import card_answer as omni_card_answer
-from omni_fixtures import card_pipeline, make_tiny_qwen_omni
+from omni_fixtures import load_reference, make_tiny_qwen_omni
 
 VLM = str(Path(sys.executable).with_name("vlm"))
 QUESTION = "What sound is playing?"
@@ -37,21 +37,7 @@ def checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def reference(checkpoint):
-    import transformers
-    from transformers import Qwen2_5OmniProcessor, Qwen2_5OmniThinkerForConditionalGeneration
-
-    transformers.logging.set_verbosity_error()
-    processor = Qwen2_5OmniProcessor.from_pretrained(checkpoint)
-    thinker = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(
-        checkpoint, dtype=torch.float32).eval()
-    return processor, thinker
-
-
-@pytest.fixture(scope="module")
-def omni_utils(tmp_path_factory):
-    """qwen-omni-utils as the model card runs it here (:func:`omni_fixtures.card_pipeline`)."""
-    with card_pipeline(tmp_path_factory.mktemp("ffmpeg-bin")) as package:
-        yield package
+    return load_reference(checkpoint, "Qwen2_5OmniProcessor", "Qwen2_5OmniThinkerForConditionalGeneration")
 
 
 def card_answer(reference, omni_utils, path: Path, kind: str, **kwargs) -> list[int]:
