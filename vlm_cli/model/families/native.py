@@ -36,11 +36,8 @@ from torch import nn
 
 from vlm_cli.errors import DataError, MediaError, UsageError, VlmError
 from vlm_cli.model.families import EncoderSource, Loaded, read_config
-from vlm_cli.model.families.native_table import MODELS, NativeModelSpec, spec_for
+from vlm_cli.model.families.native_table import NativeModelSpec, spec_for
 
-#: Family names this module serves (``Loaded.family``), for help and error texts.
-NAMES = tuple(spec.name for spec in MODELS)
-TITLES = tuple(spec.title for spec in MODELS)
 #: Prompt tokens besides the media (system turn, question, turn markers): the context check's
 #: margin.
 TEXT_MARGIN = 256
@@ -309,8 +306,6 @@ class NativeModel(nn.Module):
         per grid, ``feature_attention_mask [A, M]`` (audio lengths for the rope index),
         ``use_audio_in_video``; and the audio outputs ``[sum N, H]`` to serve
         (:func:`serving_audio`), or None."""
-        from transformers.modeling_outputs import BaseModelOutputWithPooling
-
         device = self.device
         pad = self.tokenizer.pad_token_id
         pad = pad if pad is not None else self.tokenizer.eos_token_id
