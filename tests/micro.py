@@ -115,3 +115,13 @@ def trained_run(tmp_path_factory, name: str, recipe_yaml: str, *, clips: int, se
                                             str(root / "run")])
     assert code == 0, "the micro stage-1 run failed"
     return root
+
+
+#: The micro recipe the training tests run (a Q-Former video connector; stage 1, stage 2 LoRA).
+TRAIN_RECIPE = micro_recipe(
+    video_connector="{type: qformer, num_query_tokens: 4, hidden_size: 32, num_layers: 1, "
+                    "num_heads: 2, dropout: 0.0}",
+    train="""  stage1: {freeze: [vision, audio], lr: 1.0e-3, batch_size: 4, max_steps: 6,
+           max_length: 128, log_every: 1, warmup_ratio: 0.2}
+  stage2: {freeze: [vision, audio, llm], lora: {rank: 4, alpha: 8.0, dropout: 0.0}, lr: 1.0e-3,
+           batch_size: 4, max_steps: 4, max_length: 128, log_every: 1}""")

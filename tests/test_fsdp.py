@@ -18,19 +18,13 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from micro import KILL_AT_STEP, micro_recipe, micro_world, run_in_home
+from micro import KILL_AT_STEP, TRAIN_RECIPE, micro_world, run_in_home
 from vlm_cli.errors import UsageError, VlmError
 
 FSDP2 = str(Path(__file__).resolve().parents[1] / "recipes" / "accelerate" / "fsdp2.yaml")
 LAUNCH = [sys.executable, "-m", "accelerate.commands.launch"]
 
-MICRO = micro_recipe(
-    video_connector="{type: qformer, num_query_tokens: 4, hidden_size: 32, num_layers: 1, "
-                    "num_heads: 2, dropout: 0.0}",
-    train="""  stage1: {freeze: [vision, audio], lr: 1.0e-3, batch_size: 4, max_steps: 6,
-           max_length: 128, log_every: 1, warmup_ratio: 0.2}
-  stage2: {freeze: [vision, audio, llm], lora: {rank: 4, alpha: 8.0, dropout: 0.0}, lr: 1.0e-3,
-           batch_size: 4, max_steps: 4, max_length: 128, log_every: 1}""")
+MICRO = TRAIN_RECIPE
 
 
 # --- helpers ---------------------------------------------------------------------------------

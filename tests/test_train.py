@@ -10,19 +10,13 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from micro import micro_recipe, micro_world, run_in_home, run_killed_at
+from micro import TRAIN_RECIPE, micro_world, run_in_home, run_killed_at
 from vlm_cli.cli import run
 
 VLM = str(Path(sys.executable).with_name("vlm"))
 ACCELERATE = [sys.executable, "-m", "accelerate.commands.launch"]  # also where no script is
 
-MICRO = micro_recipe(
-    video_connector="{type: qformer, num_query_tokens: 4, hidden_size: 32, num_layers: 1, "
-                    "num_heads: 2, dropout: 0.0}",
-    train="""  stage1: {freeze: [vision, audio], lr: 1.0e-3, batch_size: 4, max_steps: 6,
-           max_length: 128, log_every: 1, warmup_ratio: 0.2}
-  stage2: {freeze: [vision, audio, llm], lora: {rank: 4, alpha: 8.0, dropout: 0.0}, lr: 1.0e-3,
-           batch_size: 4, max_steps: 4, max_length: 128, log_every: 1}""")
+MICRO = TRAIN_RECIPE
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""The identity of local weights by the tensors a frozen encoder uses (`hub.tensors_digest`):
+"""The identity of local weights by the tensors a frozen encoder uses (`weights.tensors_digest`):
 tiny safetensors checkpoints written here, sharded with an index and single-file."""
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from safetensors.torch import save_file
 
 from vlm_cli.cache import FeatureCache
 from vlm_cli.errors import VlmError
-from vlm_cli.hub import resolve_pretrained, tensors_digest
+from vlm_cli.hub import resolve_pretrained
+from vlm_cli.weights import tensors_digest
 
 TOWERS = ("thinker.visual.", "thinker.audio_tower.")
 

@@ -186,7 +186,7 @@ class Pipeline:
         if isinstance(dtype, str):
             stored_bytes, stored = (0, None)
             if dtype == "auto" and device.startswith("cpu"):
-                from vlm_cli.hub import stored_weights
+                from vlm_cli.weights import stored_weights
 
                 stored_bytes, stored = stored_weights(directory, skipped_weights(directory))
             dtype = choose_dtype(dtype, device, stored_bytes=stored_bytes, stored=stored)

@@ -108,7 +108,7 @@ def choose_dtype(name: str, device: str, *, stored_bytes: int = 0,
     stderr): the only one that fits.
 
     Args:
-        stored_bytes: the weights' size as stored (:func:`vlm_cli.hub.stored_weights`).
+        stored_bytes: the weights' size as stored (:func:`vlm_cli.weights.stored_weights`).
         stored: their safetensors dtype name (``BF16``, ``F32``, ...), or None.
 
     Returns:

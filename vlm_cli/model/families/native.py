@@ -381,11 +381,8 @@ class NativeModel(nn.Module):
         from vlm_cli.model.chat import IGNORE_INDEX
         from vlm_cli.model.vlm import next_token_loss
 
-        groups: dict[tuple, list[int]] = {}
-        for i, m in enumerate(media):
-            groups.setdefault(_layout_key(m), []).append(i)
         total, count = None, None
-        for members in groups.values():
+        for members in _by_layout(media):
             rows, label_rows = zip(*(self.expand(input_ids[i], media[i], labels[i])
                                      for i in members))
             kwargs, served = self.model_inputs(rows, [media[i] for i in members], "right")
@@ -484,11 +481,8 @@ class NativeModel(nn.Module):
         videos without), the same tokens as one by one."""
         from vlm_cli.model.vlm import collect
 
-        groups: dict[tuple, list[int]] = {}
-        for i, m in enumerate(media):
-            groups.setdefault(_layout_key(m), []).append(i)
         answers: list[list[int]] = [[] for _ in input_ids]
-        for members in groups.values():
+        for members in _by_layout(media):
             got = collect(self.stream([input_ids[i] for i in members], [media[i] for i in members],
                                       max_new_tokens=max_new_tokens), len(members), None)
             for i, ids in zip(members, got):
@@ -557,6 +551,15 @@ class NativeModel(nn.Module):
 def _layout_key(media: Sequence[Any]) -> tuple:
     """What must agree between rows generated in one call: whether videos carry audio."""
     return tuple(sorted({media_kind_of(m) == "video" and m.audio is not None for m in media}))
+
+
+def _by_layout(media: Sequence[Sequence[Any]]) -> list[list[int]]:
+    """Indices of the rows, grouped by :func:`_layout_key` (first-seen order): the rows one
+    call of the model can take together."""
+    groups: dict[tuple, list[int]] = {}
+    for i, m in enumerate(media):
+        groups.setdefault(_layout_key(m), []).append(i)
+    return list(groups.values())
 
 
 def _header_frame_count(info: Any, fps: float, max_frames: int, sampling: Any) -> int:
