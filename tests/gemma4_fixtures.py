@@ -470,3 +470,82 @@ def make_tiny_gemma4(out_dir: str | os.PathLike, seed: int = 0, kind: str = "uni
     (out / "chat_template.jinja").write_text(CHAT_TEMPLATES[kind])
     (out / "README.md").write_text(_readme(kind))
     return out
+
+
+# ------------------------------------------------------------------------------------------
+# The model card's usage (see tests/test_gemma4_fixture.py's notes)
+
+
+def pyav_sound(path: str, sampling_rate: int):
+    """What torchcodec's ``AudioDecoder(path, sample_rate=..., num_channels=1).get_all_samples()``
+    returns: the whole first audio stream, FFmpeg-resampled to ``sampling_rate`` Hz mono float32."""
+    import av
+    import numpy as np
+
+    out = []
+    with av.open(str(path)) as container:
+        resampler = av.AudioResampler(format="fltp", layout="mono", rate=sampling_rate)
+        for frame in container.decode(audio=0):
+            out += [f.to_ndarray()[0] for f in resampler.resample(frame)]
+        out += [f.to_ndarray()[0] for f in resampler.resample(None)]
+    return np.concatenate(out).astype(np.float32)
+
+
+def card_decoders(monkeypatch) -> str:
+    """The card's decoders: torchcodec when it is usable (returns ``"torchcodec"``), else PyAV in
+    its place (``"pyav"``: transformers' own PyAV frame reader, FFmpeg's resampler through PyAV),
+    patched with ``monkeypatch``."""
+    import numpy as np
+    from transformers import processing_utils, video_processing_utils
+    from transformers.utils import is_torchcodec_usable
+    from transformers.video_utils import load_video
+
+    if is_torchcodec_usable(decode="video") and is_torchcodec_usable(decode="audio"):
+        return "torchcodec"
+
+    def load_audio(audio, sampling_rate=16000, timeout=None, backend="auto"):
+        return audio if isinstance(audio, np.ndarray) else pyav_sound(audio, sampling_rate)
+
+    def fetch_videos(self, video_url_or_urls, sample_indices_fn=None):
+        if isinstance(video_url_or_urls, list):
+            return list(zip(*[fetch_videos(self, x, sample_indices_fn) for x in video_url_or_urls]))
+        return load_video(video_url_or_urls, backend="pyav", sample_indices_fn=sample_indices_fn)
+
+    monkeypatch.setattr(processing_utils, "load_audio", load_audio)
+    monkeypatch.setattr(video_processing_utils.VideoProcessorMixin, "fetch_videos", fetch_videos)
+    return "pyav"
+
+
+def card_messages(kind: str, path, prompt: str, sound: bool = True) -> tuple[list[dict], dict]:
+    """The card's messages for a ``video`` (with its own track when ``sound``: an empty audio
+    entry after it and ``load_audio_from_video``), an ``image`` or an ``audio`` file (after the
+    text, as the card), and the extra ``apply_chat_template`` arguments."""
+    if kind == "audio":
+        return [{"role": "user", "content": [{"type": "text", "text": prompt},
+                                             {"type": "audio", "audio": str(path)}]}], {}
+    if kind == "image":
+        content, extra = [{"type": "image", "url": str(path)}], {}
+    elif sound:
+        content = [{"type": "video", "video": str(path)}, {"type": "audio"}]
+        extra = {"load_audio_from_video": True}
+    else:
+        content, extra = [{"type": "video", "video": str(path)}], {}
+    return [{"role": "user", "content": [*content, {"type": "text", "text": prompt}]}], extra
+
+
+def card_answer(processor, model, kind: str, path, prompt: str, *, new_tokens: int,
+                sound: bool = True) -> list[int]:
+    """The card's greedy answer (``apply_chat_template(..., tokenize=True, return_dict=True)``,
+    ``generate(do_sample=False)``), new ids without the end-of-turn token."""
+    import torch
+
+    messages, extra = card_messages(kind, path, prompt, sound)
+    inputs = processor.apply_chat_template(messages, tokenize=True, return_dict=True,
+                                           return_tensors="pt", add_generation_prompt=True, **extra)
+    n = inputs["input_ids"].shape[1]
+    with torch.no_grad():
+        out = model.generate(**inputs.to(model.device), do_sample=False, max_new_tokens=new_tokens)
+    eos = model.generation_config.eos_token_id
+    eos = set(eos if isinstance(eos, (list, tuple)) else [eos])
+    ids = out[0, n:].tolist()
+    return ids[:next((i for i, t in enumerate(ids) if t in eos), len(ids))]

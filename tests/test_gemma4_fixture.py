@@ -28,7 +28,7 @@ import pytest
 import torch
 
 from gemma4_fixtures import KINDS, MEDIA_TOKENS, MODEL_CLASSES, PROCESSOR_CLASSES, REPO_IDS, SPECIAL_TOKENS, \
-    make_tiny_gemma4
+    card_decoders, make_tiny_gemma4
 from media_factory import shared_sample, write_png
 
 pytestmark = [
@@ -47,43 +47,11 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {kind: make_tiny_gemma4(root / kind, seed=0, kind=kind) for kind in KINDS}
 
 
-def _pyav_sound(path: str, sampling_rate: int) -> np.ndarray:
-    """What torchcodec's ``AudioDecoder(path, sample_rate=..., num_channels=1).get_all_samples()`` returns:
-    the whole first audio stream, FFmpeg-resampled to ``sampling_rate`` Hz mono float32."""
-    import av
-
-    out = []
-    with av.open(str(path)) as container:
-        resampler = av.AudioResampler(format="fltp", layout="mono", rate=sampling_rate)
-        for frame in container.decode(audio=0):
-            out += [f.to_ndarray()[0] for f in resampler.resample(frame)]
-        out += [f.to_ndarray()[0] for f in resampler.resample(None)]
-    return np.concatenate(out).astype(np.float32)
-
-
 @pytest.fixture(scope="module")
 def card_env():
-    """The card's decoders: torchcodec when it is usable, else PyAV in its place (see the module notes)."""
-    from transformers import processing_utils, video_processing_utils
-    from transformers.utils import is_torchcodec_usable
-    from transformers.video_utils import load_video
-
-    if is_torchcodec_usable(decode="video") and is_torchcodec_usable(decode="audio"):
-        yield "torchcodec"
-        return
-
-    def load_audio(audio, sampling_rate=16000, timeout=None, backend="auto"):
-        return audio if isinstance(audio, np.ndarray) else _pyav_sound(audio, sampling_rate)
-
-    def fetch_videos(self, video_url_or_urls, sample_indices_fn=None):
-        if isinstance(video_url_or_urls, list):
-            return list(zip(*[fetch_videos(self, x, sample_indices_fn) for x in video_url_or_urls]))
-        return load_video(video_url_or_urls, backend="pyav", sample_indices_fn=sample_indices_fn)
-
+    """The card's decoders (torchcodec, else PyAV in its place: :func:`card_decoders`)."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(processing_utils, "load_audio", load_audio)
-        mp.setattr(video_processing_utils.VideoProcessorMixin, "fetch_videos", fetch_videos)
-        yield "pyav"
+        yield card_decoders(mp)
 
 
 @pytest.fixture(scope="module")

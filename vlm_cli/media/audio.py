@@ -101,7 +101,8 @@ class AudioClips:
 
 def load_audio(path: str | os.PathLike[str], *,
                mix: Literal["mean", "channels"] = "mean",
-               resampler: Literal["torchaudio", "soxr"] = "torchaudio") -> AudioTrack | NoAudio:
+               resampler: Literal["torchaudio", "soxr", "ffmpeg"] = "torchaudio",
+               ) -> AudioTrack | NoAudio:
     """Decode the first audio stream of ``path`` to a mono 16 kHz waveform.
 
     Works on videos (mp4 with AAC or MP3, mkv, ...) and audio-only files (wav, mp3, flac, ...).
@@ -129,11 +130,18 @@ def load_audio(path: str | os.PathLike[str], *,
     reads itself (24-bit or float wav, flac) keep their precision in librosa, so there the two
     differ by at most half a 16-bit step (``2 ** -16``) before resampling.
 
+    ``resampler="ffmpeg"`` gives what transformers' ``load_audio`` gives through torchcodec
+    (``AudioDecoder(path, sample_rate=16000, num_channels=1).get_all_samples()``, which Gemma
+    4's processors read every audio with, a clip's own track included): FFmpeg's libswresample
+    converts the decoded float samples to mono 16 kHz (its default downmix matrix and
+    resampling filter), through PyAV; within float rounding (2.4e-7) of torchcodec's samples
+    on the shared clips.
+
     Args:
         path: a video or audio file.
         mix: ``"mean"`` (mono) or ``"channels"`` (``[C, S]``, each channel resampled).
-        resampler: ``"torchaudio"`` (windowed sinc, float samples as decoded) or ``"soxr"``
-            (Qwen2.5-Omni's reference, above).
+        resampler: ``"torchaudio"`` (windowed sinc, float samples as decoded), ``"soxr"``
+            (Qwen2.5-Omni's reference, above) or ``"ffmpeg"`` (libswresample, mono only).
 
     Returns:
         :class:`AudioTrack` (``waveform [S] float32`` at 16 kHz) or :class:`NoAudio`.
@@ -142,13 +150,17 @@ def load_audio(path: str | os.PathLike[str], *,
         MediaError: missing, zero-byte or non-media file, or an audio stream with no sample
             that decodes.
     """
-    if resampler not in ("torchaudio", "soxr"):
-        raise ValueError(f"resampler must be 'torchaudio' or 'soxr', got {resampler!r}")
+    if resampler not in ("torchaudio", "soxr", "ffmpeg"):
+        raise ValueError(f"resampler must be 'torchaudio', 'soxr' or 'ffmpeg', got {resampler!r}")
+    if resampler == "ffmpeg" and mix != "mean":
+        raise ValueError("the ffmpeg resampler gives mono only (mix='mean')")
     as_s16 = resampler == "soxr"
     with open_container(path) as container:
         if not container.streams.audio:
             return NoAudio(path=str(path))
         stream = container.streams.audio[0]
+        swr = av.AudioResampler(format="fltp", layout="mono", rate=SAMPLE_RATE) \
+            if resampler == "ffmpeg" else None
         source_rate = int(stream.codec_context.sample_rate or 0)
         source_channels = int(stream.codec_context.layout.nb_channels or 0)
         chunks: list[np.ndarray] = []
@@ -159,6 +171,9 @@ def load_audio(path: str | os.PathLike[str], *,
                 for frame in packet.decode():
                     if not source_rate:
                         source_rate = int(frame.sample_rate)
+                    if swr is not None:
+                        chunks += [f.to_ndarray()[0] for f in swr.resample(frame)]
+                        continue
                     chunk = _frame_to_mono(frame, mix, as_s16=as_s16)
                     if end is not None and frame.pts is not None:
                         past = (end - frame.pts) * stream.time_base * frame.sample_rate
@@ -166,6 +181,8 @@ def load_audio(path: str | os.PathLike[str], *,
                     chunks.append(chunk)
         except av.FFmpegError as exc:  # truncated / damaged: keep what decoded so far
             failure = exc
+        if swr is not None and chunks:
+            chunks += [f.to_ndarray()[0] for f in swr.resample(None)]  # the filter's tail
     if failure is not None:
         if not chunks:
             raise MediaError(path, f"audio cannot be decoded ({describe_error(failure)})")
@@ -177,6 +194,8 @@ def load_audio(path: str | os.PathLike[str], *,
         raise MediaError(path, "audio track has no sample rate")
     if as_s16:
         waveform = torch.from_numpy(_soxr_resample(mono, source_rate, SAMPLE_RATE))
+    elif swr is not None:
+        waveform = torch.from_numpy(mono.astype(np.float32, copy=False))
     else:
         waveform = torch.from_numpy(mono)
         if source_rate != SAMPLE_RATE:
@@ -548,6 +567,22 @@ def audio_track_log_mel(track: AudioTrack | NoAudio, *, processor: str) -> Audio
                       starts=np.zeros(1))
 
 
+def audio_track_waveform(track: AudioTrack | NoAudio) -> AudioClips:
+    """The whole track as it is, for a model whose processor computes its own features from
+    the samples (Gemma 4: its feature extractor runs with its tower).
+
+    Returns:
+        :class:`AudioClips` with ``spectrogram [1, S] float32`` (the 16 kHz samples) and
+        ``starts`` ``[0.0]``.
+
+    Raises:
+        MediaError: ``track`` is :class:`NoAudio`.
+    """
+    if isinstance(track, NoAudio):
+        raise MediaError(track.path, track.reason)
+    return AudioClips(spectrogram=track.waveform.reshape(1, -1), starts=np.zeros(1))
+
+
 def imagebind_clip_fbanks(
     track: AudioTrack | NoAudio,
     *,
@@ -597,4 +632,5 @@ def imagebind_clip_fbanks(
 #: :class:`AudioTrack` and its keyword arguments and returns :class:`AudioClips`. Families name
 #: theirs in their encoders' decode settings; the feature store looks them up here.
 AUDIO_FRONTENDS = {"kaldi_fbank": audio_clip_fbanks, "whisper_log_mel": audio_clip_log_mels,
-                   "whisper_track": audio_track_log_mel, "imagebind_fbank": imagebind_clip_fbanks}
+                   "whisper_track": audio_track_log_mel, "imagebind_fbank": imagebind_clip_fbanks,
+                   "waveform": audio_track_waveform}

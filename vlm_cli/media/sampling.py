@@ -6,7 +6,9 @@
   Video-LLaMA (``np.arange(0, total, total / num_frames)``);
 - :func:`fps_frame_indices`: a fixed rate in frames per second of video time, with a cap;
 - :func:`qwen_frame_indices`: Qwen2-VL / Qwen2.5-Omni's (qwen-vl-utils' ``smart_nframes``: an
-  even frame count from the clip's average rate, spread with ``linspace(...).round()``).
+  even frame count from the clip's average rate, spread with ``linspace(...).round()``);
+- :func:`transformers_frame_indices`: transformers' default (``arange(n) * total // n``), which
+  Gemma 4's processors use.
 
 No decoding here, so the rules are testable on timestamp arrays alone; numpy only, except
 :func:`qwen_frame_indices` (torch's float32 ``linspace``, imported when it is called).
@@ -208,3 +210,43 @@ def qwen_frame_indices(
 
     indices = torch.linspace(0, total_frames - 1, n).round().to(torch.int64).numpy()
     return indices, n / total_frames * video_fps
+
+
+def transformers_frame_indices(total_frames: int, video_fps: float, *,
+                               num_frames: int | None = 32, fps: float | None = None,
+                               max_frames: int | None = None) -> np.ndarray:
+    """transformers' default frame sampling (``video_utils.default_sample_indices_fn``, which
+    Gemma 4's video processors run with their ``num_frames`` of 32): ``arange(n) * total // n``
+    (integer floor), the first frame always taken, never the same frame twice.
+
+    ``n`` is ``num_frames``; with ``fps`` instead (``num_frames=None``: transformers' rule for a
+    rate, ``max(1, int(total / video_fps * fps))``), capped at ``max_frames``.
+
+    Args:
+        total_frames: frames the clip really has (>= 1). video_fps: its average rate, Hz.
+        num_frames: frames to take, or None with ``fps``. fps: frames per second of video time.
+        max_frames: cap of the ``fps`` count.
+
+    Returns:
+        ``[n] int64`` increasing indices in ``[0, total_frames - 1]``.
+
+    Raises:
+        ValueError: both or neither of ``num_frames`` and ``fps``; ``n`` above ``total_frames``
+            (transformers refuses it too: "the requested number of frames exceeds ...").
+    """
+    total_frames = int(total_frames)
+    if (num_frames is None) == (fps is None):
+        raise ValueError("give exactly one of num_frames and fps (pass num_frames=None with fps)")
+    if total_frames < 1:
+        raise ValueError(f"total_frames must be >= 1, got {total_frames}")
+    if num_frames is None:
+        if not (math.isfinite(float(video_fps)) and float(video_fps) > 0):
+            raise ValueError(f"video_fps must be > 0 to sample by rate, got {video_fps}")
+        num_frames = max(1, int(total_frames / float(video_fps) * float(fps)))
+        if max_frames is not None:
+            num_frames = min(num_frames, int(max_frames))
+    num_frames = int(num_frames)
+    if not 1 <= num_frames <= total_frames:
+        raise ValueError(f"{num_frames} frames requested but the clip has {total_frames}: "
+                         "pass a lower --frames")
+    return np.arange(num_frames, dtype=np.int64) * total_frames // num_frames

@@ -8,7 +8,10 @@ Frame sampling follows the two model families this toolkit builds:
 - sampling at a fixed rate (``fps`` frames per second of video time) with an optional cap, see
   :func:`fps_frame_indices`;
 - Qwen2-VL / Qwen2.5-Omni's reference sampling (qwen-vl-utils, ``sampling="qwen"``): an even
-  frame count from the average frame rate, see :func:`qwen_frame_indices`.
+  frame count from the average frame rate, see :func:`qwen_frame_indices`;
+- transformers' default sampling (``sampling="transformers"``, what Gemma 4's processors run
+  on frames torchcodec decodes): ``arange(n) * total // n``, see
+  :func:`transformers_frame_indices`.
 
 Decoding seeks: only the selected frames are decoded, each from the key frame before it. At the
 decoded size the seeking decoder is PyAV's (:func:`_load_by_seeking`), which also skips the
@@ -37,7 +40,8 @@ import numpy as np
 from vlm_cli.errors import MediaError
 from vlm_cli.media.kinds import IMAGE_EXTENSIONS
 from vlm_cli.media.sampling import (fps_frame_indices, qwen_frame_indices,
-                                    sample_frame_indices, segment_start_indices)
+                                    sample_frame_indices, segment_start_indices,
+                                    transformers_frame_indices)
 from vlm_cli.media.probe import (
     check_media_path,
     describe_error,
@@ -48,7 +52,8 @@ from vlm_cli.media.probe import (
 log = logging.getLogger(__name__)
 
 Decoder = Literal["pyav-seek", "decord", "pyav", "image"]
-Sampling = Literal["uniform", "segment_start", "qwen"]
+Sampling = Literal["uniform", "segment_start", "qwen", "transformers"]
+SAMPLINGS = ("uniform", "segment_start", "qwen", "transformers")
 #: Chooses the frames to decode: ``(timestamps [N] s, end s, average fps) -> indices``.
 Selector = Callable[[np.ndarray, float, float], np.ndarray]
 
@@ -60,7 +65,9 @@ class VideoFrames:
     Attributes:
         frames: ``[T, H, W, 3] uint8`` RGB, in presentation order (``T`` = frames taken).
         timestamps: ``[T] float64`` seconds: presentation time of each frame taken, measured
-            from the first frame of the video stream (the first frame is at 0.0).
+            from the first frame of the video stream (the first frame is at 0.0); with
+            ``sampling="transformers"``, the reference's times instead (transformers'
+            ``VideoMetadata.timestamps``: frame index / ``sample_fps``).
         decoder: ``"pyav-seek"`` (:func:`_load_by_seeking`), ``"decord"`` (scaled in the
             decoder, or the index could not be used for seeking), ``"pyav"`` (every frame
             decoded in order: decord could not read the file either) or ``"image"``.
@@ -72,7 +79,9 @@ class VideoFrames:
         fps: average frame rate in Hz (frames per second); 0.0 for images.
         sample_fps: with ``sampling="qwen"``, the rate the taken frames stand for
             (qwen-vl-utils' ``sample_fps = T / num_decodable * fps``, which Qwen's processor
-            turns into seconds per temporal patch); None for other samplings and images.
+            turns into seconds per temporal patch); with ``sampling="transformers"``, the
+            clip's average rate as torchcodec measures it in a scan (``num_decodable /
+            duration``); None for other samplings and images.
     """
 
     frames: np.ndarray
@@ -115,6 +124,12 @@ def load_video(
       ``num_frames`` (its ``nframes``). ``T`` is even; ``VideoFrames.sample_fps`` carries the
       reference's ``sample_fps``. The frames are decord's ``get_batch(indices)``, bit for bit,
       as for every sampling here.
+    - ``sampling="transformers"``: transformers' ``default_sample_indices_fn`` as Gemma 4's
+      processors run it on torchcodec's frames (:func:`transformers_frame_indices`:
+      ``num_frames``, or ``fps`` capped by ``max_frames``) over all decodable frames at the
+      scanned average rate (``sample_fps``); ``timestamps`` are index / rate, as the reference
+      writes them into the prompt. A picture is read as transformers' ``load_image`` reads it
+      (PIL, EXIF orientation applied, RGB), at its own size.
 
     Decoding: the frame index comes from the packets demuxed, never from the header. Without
     ``size``, PyAV seeks to the key frame before each selected frame and decodes from there,
@@ -138,7 +153,8 @@ def load_video(
         num_frames: frames to take uniformly (>= 1), or ``None`` when sampling by ``fps``.
         fps: sampling rate in Hz (> 0), or ``None``.
         max_frames: cap for ``fps`` sampling (>= 1); not allowed with ``num_frames``.
-        sampling: ``uniform`` or ``segment_start`` (for ``num_frames``), or ``qwen`` (either).
+        sampling: ``uniform`` or ``segment_start`` (for ``num_frames``), or ``qwen`` or
+            ``transformers`` (either).
         size: ``(height, width)`` px to scale every frame to in the decoder (aspect ratio not
             kept), as Video-LLaMA's ``VideoReader(uri, height=224, width=224)``: decord's (and
             PyAV's) libswscale; a still image is resized with PIL's bicubic filter, as BLIP-2's
@@ -151,20 +167,34 @@ def load_video(
         ValueError: bad sampling arguments (a programming error, not a file problem).
         MediaError: missing or zero-byte file, not a media file, no video stream, or no frame
             that decodes; with ``sampling="qwen"``, a clip too short for its even frame count
-            (fewer than 2 frames, or fewer than ``num_frames`` rounded to even).
+            (fewer than 2 frames, or fewer than ``num_frames`` rounded to even); with
+            ``sampling="transformers"``, fewer frames than ``num_frames``.
     """
     _check_sampling(num_frames, fps, max_frames)
-    if sampling not in ("uniform", "segment_start", "qwen"):
-        raise ValueError(
-            f"sampling must be 'uniform', 'segment_start' or 'qwen', got {sampling!r}")
+    if sampling not in SAMPLINGS:
+        raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
     p = check_media_path(path)
     if p.suffix.lower() in IMAGE_EXTENSIONS and sampling == "qwen":
         return _qwen_picture(path)
+    if p.suffix.lower() in IMAGE_EXTENSIONS and sampling == "transformers":
+        return _pil_picture(path)
     if p.suffix.lower() in IMAGE_EXTENSIONS:
         return _resized_image(_load_image(path), size)
-    qwen_fps: list[float] = []  # sample_fps of the last qwen selection
+    qwen_fps: list[float] = []  # sample_fps of the last qwen / transformers selection
+    taken: list[np.ndarray] = []  # the indices of the last transformers selection
+
+    scanned = _scan_rate(path) if sampling == "transformers" else None
 
     def select(timestamps: np.ndarray, end: float, avg_fps: float) -> np.ndarray:
+        if sampling == "transformers":
+            rate = scanned or (timestamps.size / end if end > 0 else avg_fps)
+            try:
+                idx = transformers_frame_indices(timestamps.size, rate, num_frames=num_frames,
+                                                 fps=fps, max_frames=max_frames)
+            except ValueError as exc:  # the clip, not the arguments: too few frames
+                raise MediaError(path, str(exc)) from None
+            qwen_fps[:], taken[:] = [rate], [idx]
+            return idx
         if sampling == "qwen":
             limit = {} if max_frames is None else {"max_frames": int(max_frames)}
             try:
@@ -182,6 +212,9 @@ def load_video(
         return sample_frame_indices(timestamps.size, num_frames)
 
     video = _decode_selected_frames(path, select, size)
+    if taken:  # the reference's frame times: index / rate, in Python floats as transformers
+        video = dataclasses.replace(video, timestamps=np.asarray(
+            [int(i) / qwen_fps[0] for i in taken[0]], dtype=np.float64))
     if qwen_fps:
         video = dataclasses.replace(video, sample_fps=qwen_fps[0])
     return video
@@ -257,6 +290,50 @@ def _qwen_picture(path: str | os.PathLike[str]) -> VideoFrames:
         raise MediaError(path, f"not a picture the reference pipeline reads ({err})") from None
     return VideoFrames(frames=frames, timestamps=np.zeros(1), decoder="image", num_decodable=1,
                        duration=0.0, fps=0.0)
+
+
+def _scan_rate(path: str | os.PathLike[str]) -> float | None:
+    """The average frame rate torchcodec's scan gives (``VideoDecoder(seek_mode="exact")``
+    ``.metadata.average_fps``, what transformers' ``load_video`` reports): packets counted
+    (those flagged to discard left out), ``n / (end / den - begin / den)`` with ``begin`` the
+    smallest pts and ``end`` the largest pts + duration, in time-base ticks, divided as its
+    C++ does (a time base of ``1 / den``); None when the packets give no span."""
+    with open_container(path) as container:
+        stream = _video_stream(container, path)
+        den = stream.time_base.denominator if stream.time_base is not None else 0
+        if not den or stream.time_base.numerator != 1:
+            return None
+        count, begin, end = 0, None, None
+        for packet in container.demux(stream):
+            if not packet.size or packet.is_discard:
+                continue
+            at = packet.pts if packet.pts is not None else packet.dts
+            if at is None:
+                return None
+            count += 1
+            begin = at if begin is None else min(begin, at)
+            end = at + (packet.duration or 0) if end is None else max(end, at + (packet.duration or 0))
+    if not count or end is None or end <= begin:
+        return None
+    return count / (end / den - begin / den)
+
+
+def _pil_picture(path: str | os.PathLike[str]) -> VideoFrames:
+    """A picture as transformers' ``load_image`` reads it (``PIL.Image.open``, EXIF orientation
+    applied, converted to RGB), at its own size, as a one-frame video.
+
+    Raises:
+        MediaError: PIL cannot read it.
+    """
+    from PIL import Image, ImageOps
+
+    try:
+        with Image.open(path) as picture:
+            frames = np.asarray(ImageOps.exif_transpose(picture).convert("RGB"))[None]
+    except (OSError, ValueError) as err:
+        raise MediaError(path, f"not a picture PIL reads ({err})") from None
+    return VideoFrames(frames=np.ascontiguousarray(frames), timestamps=np.zeros(1),
+                       decoder="image", num_decodable=1, duration=0.0, fps=0.0)
 
 
 def _load_image(path: str | os.PathLike[str]) -> VideoFrames:

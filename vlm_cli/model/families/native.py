@@ -1,5 +1,6 @@
-"""The family of checkpoints transformers runs natively through their processor (Qwen2.5-Omni's
-thinker today), driven by the table :mod:`vlm_cli.model.families.native_table`.
+"""The family of checkpoints transformers runs natively through their processor (the thinkers
+of Qwen2.5-Omni and Qwen3-Omni, Gemma 4), driven by the table
+:mod:`vlm_cli.model.families.native_table`.
 
 transformers does the model: its class (``from_pretrained``), its processor's pieces (video /
 image processor, feature extractor, placeholder expansion), its rope index (TMRoPE) and its
@@ -13,7 +14,8 @@ How cached tower outputs go back in (the ``qwen-omni`` layout): image / video ou
 ``mm_encoder_outputs`` (transformers' pre-encoded multimodal outputs, in ``forward`` and
 ``generate``); audio outputs through the model's own ``get_audio_features``, which returns the
 cached outputs while a call runs (:func:`serving_audio`), so the thinker's forward scatters them
-and its rope index places them exactly as for a fresh encode.
+and its rope index places them exactly as for a fresh encode. The ``gemma4`` layout is in
+:mod:`vlm_cli.model.families.native_gemma4`.
 
 Shapes: ``B`` prompts, ``L`` tokens, ``N`` tower tokens, ``H`` the LLM width.
 """
@@ -51,12 +53,17 @@ def detect(directory: str | Path) -> bool:
     return spec_for(read_config(directory)) is not None
 
 
+#: Cache-entry tensors only a video's entry has, by layout.
+VIDEO_META = ("second_per_grid", "soft_tokens_per_frame")
+
+
 def media_kind_of(media: Any) -> str:
     """What a :class:`~vlm_cli.model.vlm.MediaInput` holds: ``video`` (frames placed in time:
-    ``second_per_grid``), ``image`` (one grid) or ``audio`` (no frames)."""
+    ``second_per_grid`` or ``soft_tokens_per_frame``), ``image`` (one picture) or ``audio`` (no
+    frames)."""
     if media.vision is None:
         return "audio"
-    return "video" if "second_per_grid" in media.vision_meta else "image"
+    return "video" if any(k in media.vision_meta for k in VIDEO_META) else "image"
 
 
 def audio_tokens(processor: Any, mel_frames: int) -> int:
@@ -70,17 +77,20 @@ def audio_tokens(processor: Any, mel_frames: int) -> int:
 
 
 @contextlib.contextmanager
-def serving_audio(model: Any, features: torch.Tensor | None) -> Iterator[None]:
-    """Within the block, ``model.get_audio_features`` returns ``features`` (``[N, H]``, the
-    cached outputs of the audio tower for every audio of the batch, in order) instead of running
-    the tower; the thinker's forward then scatters them into the audio tokens. Nothing is
-    changed when ``features`` is None. Restored on exit."""
+def serving_audio(model: Any, features: Any) -> Iterator[None]:
+    """Within the block, ``model.get_audio_features`` returns the cached outputs of the audio
+    tower for every audio of the batch, in order, instead of running the tower; the model's
+    forward then scatters them into the audio tokens. ``features``: ``[N, H]`` (``qwen-omni``:
+    served as ``last_hidden_state``), an output object as the model's own method returns it
+    (``gemma4``), or None (nothing changed). Restored on exit."""
     if features is None:
         yield
         return
     from transformers.modeling_outputs import BaseModelOutputWithPooling
 
     def cached(*args: Any, **kwargs: Any) -> Any:
+        if not isinstance(features, torch.Tensor):
+            return features
         return BaseModelOutputWithPooling(last_hidden_state=features)
 
     model.get_audio_features = cached  # an instance attribute shadows the method
@@ -145,6 +155,9 @@ class NativeModel(nn.Module):
         self.media_token_ids = {v: k for k, v in self.ids.items()}
         self.context = int(config.text_config.max_position_embeddings)
         self.default_system = spec.system
+        #: A clip's track is a placeholder of its own after the video (``after``): the prompt
+        #: depends on whether the media carry audio.
+        self.prompt_uses_media = spec.audio_in_video == "after"
         #: The language model (the thinker's own decoder): what LoRA adapts, in place.
         self.llm = hf.model.language_model
         self.connectors = nn.ModuleDict()
@@ -165,7 +178,7 @@ class NativeModel(nn.Module):
         """Take the towers out of the model (training: their outputs come from the feature
         cache; under FSDP2 nothing of them is sharded or gathered, and accelerate sees one
         device). Their encoders cannot be built afterwards."""
-        for name in self.spec.tower_modules.values():
+        for name in tower_names(self.spec):
             parent, _, child = name.rpartition(".")
             setattr(self.hf.get_submodule(parent), child, None)
         self.hf.__dict__.pop("hf_device_map", None)
@@ -182,8 +195,13 @@ class NativeModel(nn.Module):
 
     # --- prompts -------------------------------------------------------------------------------
 
-    def _messages(self, turns: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-        """LLaVA turns -> chat messages with typed content (placeholders become media items)."""
+    def _messages(self, turns: Sequence[dict[str, Any]],
+                  media: Sequence[Any] | None = None) -> list[dict[str, Any]]:
+        """LLaVA turns -> chat messages with typed content (placeholders become media items;
+        with :attr:`NativeModelSpec.audio_in_video` ``after``, a video whose ``media`` carries
+        its track is followed by an audio item, as transformers' ``load_audio_from_video``)."""
+        pieces = iter(media or ())
+        after = self.spec.audio_in_video == "after"
         messages = []
         for turn in turns:
             text, content = str(turn["value"]), []
@@ -195,9 +213,15 @@ class NativeModel(nn.Module):
                 if text[:at].strip():
                     content.append({"type": "text", "text": text[:at]})
                 content.append({"type": PLACEHOLDERS[placeholder]})
+                m = next(pieces, None)
+                if after and placeholder == "<video>" and m is not None and m.audio is not None:
+                    content.append({"type": "audio"})
                 text = text[at + len(placeholder):].lstrip("\n")
             if text:
                 content.append({"type": "text", "text": text})
+            if self.spec.audio_after_text and len(content) > 1 and content[0]["type"] == "audio" \
+                    and all(item["type"] == "text" for item in content[1:]):
+                content = content[1:] + content[:1]  # the card's order: the question, then the sound
             messages.append({"role": ROLES[turn["from"]], "content": content})
         return messages
 
@@ -211,7 +235,7 @@ class NativeModel(nn.Module):
         """Token ids of a conversation (LLaVA turns; ``<video>``, ``<image>``, ``<audio>``
         placeholders; a ``system`` turn first if any) ending in a user turn, through the
         processor's chat template, plus the assistant prefix."""
-        return self._render(self._messages(turns), True)
+        return self._render(self._messages(turns, media), True)
 
     def encode_conversation(self, turns: Sequence[dict[str, Any]], max_length: int,
                             media: Sequence[Any] | None = None) -> tuple[list[int], list[int]]:
@@ -225,7 +249,7 @@ class NativeModel(nn.Module):
         """
         from vlm_cli.model.chat import IGNORE_INDEX
 
-        messages = self._messages(turns)
+        messages = self._messages(turns, media)
         ids = self._render(messages, False)
         labels = [IGNORE_INDEX] * len(ids)
         newline = self.tokenizer("\n", add_special_tokens=False)["input_ids"]
@@ -243,57 +267,67 @@ class NativeModel(nn.Module):
 
     def expand(self, ids: Sequence[int], media: Sequence[Any],
                labels: Sequence[int] | None = None) -> Any:
-        """Replace each media token by its tokens, as the processor does when it tokenises: a
-        video with its audio interleaved in 2 s chunks (``replace_video_with_audio_token``), a
-        video alone, an image, or an audio file.
+        """Replace each media token by its tokens, as the processor does when it tokenises:
+        ``qwen-omni``: a video with its audio interleaved in 2 s chunks
+        (``replace_video_with_audio_token``), a video alone, an image, or an audio file;
+        ``gemma4``: the processor's ``replace_*_token`` for each (a clip's own track is the
+        audio placeholder after its video, see :mod:`vlm_cli.model.families.native_gemma4`).
 
         Returns:
             The expanded ids; with ``labels``, ``(ids, labels)``, media tokens ``IGNORE_INDEX``.
 
         Raises:
-            DataError: the placeholder count differs from the media count; a placeholder of
-                another kind than its file; or videos with and without audio in one row (the
-                rope index takes one audio-in-video setting per call).
+            DataError: the placeholders do not match the media (count, or a placeholder of
+                another kind than its file); or, for ``qwen-omni``, videos with and without
+                audio in one row (the rope index takes one audio-in-video setting per call).
         """
         from vlm_cli.model.chat import IGNORE_INDEX
 
-        found = [t for t in ids if t in self.media_token_ids]
-        if len(found) != len(media):
+        gemma = self.spec.layout == "gemma4"
+        wanted = [(m, kind) for m in media for kind in (
+            ("video", "audio") if gemma and media_kind_of(m) == "video" and m.audio is not None
+            else (media_kind_of(m),))]
+        found = [self.media_token_ids[t] for t in ids if t in self.media_token_ids]
+        if len(found) != len(wanted):
             raise DataError(f"{len(found)} media placeholders but {len(media)} media files")
-        for t, m in zip(found, media):
-            if self.media_token_ids[t] != media_kind_of(m):
-                raise DataError(f"a <{self.media_token_ids[t]}> placeholder for a "
-                                f"{media_kind_of(m)}: {self.spec.title} needs the placeholder "
-                                "of the file's kind")
-        if len({m.audio is not None for t, m in zip(found, media)
-                if self.media_token_ids[t] == "video"}) > 1:
+        for got, (m, kind) in zip(found, wanted):
+            if got != kind:
+                raise DataError(f"a <{got}> placeholder for a {media_kind_of(m)}: "
+                                f"{self.spec.title} needs the placeholder of the file's kind")
+        if not gemma and len({m.audio is not None for m in media
+                              if media_kind_of(m) == "video"}) > 1:
             raise DataError(f"videos with and without audio in one sample: {self.spec.title} "
                             "places them with one audio-in-video setting; split the sample")
-        pieces = iter(media)
+        pieces = iter(wanted)
         out: list[int] = []
         out_labels: list[int] = []
-        config = self.hf.config
         for j, t in enumerate(ids):
             if t not in self.media_token_ids:
                 out.append(t)
                 out_labels.append(labels[j] if labels is not None else IGNORE_INDEX)
                 continue
-            m, kind, before = next(pieces), self.media_token_ids[t], len(out)
-            if kind == "video" and m.audio is not None:
-                text = self.processor.replace_video_with_audio_token(
-                    {"video_grid_thw": [[int(x) for x in m.vision_meta["grid_thw"]]],
-                     "video_second_per_grid": [float(m.vision_meta["second_per_grid"])]}, 0,
-                    {"num_audio_tokens": [m.audio.shape[0]]}, 0, **{
-                        name: getattr(config, name) for name in
-                        ("position_id_per_seconds", "seconds_per_chunk")
-                        if hasattr(config, name)})
-                out += self.tokenizer(text, add_special_tokens=False)["input_ids"]
-            elif kind in ("video", "image"):
-                out += [t] * m.vision.shape[0]
+            (m, kind), before = next(pieces), len(out)
+            if gemma:
+                from vlm_cli.model.families import native_gemma4
+
+                out += native_gemma4.expand_media(self, kind, m)
+            elif kind == "video" and m.audio is not None:
+                out += self._interleaved(m)
             else:
-                out += [t] * m.audio.shape[0]
+                out += [t] * (m.audio if kind == "audio" else m.vision).shape[0]
             out_labels += [IGNORE_INDEX] * (len(out) - before)  # media tokens carry no loss
         return out if labels is None else (out, out_labels)
+
+    def _interleaved(self, m: Any) -> list[int]:
+        """A video's tokens with its audio's, in 2 s chunks (Qwen's processor)."""
+        config = self.hf.config
+        text = self.processor.replace_video_with_audio_token(
+            {"video_grid_thw": [[int(x) for x in m.vision_meta["grid_thw"]]],
+             "video_second_per_grid": [float(m.vision_meta["second_per_grid"])]}, 0,
+            {"num_audio_tokens": [m.audio.shape[0]]}, 0, **{
+                name: getattr(config, name) for name in
+                ("position_id_per_seconds", "seconds_per_chunk") if hasattr(config, name)})
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     # --- model inputs --------------------------------------------------------------------------
 
@@ -301,7 +335,8 @@ class NativeModel(nn.Module):
                      side: str) -> tuple[dict[str, Any], torch.Tensor | None]:
         """The keyword arguments of the model's ``forward`` / ``generate`` for expanded rows
         padded on ``side`` (``left`` to generate, ``right`` to train), as the processor's
-        outputs would be, with the towers' outputs from the cache: ``input_ids`` and
+        outputs would be, with the towers' outputs from the cache (``gemma4``:
+        :func:`vlm_cli.model.families.native_gemma4.model_inputs`): ``input_ids`` and
         ``attention_mask [B, L]``, ``mm_encoder_outputs`` (image / video), the grids, seconds
         per grid, ``feature_attention_mask [A, M]`` (audio lengths for the rope index),
         ``use_audio_in_video``; and the audio outputs ``[sum N, H]`` to serve
@@ -316,6 +351,10 @@ class NativeModel(nn.Module):
             where = slice(length - len(row), length) if side == "left" else slice(0, len(row))
             ids[b, where] = torch.as_tensor(row)
             mask[b, where] = 1
+        if self.spec.layout == "gemma4":
+            from vlm_cli.model.families import native_gemma4
+
+            return native_gemma4.model_inputs(self, ids, mask, rows, media, side)
         outputs: dict[str, list[torch.Tensor]] = {"image": [], "video": []}
         stacks: dict[str, list[torch.Tensor]] = {"image": [], "video": []}
         grids: dict[str, list[torch.Tensor]] = {"image": [], "video": []}
@@ -508,7 +547,9 @@ class NativeModel(nn.Module):
 
         info = probe_media(path)
         budget, sampling = Budget(0, 0, 0), self.spec.sampling
-        if info.has_video and info.kind != "audio":
+        if self.spec.layout == "gemma4":
+            budget = self._gemma_budget(path, info, fps=fps, frames=frames, audio=audio)
+        elif info.has_video and info.kind != "audio":
             if not info.height or not info.width:
                 raise MediaError(path, "no picture size in the file's header")
             count = 1
@@ -529,7 +570,7 @@ class NativeModel(nn.Module):
             grids = math.ceil(count / 2) if info.kind == "video" else 1
             budget.frames = count
             budget.video = grids * (h // sampling.factor) * (w // sampling.factor)
-        if info.has_audio and info.kind != "image" and audio:
+        if info.has_audio and info.kind != "image" and audio and self.spec.layout != "gemma4":
             seconds = info.duration or 0.0
             extractor = self.processor.feature_extractor
             limit = extractor.nb_max_frames * extractor.hop_length / extractor.sampling_rate
@@ -545,6 +586,50 @@ class NativeModel(nn.Module):
                 f"{f' and the audio {budget.audio}' if budget.audio else ''}: "
                 f"{budget.total} tokens, over the model's context of {self.context}; "
                 f"lower {lower}{' or pass --no-audio' if budget.audio else ''}")
+        return budget
+
+    def _gemma_budget(self, path: Path, info: Any, *, fps: float | None, frames: int | None,
+                      audio: bool) -> Budget:
+        """:meth:`check_budget`'s count for the ``gemma4`` layout: frames by transformers'
+        default sampling on the header's frame count, tokens by the processor's own count.
+
+        Raises:
+            UsageError: more frames than the clip has, or a track longer than the feature
+                extractor keeps (E2B / E4B: 30 s).
+            MediaError: the processor refuses the picture size.
+        """
+        from vlm_cli.media.sampling import transformers_frame_indices
+        from vlm_cli.model.families import native_gemma4
+
+        budget, count = Budget(0, 0, 0), 1
+        visual = info.has_video and info.kind != "audio"
+        if visual and (not info.height or not info.width):
+            raise MediaError(path, "no picture size in the file's header")
+        if visual and info.kind == "video":
+            rate = info.fps or 25.0
+            total = max(1, round((info.duration or 0.0) * rate))
+            try:
+                count = len(transformers_frame_indices(
+                    total, rate, num_frames=None if fps else (frames or self.spec.sampling.num_frames),
+                    fps=fps, max_frames=frames if fps else None))
+            except ValueError as err:
+                raise UsageError(f"{path}: {err}") from None
+        seconds = (info.duration or 0.0) if info.has_audio and info.kind != "image" and audio \
+            else None
+        limit = native_gemma4.audio_limit_samples(self.processor)
+        rate = self.processor.feature_extractor.sampling_rate
+        if seconds is not None and limit is not None and seconds * rate > limit:
+            raise UsageError(f"{path}: {seconds:.0f} s of audio; {self.spec.title}'s audio front "
+                             f"end takes at most {limit / rate:.0f} s (its model card would cut "
+                             "the rest): pass --no-audio or cut the clip")
+        try:
+            budget.video, budget.audio = native_gemma4.budget_tokens(
+                self, kind=info.kind if visual else "audio", height=info.height or 0,
+                width=info.width or 0, frames=count, audio_seconds=seconds)
+        except ValueError as err:
+            raise MediaError(path, f"{self.spec.title}'s processor refuses this picture "
+                                   f"({info.width} x {info.height} px): {err}") from None
+        budget.frames = count if visual else 0
         return budget
 
 
@@ -594,8 +679,7 @@ class NativeTower:
     def __init__(self, model: NativeModel, kind: str) -> None:
         self.native, self.kind = model, kind
         modality = "audio" if kind == "audio" else "vision"
-        name = model.spec.tower_modules.get(modality)
-        if name is not None:
+        for name in model.spec.tower_modules.get(modality, ()):
             materialize(model.hf.get_submodule(name), model.device)
 
     def to(self, device: Any) -> NativeTower:
@@ -612,6 +696,10 @@ class NativeTower:
 
         native, sampling = self.native, self.native.spec.sampling
         processor, hf = native.processor, native.hf
+        if native.spec.layout == "gemma4":
+            from vlm_cli.model.families import native_gemma4
+
+            return native_gemma4.encode_frames(native, self.kind, frames, fps)
         # The processor itself (text: the bare placeholder), so its pixels are the reference's.
         if self.kind == "image":  # resized by the decoder (qwen_load_image: PIL)
             inputs = processor(text=[processor.image_token], images=[frames[0]],
@@ -638,8 +726,13 @@ class NativeTower:
     @torch.no_grad()
     def encode_clips(self, spectrogram: Any) -> dict[str, torch.Tensor]:
         """The whole track's log-mel ``[1, 128, M]`` -> ``{"features": [N, H_llm],
-        "mel_frames": [] long}`` (``get_audio_features``, 40 ms a token)."""
+        "mel_frames": [] long}`` (``get_audio_features``, 40 ms a token); ``gemma4``: the
+        track's samples ``[1, S]`` (:func:`vlm_cli.model.families.native_gemma4.encode_audio`)."""
         native = self.native
+        if native.spec.layout == "gemma4":  # the track's samples: its extractor runs here
+            from vlm_cli.model.families import native_gemma4
+
+            return native_gemma4.encode_audio(native, spectrogram)
         mel = torch.as_tensor(spectrogram, dtype=torch.float32).to(native.device)
         mask = torch.ones(mel.shape[0], mel.shape[-1], dtype=torch.long, device=mel.device)
         out = native.hf.model.get_audio_features(mel.to(native.dtype), mask)
@@ -664,6 +757,15 @@ def _fingerprints(spec: NativeModelSpec, source: dict[str, Any], processor: Any,
     vp, ip, fe = processor.video_processor, processor.image_processor, processor.feature_extractor
     common = {"family": spec.name, "source": source, "dtype": str(dtype).removeprefix("torch."),
               "reference": dataclasses.asdict(spec.sampling)}
+    if spec.layout == "gemma4":
+        from vlm_cli.model.families import native_gemma4
+
+        pre = native_gemma4.fingerprints(processor)
+        return {feature: {"modality": "audio" if feature == "audio" else "vision",
+                          "tower": {"vision": "video"}.get(feature, feature), **common,
+                          "preprocess": {**pre[feature], "resampler": spec.resampler}
+                          if feature == "audio" else pre[feature]}
+                for feature in ("vision", "image", "audio")}
     video = {"size": type(processor).videos_kwargs.get("size"), "mean": list(vp.image_mean),
              "std": list(vp.image_std), "patch": vp.patch_size, "merge": vp.merge_size,
              "temporal_patch": vp.temporal_patch_size, "resize": "torchvision-bicubic-float"}
@@ -754,7 +856,7 @@ def load(directory: Path, *, device: str = "cpu", dtype: Any = None, name: str |
     # them in memory.
     place = device if ":" in device or device == "cpu" else f"{device}:0"
     device_map = {**{name: place for name in spec.text_modules},
-                  **{name: "disk" for name in spec.tower_modules.values()}}
+                  **{name: "disk" for name in tower_names(spec)}}
     # The weights' identity for the feature cache (a local checkpoint's first load hashes its
     # towers' tensors, ~1 s a GB) is computed while transformers builds the model: hashing
     # runs in C without the GIL.
@@ -770,6 +872,8 @@ def load(directory: Path, *, device: str = "cpu", dtype: Any = None, name: str |
     decode = {"vision": {"sampling": spec.sampling.rule}, "image": {"sampling": spec.sampling.rule},
               "audio": {"frontend": "whisper_track", "processor": str(source_dir),
                         "resampler": spec.resampler}}
+    if spec.layout == "gemma4":  # the extractor runs with the tower, on the samples
+        decode["audio"] = {"frontend": "waveform", "resampler": spec.resampler}
     towers = {"vision": "video", "image": "image", "audio": "audio"}
     encoders = {feature: EncoderSource(fingerprints[feature],
                                        lambda kind=kind: NativeTower(model, kind),
@@ -777,10 +881,17 @@ def load(directory: Path, *, device: str = "cpu", dtype: Any = None, name: str |
                 for feature, kind in towers.items()}
     recipe = Recipe(name=spec.name, model=ModelSpec(llm=LLMSpec(
         pretrained=name or str(directory), revision=revision)),
-        data=DataSpec(sampling="fps", fps=spec.sampling.fps, max_frames=spec.sampling.max_frames),
+        data=DataSpec(sampling="fps", fps=spec.sampling.fps, max_frames=spec.sampling.max_frames)
+        if spec.sampling.num_frames is None else DataSpec(sampling="uniform",
+                                                          frames=spec.sampling.num_frames),
         train=TrainSpec())
     return Loaded(recipe, model, spec.name, encoders, check=model.check_budget,
                   licence=spec.licence)
+
+
+def tower_names(spec: NativeModelSpec) -> list[str]:
+    """The module names of every tower of ``spec`` (each modality's, in order)."""
+    return [name for names in spec.tower_modules.values() for name in names]
 
 
 def materialize(module: nn.Module, device: str) -> nn.Module:
@@ -816,7 +927,7 @@ def save(model: NativeModel, out: Path, *, base: str | Path, dtype: Any,
     processor's files (tokenizer, image / video processor, feature extractor, chat template),
     cast to ``dtype``; transformers' ``from_pretrained`` of the same classes loads it."""
     del base, recipe  # everything is in the loaded model and processor
-    for name in model.spec.tower_modules.values():
+    for name in tower_names(model.spec):
         materialize(model.hf.get_submodule(name), model.device)
     model.hf.to(dtype).save_pretrained(out, safe_serialization=True,
                                        max_shard_size=max_shard_size)

@@ -13,13 +13,18 @@ import dataclasses
 
 @dataclasses.dataclass(frozen=True)
 class FrameSampling:
-    """The reference pipeline's frame sampling and resizing (qwen-omni-utils' ``fetch_video``:
-    ``smart_nframes`` at ``fps`` Hz, at least ``min_frames`` and at most ``max_frames``, indices
-    ``linspace(0, n - 1, k).round()``; frames resized with torchvision's float bicubic kernel to
-    multiples of ``factor`` px within a pixel budget; pictures with PIL, as ``fetch_image``).
+    """The reference pipeline's frame sampling and resizing: ``qwen`` (qwen-omni-utils'
+    ``fetch_video``: ``smart_nframes`` at ``fps`` Hz, at least ``min_frames`` and at most
+    ``max_frames``, indices ``linspace(0, n - 1, k).round()``; frames resized with torchvision's
+    float bicubic kernel to multiples of ``factor`` px within a pixel budget; pictures with PIL,
+    as ``fetch_image``) or ``transformers`` (the processor's own: ``num_frames`` by
+    ``arange(n) * total // n`` from torchcodec's frames, resized by the processor; the other
+    fields unused).
 
     Attributes:
-        rule: ``qwen`` (the only rule so far; the name goes into the cache key).
+        rule: ``qwen`` or ``transformers`` (a ``sampling`` of :func:`vlm_cli.media.load_video`;
+            the name goes into the cache key).
+        num_frames: a fixed frame count (``transformers``), or None (sampled by rate).
         fps: default rate, Hz. min_frames, max_frames: frame-count bounds.
         factor: px, patch size x spatial merge size.
         video_min_tokens, video_max_tokens: per-frame token bounds (min/max pixels / factor²).
@@ -28,6 +33,7 @@ class FrameSampling:
     """
 
     rule: str = "qwen"
+    num_frames: int | None = None
     fps: float = 2.0
     min_frames: int = 4
     max_frames: int = 768
@@ -49,18 +55,24 @@ class NativeModelSpec:
         model_types: ``config.json`` ``model_type`` values this entry takes.
         model_class, processor_class: transformers class names loaded with ``from_pretrained``.
         layout: how media tokens, positions and cached tower outputs reach the model (a layout
-            of :mod:`vlm_cli.model.families.native`: ``qwen-omni``).
+            of :mod:`vlm_cli.model.families.native`: ``qwen-omni``, or ``gemma4``,
+            :mod:`vlm_cli.model.families.native_gemma4`).
         sampling: the reference pipeline's frames (:class:`FrameSampling`).
         resampler: how audio reaches 16 kHz in the reference (``soxr``: librosa.load's
-            ``soxr_hq``, from 16-bit PCM as ffmpeg decodes it).
+            ``soxr_hq``, from 16-bit PCM as ffmpeg decodes it; ``ffmpeg``: torchcodec's
+            libswresample, as transformers' ``load_audio``).
         audio_in_video: ``interleave`` (the clip's own track interleaved with its frames in
-            2 s chunks, placed by TMRoPE), or None (the model takes no audio with a video).
+            2 s chunks, placed by TMRoPE), ``after`` (the track as an audio item right after
+            its video, transformers' ``load_audio_from_video``), or None (the model takes no
+            audio with a video).
         system: the system turn the model card sends (``--system`` replaces it).
+        audio_after_text: the card puts an audio file after the question (Gemma 4's): a
+            prompt that starts with ``<audio>`` is sent in that order.
         skip_prefixes: weight-key prefixes never downloaded nor loaded (speech output).
         tower_prefixes: weight-key prefixes whose tensors the cached features depend on
             (the feature-cache identity of a local checkpoint hashes only these).
         tower_modules: the towers' module names in the loaded model by modality (``vision``,
-            ``audio``): left on disk (accelerate's offload, read from the checkpoint's own
+            ``audio``; a tower and its projection may be two modules): left on disk (accelerate's offload, read from the checkpoint's own
             files) until a feature is not cached.
         text_modules: the other modules (the language model and its head), loaded on the
             device.
@@ -77,9 +89,10 @@ class NativeModelSpec:
     resampler: str
     audio_in_video: str | None
     system: str | None
+    audio_after_text: bool = False
     skip_prefixes: tuple[str, ...] = ()
     tower_prefixes: tuple[str, ...] = ()
-    tower_modules: dict[str, str] = dataclasses.field(default_factory=dict)
+    tower_modules: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
     text_modules: tuple[str, ...] = ()
     licence: str | None = None
 
@@ -99,7 +112,7 @@ QWEN2_5_OMNI = NativeModelSpec(
     sampling=FrameSampling(), resampler="soxr", audio_in_video="interleave",
     system=QWEN_SYSTEM, skip_prefixes=("talker.", "token2wav."),
     tower_prefixes=("thinker.visual.", "thinker.audio_tower.", "visual.", "audio_tower."),
-    tower_modules={"vision": "model.visual", "audio": "model.audio_tower"},
+    tower_modules={"vision": ("model.visual",), "audio": ("model.audio_tower",)},
     text_modules=("model.language_model", "lm_head"))
 
 #: ``model_type`` -> spec (through :data:`BY_MODEL_TYPE`).
