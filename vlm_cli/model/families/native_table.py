@@ -130,6 +130,30 @@ MODELS: tuple[NativeModelSpec, ...] = (
         skip_prefixes=("talker.", "code2wav.")),
 )
 
+#: Gemma 4 12B (``google/gemma-4-12B-it``, ``gemma4_unified``: encoder-free, pixels and samples
+#: projected straight into the decoder), fed as its model card feeds it (the processor's own
+#: frames, 32 a clip, from torchcodec's decoding; the clip's track after its video; no system
+#: turn).
+GEMMA4_UNIFIED = NativeModelSpec(
+    name="gemma4-12b", title="Gemma 4 12B", model_types=("gemma4_unified",),
+    model_class="Gemma4UnifiedForConditionalGeneration", processor_class="Gemma4UnifiedProcessor",
+    layout="gemma4", sampling=FrameSampling(rule="transformers", num_frames=32),
+    resampler="ffmpeg", audio_in_video="after", system=None, audio_after_text=True,
+    tower_prefixes=("model.vision_embedder.", "model.embed_vision.", "model.embed_audio."),
+    tower_modules={"vision": ("model.embed_vision",), "audio": ("model.embed_audio",)},
+    text_modules=("model.language_model", "lm_head"))
+
+MODELS = (*MODELS, GEMMA4_UNIFIED,
+          # Gemma 4 E2B / E4B (google/gemma-4-E2B-it, -E4B-it; ``gemma4``): a SigLIP-style vision
+          # tower and a conformer audio tower (30 s at most) before their projections.
+          dataclasses.replace(
+              GEMMA4_UNIFIED, name="gemma4", title="Gemma 4 E2B / E4B", model_types=("gemma4",),
+              model_class="Gemma4ForConditionalGeneration", processor_class="Gemma4Processor",
+              tower_prefixes=("model.vision_tower.", "model.embed_vision.", "model.audio_tower.",
+                              "model.embed_audio."),
+              tower_modules={"vision": ("model.vision_tower", "model.embed_vision"),
+                             "audio": ("model.audio_tower", "model.embed_audio")}))
+
 BY_MODEL_TYPE: dict[str, NativeModelSpec] = {t: spec for spec in MODELS for t in spec.model_types}
 
 

@@ -1,0 +1,235 @@
+"""Gemma 4 (``google/gemma-4-12B-it``, ``gemma4_unified``; ``google/gemma-4-E2B-it``, ``gemma4``) as
+table entries of the transformers-native family, on tiny random checkpoints in the hub layout
+(tests/gemma4_fixtures.py), against the model card's usage (the processor's chat template with
+typed media, ``load_audio_from_video`` for a clip's own track, greedy ``generate``): the greedy
+tokens of ``vlm ask`` equal it on a clip with sound, a clip without, a picture and an audio file;
+a second ask encodes nothing; the budget check refuses what the card would cut or fail on; from a
+(fake) hub, offline, tune with LoRA, merge, and transformers loads the merge."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from gemma4_fixtures import KINDS, MODEL_CLASSES, PROCESSOR_CLASSES, REPO_IDS, card_answer, card_decoders, \
+    make_tiny_gemma4
+from media_factory import SHARED_MEDIA, moving_frames, write_png, write_video
+from micro import run_in_home, vlm_home
+
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),  # numpy 2, in transformers
+    pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning"),  # peft
+]
+
+VLM = str(Path(sys.executable).with_name("vlm"))
+QUESTION = "What can you see and hear? Answer in one short sentence."
+WITH_AUDIO = SHARED_MEDIA / "boat.mp4"
+SILENT = SHARED_MEDIA / "output_v_3V9tzjyr51I.mp4"
+AUDIO_FILE = SHARED_MEDIA / "dog_audio.wav"
+LONG = SHARED_MEDIA / "00003491.mp4"  # 60 s with sound
+NEW_TOKENS = 16
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("gemma4")
+    return {kind: make_tiny_gemma4(root / kind, seed=0, kind=kind) for kind in KINDS}
+
+
+@pytest.fixture(scope="module")
+def card(checkpoints):
+    """Per kind: the card's processor and model (float32, as ``vlm ask --dtype float32``), and the
+    card's decoders in place."""
+    import transformers
+
+    with pytest.MonkeyPatch.context() as mp:
+        card_decoders(mp)
+        yield {kind: (getattr(transformers, PROCESSOR_CLASSES[kind]).from_pretrained(path),
+                      getattr(transformers, MODEL_CLASSES[kind]).from_pretrained(
+                          path, dtype=torch.float32).eval())
+               for kind, path in checkpoints.items()}
+
+
+@pytest.fixture(scope="module")
+def picture(tmp_path_factory) -> Path:
+    return write_png(tmp_path_factory.mktemp("png") / "still.png", moving_frames(1, 150, 260)[0])
+
+
+@pytest.fixture(scope="module")
+def ask(checkpoints, tmp_path_factory):
+    home = tmp_path_factory.mktemp("g4-home")
+
+    def run(kind: str, path: Path, *args: str, code: int = 0) -> dict | str:
+        got, out = run_in_home(str(home), ["ask", str(path), QUESTION, "--model", str(checkpoints[kind]),
+                                           "--json", "--dtype", "float32", "--max-new-tokens",
+                                           str(NEW_TOKENS), *args])
+        assert got == code, out
+        return json.loads(out) if code == 0 else out
+
+    return run
+
+
+@pytest.mark.parametrize("name", ["boat.mp4", "output_v_3V9tzjyr51I.mp4", "sample_demo_3.mp4", "birthday.mp4"])
+def test_frames_and_sound_as_the_card_decodes_them(name: str) -> None:
+    """``load_video(sampling="transformers")`` gives the frames and times transformers' own
+    reader gives for the processor's 32 (bit for bit; torchcodec's frames are these too, checked
+    where it loads), and ``load_audio(resampler="ffmpeg")`` torchcodec's 16 kHz mono samples (as
+    FFmpeg's resampler gives them)."""
+    import numpy as np
+    from transformers.video_utils import load_video as hf_load_video
+
+    from gemma4_fixtures import pyav_sound
+    from vlm_cli.media import NoAudio, load_audio, load_video
+
+    path = SHARED_MEDIA / name
+    ours = load_video(path, num_frames=32, sampling="transformers")
+    frames, metadata = hf_load_video(str(path), backend="pyav", num_frames=32)
+    assert np.array_equal(ours.frames, np.asarray(frames))
+    assert ours.timestamps.tolist() == pytest.approx(metadata.timestamps, abs=1e-9)
+    assert ours.num_decodable == metadata.total_num_frames
+    track = load_audio(path, resampler="ffmpeg")
+    if isinstance(track, NoAudio):
+        return
+    expected = pyav_sound(str(path), 16000)
+    assert track.waveform.shape == expected.shape and np.array_equal(track.waveform.numpy(), expected)
+
+
+def test_fewer_frames_than_asked_is_a_clear_error(tmp_path) -> None:
+    from vlm_cli.errors import MediaError
+    from vlm_cli.media import load_video
+    from vlm_cli.media.sampling import transformers_frame_indices
+
+    assert transformers_frame_indices(181, 29.97, num_frames=32)[:4].tolist() == [0, 5, 11, 16]
+    assert transformers_frame_indices(300, 30.0, num_frames=None, fps=1.0).tolist() == [
+        0, 30, 60, 90, 120, 150, 180, 210, 240, 270]
+    assert len(transformers_frame_indices(300, 30.0, num_frames=None, fps=1.0, max_frames=4)) == 4
+    short = write_video(tmp_path / "short.mp4", moving_frames(10, 64, 96), fps=10)
+    with pytest.raises(MediaError, match="32 frames requested but the clip has 10"):
+        load_video(short, num_frames=32, sampling="transformers")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("case", ["video+sound", "silent video", "picture", "audio"])
+def test_ask_answers_as_the_model_card(ask, card, picture, kind: str, case: str) -> None:
+    path, media_kind, audio = {"video+sound": (WITH_AUDIO, "video", "used"),
+                               "silent video": (SILENT, "video", "absent"),
+                               "picture": (picture, "image", None),
+                               "audio": (AUDIO_FILE, "audio", "used")}[case]
+    got = ask(kind, path)
+    processor, model = card[kind]
+    ids = card_answer(processor, model, media_kind, path, QUESTION, new_tokens=NEW_TOKENS,
+                      sound=audio == "used")  # a silent clip: no audio entry (the card would fail)
+    assert got["answer"] == processor.tokenizer.decode(ids, skip_special_tokens=True).strip()
+    assert got["timings"]["tokens"] == min(len(ids) + 1, NEW_TOKENS)  # the end of turn counted
+    if audio is not None:
+        assert got["audio"] == audio
+    if media_kind == "video":  # the processor's 32 frames, at the reference's times
+        assert got["frames"]["count"] == 32
+    again = ask(kind, path)
+    assert again["cache"] == "hit" and again["timings"]["encode"] == 0.0
+    assert again["answer"] == got["answer"]
+
+
+def test_a_clip_without_its_sound_and_the_budget_check(ask, card, tmp_path, capfd) -> None:
+    """``--no-audio`` gives the card's answer for the frames alone; E2B's front end keeps 30 s of
+    sound (its card would cut the rest silently): a longer track stops before decoding, the 12B
+    takes it; a clip shorter than the 32 frames stops with the setting to change."""
+    got = ask("e2b", WITH_AUDIO, "--no-audio")
+    processor, model = card["e2b"]
+    ids = card_answer(processor, model, "video", WITH_AUDIO, QUESTION, new_tokens=NEW_TOKENS, sound=False)
+    assert got["answer"] == processor.tokenizer.decode(ids, skip_special_tokens=True).strip()
+    assert got["audio"] != "used"
+    capfd.readouterr()
+    ask("e2b", LONG, code=2)
+    err = capfd.readouterr().err
+    assert "60 s of audio" in err and "at most 30 s" in err and "--no-audio" in err
+    assert "Traceback" not in err
+    short = write_video(tmp_path / "short.mp4", moving_frames(10, 64, 96), fps=10)
+    ask("unified", short, code=2)
+    err = capfd.readouterr().err
+    assert "32 frames requested but the clip has 10" in err and "--frames" in err
+    assert ask("unified", short, "--frames", "8")["frames"]["count"] == 8
+
+
+def test_cached_outputs_and_their_entries(checkpoints, tmp_path) -> None:
+    """The features cached are the towers' outputs: a video's per-frame soft tokens and the
+    reference's frame times, the audio's extractor mask."""
+    from vlm_cli.cache import FeatureCache
+    from vlm_cli.features import FeatureStore
+    from vlm_cli.model.families import load_model
+
+    with vlm_home(tmp_path / "home"):
+        loaded = load_model(checkpoints["unified"], dtype=torch.float32)
+        assert loaded.family == "gemma4-12b"
+        store = FeatureStore(loaded.recipe, FeatureCache(), encoders=loaded.encoders)
+        media, info = store.fetch(WITH_AUDIO)
+        assert info["cache"] == "miss"
+        per_frame = int(media.vision_meta["soft_tokens_per_frame"])
+        assert media.vision.shape == (32 * per_frame, 64)
+        stamps = media.vision_meta["timestamps"]
+        assert float(stamps[-1]) == 175 / (30000 / 1001)  # index 31 * 181 // 32 at 29.97 fps
+        mask = media.audio_meta["features_mask"]
+        assert mask.dtype == torch.bool and int(mask.sum()) == media.audio.shape[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", KINDS)
+def test_from_the_hub_then_tune_merge_and_load(checkpoints, kind: str, tmp_path) -> None:
+    """download -> offline ask -> tune LoRA on the language model (towers frozen, features from
+    the cache) -> merge -> transformers loads the merge and matches -> ask on the merge."""
+    import transformers
+
+    from hub_server import FakeHub, client_env
+    from vlm_cli.cache import FeatureCache
+    from vlm_cli.features import FeatureStore
+    from vlm_cli.model.families import load_model
+
+    repo = REPO_IDS[kind]
+    with FakeHub() as hub:
+        hub.add_dir(repo, checkpoints[kind])
+        env = client_env(tmp_path / "hf", hub.url, VLM_HOME=str(tmp_path / "home"))
+        got = subprocess.run([VLM, "download", repo, "--json"], capture_output=True, text=True,
+                             env=env, timeout=300)
+        assert got.returncode == 0, got.stderr
+    env["HF_HUB_OFFLINE"] = "1"
+    ask = subprocess.run([VLM, "ask", str(WITH_AUDIO), QUESTION, "--model", repo, "--json",
+                          "--max-new-tokens", "4"], capture_output=True, text=True, env=env, timeout=300)
+    assert ask.returncode == 0, ask.stderr[-2000:]
+    assert json.loads(ask.stdout)["audio"] == "used"
+    data = tmp_path / "train.json"
+    data.write_text(json.dumps([
+        {"id": str(i), "video": str(clip), "conversations": [
+            {"from": "human", "value": "<video>\nWhat sound is playing?"},
+            {"from": "gpt", "value": "a boat engine"}]}
+        for i, clip in enumerate((WITH_AUDIO, SILENT))]))
+    recipe = {"unified": "gemma-4-12b", "e2b": "gemma-4-e2b"}[kind]
+    tune = subprocess.run(
+        [VLM, "tune", recipe, "--from", repo, "--data", str(data), "--out", str(tmp_path / "run"),
+         "--json", "train.stage2.lora={rank: 4, alpha: 8, dropout: 0.0}", "train.stage2.batch_size=2",
+         "train.stage2.max_steps=2", "train.stage2.lr=1e-2", "train.stage2.max_length=8192"],
+        capture_output=True, text=True, env=env, timeout=600)
+    assert tune.returncode == 0, tune.stderr[-3000:]
+    merge = subprocess.run([VLM, "merge-lora", str(tmp_path / "run"), "--out", str(tmp_path / "merged"),
+                            "--verify", "--json"], capture_output=True, text=True, env=env, timeout=600)
+    assert merge.returncode == 0, merge.stderr[-3000:]
+    with vlm_home(env["VLM_HOME"]), pytest.MonkeyPatch.context() as mp:
+        card_decoders(mp)
+        merged = load_model(tmp_path / "merged", dtype=torch.float32)
+        assert merged.family == {"unified": "gemma4-12b", "e2b": "gemma4"}[kind]
+        processor = getattr(transformers, PROCESSOR_CLASSES[kind]).from_pretrained(tmp_path / "merged")
+        model = getattr(transformers, MODEL_CLASSES[kind]).from_pretrained(
+            tmp_path / "merged", dtype=torch.float32).eval()
+        store = FeatureStore(merged.recipe, FeatureCache(), encoders=merged.encoders)
+        media, _ = store.fetch(WITH_AUDIO)
+        ids = merged.model.encode_prompt([{"from": "human", "value": f"<video>\n{QUESTION}"}], [media])
+        assert merged.model.generate_batch([ids], [[media]], max_new_tokens=8)[0] == card_answer(
+            processor, model, "video", WITH_AUDIO, QUESTION, new_tokens=8)
+    ask = subprocess.run([VLM, "ask", str(WITH_AUDIO), QUESTION, "--model", str(tmp_path / "merged"),
+                          "--json", "--max-new-tokens", "4"], capture_output=True, text=True, env=env,
+                         timeout=300)
+    assert ask.returncode == 0, ask.stderr[-2000:]
