@@ -233,3 +233,33 @@ def test_from_the_hub_then_tune_merge_and_load(checkpoints, kind: str, tmp_path)
                           "--json", "--max-new-tokens", "4"], capture_output=True, text=True, env=env,
                          timeout=300)
     assert ask.returncode == 0, ask.stderr[-2000:]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_language_model_larger_than_one_gpu(checkpoints, kind: str, monkeypatch) -> None:
+    """The device map of a native model on ``cuda``: one GPU when the language model fits it with
+    the headroom; else its decoder spread over the visible GPUs by accelerate's
+    ``infer_auto_device_map`` (towers still on disk); else one line with what it needs. (No GPU
+    here: CUDA's device count is patched and the free memory given; the loading itself across
+    GPUs is not run on CPU.)"""
+    from vlm_cli.errors import UsageError
+    from vlm_cli.model.families import native, read_config
+    from vlm_cli.model.families.native_table import spec_for
+    from vlm_cli.weights import stored_weights
+
+    path = checkpoints[kind]
+    spec = spec_for(read_config(path))
+    text = stored_weights(path, skip=spec.tower_prefixes)[0]  # bf16 as stored
+    monkeypatch.setattr(native, "GPU_HEADROOM", 1000)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    towers = {name: "disk" for names in spec.tower_modules.values() for name in names}
+    one = native.place_modules(spec, path, torch.bfloat16, "cuda", free={0: 2 * text, 1: 2 * text})
+    assert one == {"model.language_model": "cuda:0", "lm_head": "cuda:0", **towers}
+    spread = native.place_modules(spec, path, torch.bfloat16, "cuda",
+                                  free={0: int(text * 0.8) + 1000, 1: int(text * 0.8) + 1000})
+    assert {k: v for k, v in spread.items() if v == "disk"} == towers
+    assert {v for v in spread.values() if v != "disk"} == {0, 1}
+    assert spread["lm_head"] == spread["model.language_model.embed_tokens"]  # tied
+    with pytest.raises(UsageError, match=r"needs 0\.0 GiB in float32 .* 2 visible GPU"):
+        native.place_modules(spec, path, torch.float32, "cuda", free={0: text, 1: text})

@@ -169,7 +169,11 @@ class NativeModel(nn.Module):
     def to(self, *args: Any, **kwargs: Any) -> NativeModel:
         """``nn.Module.to`` of the language model and head (:attr:`NativeModelSpec.text_modules`):
         the towers stay where :func:`load` put them (on disk until a feature is missing, then
-        on the language model's device)."""
+        on the language model's device). A model spread over several GPUs (:func:`place_modules`)
+        stays where accelerate dispatched it."""
+        placed = getattr(self.hf, "hf_device_map", {}) or {}
+        if len({d for d in placed.values() if isinstance(d, int)}) > 1:
+            return self
         for name in self.spec.text_modules:
             self.hf.get_submodule(name).to(*args, **kwargs)
         return self
@@ -854,9 +858,7 @@ def load(directory: Path, *, device: str = "cpu", dtype: Any = None, name: str |
     # The towers stay in the checkpoint's files (accelerate's disk offload reads them from
     # there, no copy) until a feature is missing from the cache: a cached question never holds
     # them in memory.
-    place = device if ":" in device or device == "cpu" else f"{device}:0"
-    device_map = {**{name: place for name in spec.text_modules},
-                  **{name: "disk" for name in tower_names(spec)}}
+    device_map = place_modules(spec, source_dir, dtype, device)
     # The weights' identity for the feature cache (a local checkpoint's first load hashes its
     # towers' tensors, ~1 s a GB) is computed while transformers builds the model: hashing
     # runs in C without the GIL.
@@ -887,6 +889,69 @@ def load(directory: Path, *, device: str = "cpu", dtype: Any = None, name: str |
         train=TrainSpec())
     return Loaded(recipe, model, spec.name, encoders, check=model.check_budget,
                   licence=spec.licence)
+
+
+#: GPU memory kept free beside the language model's weights (KV cache, activations), bytes.
+GPU_HEADROOM = 4 << 30
+
+
+def place_modules(spec: NativeModelSpec, directory: Path, dtype: Any, device: str,
+                  free: dict[int, int] | None = None) -> dict[str, Any]:
+    """The ``device_map`` of :func:`load`: the towers on ``disk`` (accelerate's offload, until a
+    feature is missing), the language model and head on ``device``; on ``cuda`` (no index) when
+    they do not fit the first GPU with :data:`GPU_HEADROOM` to spare, spread over the visible
+    GPUs by accelerate's big-model inference (``infer_auto_device_map`` on the model built on
+    the meta device, whole decoder layers per GPU, each GPU's free memory less the headroom).
+
+    Args:
+        directory: the checkpoint (its safetensors headers give the weights' size).
+        free: free bytes per GPU index (default: ``torch.cuda.mem_get_info`` of each visible
+            GPU).
+
+    Raises:
+        UsageError: the language model does not fit the GPUs there are: one line with what it
+            needs and what is free.
+    """
+    from vlm_cli.weights import stored_weights
+
+    place = device if ":" in device or device == "cpu" else f"{device}:0"
+    towers = {name: "disk" for name in tower_names(spec)}
+    if not device.startswith("cuda"):
+        return {**{name: place for name in spec.text_modules}, **towers}
+    if free is None:
+        free = {i: torch.cuda.mem_get_info(i)[0] for i in range(torch.cuda.device_count())}
+    stored, kind = stored_weights(directory, skip=spec.skip_prefixes + spec.tower_prefixes)
+    itemsize = {"F32": 4, "F64": 8, "I8": 1, "U8": 1, "F8_E4M3": 1, "F8_E5M2": 1}.get(kind or "", 2)
+    needed = stored * torch.empty(0, dtype=dtype).element_size() // itemsize
+    first = int(place.split(":")[1])
+    if needed + GPU_HEADROOM <= free.get(first, 0) or ":" in device:
+        return {**{name: place for name in spec.text_modules}, **towers}
+    budget = {i: max(0, f - GPU_HEADROOM) for i, f in free.items()}
+    gib = 1 << 30
+    if sum(budget.values()) < needed:
+        raise UsageError(
+            f"{spec.title}'s language model needs {needed / gib:.1f} GiB in "
+            f"{str(dtype).removeprefix('torch.')} plus {GPU_HEADROOM / gib:.0f} GiB for its cache "
+            f"and activations on each GPU; the {len(free)} visible GPU(s) have "
+            f"{sum(free.values()) / gib:.1f} GiB free: use more GPUs, or --device cpu")
+    import transformers
+    from accelerate import infer_auto_device_map, init_empty_weights
+
+    model_class = getattr(transformers, spec.model_class)
+    config = model_class.config_class.from_pretrained(directory)
+    with init_empty_weights():
+        meta = model_class._from_config(config, dtype=dtype)
+    meta.tie_weights()
+    for name in towers:  # not counted: they stay on disk
+        parent, _, child = name.rpartition(".")
+        setattr(meta.get_submodule(parent), child, None)
+    planned = infer_auto_device_map(meta, max_memory={**budget, "cpu": 0}, dtype=dtype,
+                                    no_split_module_classes=meta._no_split_modules)
+    if any(not isinstance(where, int) for where in planned.values()):
+        raise UsageError(f"{spec.title}'s language model ({needed / gib:.1f} GiB) does not split "
+                         f"over the {len(free)} visible GPU(s) with {GPU_HEADROOM / gib:.0f} GiB "
+                         "to spare on each: use more GPUs, or --device cpu")
+    return {**planned, **towers}
 
 
 def tower_names(spec: NativeModelSpec) -> list[str]:
