@@ -99,6 +99,36 @@ def test_frames_and_sound_as_the_card_decodes_them(name: str) -> None:
     assert track.waveform.shape == expected.shape and np.array_equal(track.waveform.numpy(), expected)
 
 
+@pytest.mark.parametrize("rotation, turns", [(90, 1), (-90, 3), (180, 2)])
+def test_a_clip_stored_with_a_rotation_is_turned_upright(tmp_path, rotation: int, turns: int) -> None:
+    """A phone's portrait clip is stored landscape with a display rotation; torchcodec (the card's
+    decoder) returns its frames upright (``np.rot90`` by the rotation, counter-clockwise: checked
+    against torchcodec 0.11 where it loads)."""
+    import av
+    import numpy as np
+
+    from vlm_cli.media import load_video
+
+    frames = moving_frames(12, 64, 96)
+    path = tmp_path / "phone.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=12)
+        stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
+        stream.set_display_rotation(rotation)
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    stored = load_video(path, num_frames=4)  # Video-LLaVA's / decord's frames: as stored
+    upright = load_video(path, num_frames=4, sampling="transformers")
+    assert stored.frames.shape[1:3] == (64, 96)
+    assert np.array_equal(upright.frames[0], np.rot90(stored.frames[0], turns))
+    try:
+        from torchcodec.decoders import VideoDecoder
+    except (ImportError, RuntimeError):  # not installed here: the rule above is what it does
+        return
+    assert np.array_equal(upright.frames[0], VideoDecoder(str(path))[0].permute(1, 2, 0).numpy())
+
+
 def test_fewer_frames_than_asked_is_a_clear_error(tmp_path) -> None:
     from vlm_cli.errors import MediaError
     from vlm_cli.media import load_video

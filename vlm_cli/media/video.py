@@ -129,7 +129,8 @@ def load_video(
       ``num_frames``, or ``fps`` capped by ``max_frames``) over all decodable frames at the
       scanned average rate (``sample_fps``); ``timestamps`` are index / rate, as the reference
       writes them into the prompt. A picture is read as transformers' ``load_image`` reads it
-      (PIL, EXIF orientation applied, RGB), at its own size.
+      (PIL, EXIF orientation applied, RGB), at its own size. Frames of a clip stored with a
+      display rotation are turned upright (``np.rot90``), as torchcodec returns them.
 
     Decoding: the frame index comes from the packets demuxed, never from the header. Without
     ``size``, PyAV seeks to the key frame before each selected frame and decodes from there,
@@ -215,6 +216,10 @@ def load_video(
     if taken:  # the reference's frame times: index / rate, in Python floats as transformers
         video = dataclasses.replace(video, timestamps=np.asarray(
             [int(i) / qwen_fps[0] for i in taken[0]], dtype=np.float64))
+        turns = round(_display_rotation(path) / 90) % 4
+        if turns:  # upright, as torchcodec returns a clip stored with a display rotation
+            video = dataclasses.replace(video, frames=np.ascontiguousarray(
+                np.rot90(video.frames, turns, axes=(1, 2))))
     if qwen_fps:
         video = dataclasses.replace(video, sample_fps=qwen_fps[0])
     return video
@@ -318,6 +323,19 @@ def _scan_rate(path: str | os.PathLike[str]) -> float | None:
     return count / (end / den - begin / den)
 
 
+def _display_rotation(path: str | os.PathLike[str]) -> float:
+    """The display rotation of the video stream in degrees, counter-clockwise (its display
+    matrix, as libavutil reads it: a phone's portrait clip stored landscape has 90 or -90), read
+    from the first frame that decodes; 0.0 when there is none."""
+    with open_container(path) as container:
+        try:
+            for frame in container.decode(_video_stream(container, path)):
+                return float(frame.rotation or 0.0)
+        except av.FFmpegError:
+            pass
+    return 0.0
+
+
 def _pil_picture(path: str | os.PathLike[str]) -> VideoFrames:
     """A picture as transformers' ``load_image`` reads it (``PIL.Image.open``, EXIF orientation
     applied, converted to RGB), at its own size, as a one-frame video.
@@ -329,7 +347,7 @@ def _pil_picture(path: str | os.PathLike[str]) -> VideoFrames:
 
     try:
         with Image.open(path) as picture:
-            frames = np.asarray(ImageOps.exif_transpose(picture).convert("RGB"))[None]
+            frames = np.array(ImageOps.exif_transpose(picture).convert("RGB"))[None]
     except (OSError, ValueError) as err:
         raise MediaError(path, f"not a picture PIL reads ({err})") from None
     return VideoFrames(frames=np.ascontiguousarray(frames), timestamps=np.zeros(1),
