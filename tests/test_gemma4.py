@@ -293,3 +293,30 @@ def test_a_language_model_larger_than_one_gpu(checkpoints, kind: str, monkeypatc
     assert spread["lm_head"] == spread["model.language_model.embed_tokens"]  # tied
     with pytest.raises(UsageError, match=r"needs 0\.0 GiB in float32 .* 2 visible GPU"):
         native.place_modules(spec, path, torch.float32, "cuda", free={0: text, 1: text})
+
+
+@pytest.mark.slow
+def test_eval_and_probe(checkpoints, tmp_path) -> None:
+    """`vlm eval` twice (the second encodes nothing) and `vlm probe` (frames reversed and
+    re-encoded, the soundtrack swapped and muted) on Gemma 4 E2B."""
+    data = tmp_path / "qa.json"
+    data.write_text(json.dumps([
+        {"id": f"q{i}", "video": str(clip), "type": "sound", "conversations": [
+            {"from": "human", "value": "<video>\nWhat sound is playing?"}, {"from": "gpt", "value": "engine"}]}
+        for i, clip in enumerate((WITH_AUDIO, SHARED_MEDIA / "sample_demo_3.mp4"))]))
+    home = str(tmp_path / "home")
+    model = ["--model", str(checkpoints["e2b"]), "--max-new-tokens", "3", "--json"]
+    code, first = run_in_home(home, ["eval", "--data", str(data), *model, "--out", str(tmp_path / "e1")])
+    assert code == 0 and json.loads(first)["n"] == 2
+    entries = {p.name: p.stat().st_ino for p in Path(home).rglob("*.safetensors")}
+    assert len(entries) == 4  # each clip's frames and its track
+    code, again = run_in_home(home, ["eval", "--data", str(data), *model, "--out", str(tmp_path / "e2")])
+    assert code == 0 and json.loads(again)["accuracy"] == json.loads(first)["accuracy"]
+    assert {p.name: p.stat().st_ino for p in Path(home).rglob("*.safetensors")} == entries
+    code, out = run_in_home(home, ["probe", str(data), *model, "--variants", "reverse,swap-audio,mute",
+                                   "--out", str(tmp_path / "probe")])
+    assert code == 0
+    assert set(json.loads(out)["summary"]["sound"]) == {"original", "reverse", "swap-audio", "mute"}
+    rows = [json.loads(line) for line in (tmp_path / "probe" / "probe.jsonl").read_text().splitlines()]
+    assert {r["audio"] for r in rows if r["variant"] == "swap-audio"} == {"swapped"}
+    assert {r["audio"] for r in rows if r["variant"] == "mute"} == {"muted"}
