@@ -125,3 +125,32 @@ TRAIN_RECIPE = micro_recipe(
            max_length: 128, log_every: 1, warmup_ratio: 0.2}
   stage2: {freeze: [vision, audio, llm], lora: {rank: 4, alpha: 8.0, dropout: 0.0}, lr: 1.0e-3,
            batch_size: 4, max_steps: 4, max_length: 128, log_every: 1}""")
+
+
+def tune_and_merge(env: dict, recipe: str, repo: str, clips: list, out: "Path", *,
+                   steps: int = 2, max_length: int = 4096) -> dict:
+    """``vlm tune RECIPE --from REPO`` (LoRA rank 4, ``steps`` steps of 2 samples: each clip asked
+    "What sound is playing?", answered "a boat engine"), then ``vlm merge-lora --verify`` into
+    ``out / "merged"``, both under ``env``. Returns ``(tune JSON, merge JSON)``."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    vlm = str(Path(sys.executable).with_name("vlm"))
+    data = Path(out) / "train.json"
+    data.write_text(json.dumps([
+        {"id": str(i), "video": str(clip), "conversations": [
+            {"from": "human", "value": "<video>\nWhat sound is playing?"},
+            {"from": "gpt", "value": "a boat engine"}]}
+        for i, clip in enumerate(clips)]))
+    tune = subprocess.run(
+        [vlm, "tune", recipe, "--from", repo, "--data", str(data), "--out", str(Path(out) / "run"),
+         "--json", "train.stage2.lora={rank: 4, alpha: 8, dropout: 0.0}", "train.stage2.batch_size=2",
+         f"train.stage2.max_steps={steps}", "train.stage2.lr=1e-2",
+         f"train.stage2.max_length={max_length}"], capture_output=True, text=True, env=env, timeout=600)
+    assert tune.returncode == 0, tune.stderr[-3000:]
+    merge = subprocess.run([vlm, "merge-lora", str(Path(out) / "run"), "--out", str(Path(out) / "merged"),
+                            "--verify", "--json"], capture_output=True, text=True, env=env, timeout=600)
+    assert merge.returncode == 0, merge.stderr[-3000:]
+    return json.loads(tune.stdout), json.loads(merge.stdout)

@@ -19,7 +19,7 @@ import torch
 from gemma4_fixtures import KINDS, MODEL_CLASSES, PROCESSOR_CLASSES, REPO_IDS, card_answer, card_decoders, \
     make_tiny_gemma4
 from media_factory import SHARED_MEDIA, moving_frames, write_png, write_video
-from micro import run_in_home, vlm_home
+from micro import run_in_home, tune_and_merge, vlm_home
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),  # numpy 2, in transformers
@@ -231,22 +231,8 @@ def test_from_the_hub_then_tune_merge_and_load(checkpoints, kind: str, tmp_path)
                           "--max-new-tokens", "4"], capture_output=True, text=True, env=env, timeout=300)
     assert ask.returncode == 0, ask.stderr[-2000:]
     assert json.loads(ask.stdout)["audio"] == "used"
-    data = tmp_path / "train.json"
-    data.write_text(json.dumps([
-        {"id": str(i), "video": str(clip), "conversations": [
-            {"from": "human", "value": "<video>\nWhat sound is playing?"},
-            {"from": "gpt", "value": "a boat engine"}]}
-        for i, clip in enumerate((WITH_AUDIO, SILENT))]))
     recipe = {"unified": "gemma-4-12b", "e2b": "gemma-4-e2b"}[kind]
-    tune = subprocess.run(
-        [VLM, "tune", recipe, "--from", repo, "--data", str(data), "--out", str(tmp_path / "run"),
-         "--json", "train.stage2.lora={rank: 4, alpha: 8, dropout: 0.0}", "train.stage2.batch_size=2",
-         "train.stage2.max_steps=2", "train.stage2.lr=1e-2", "train.stage2.max_length=8192"],
-        capture_output=True, text=True, env=env, timeout=600)
-    assert tune.returncode == 0, tune.stderr[-3000:]
-    merge = subprocess.run([VLM, "merge-lora", str(tmp_path / "run"), "--out", str(tmp_path / "merged"),
-                            "--verify", "--json"], capture_output=True, text=True, env=env, timeout=600)
-    assert merge.returncode == 0, merge.stderr[-3000:]
+    tune_and_merge(env, recipe, repo, [WITH_AUDIO, SILENT], tmp_path, max_length=8192)
     with vlm_home(env["VLM_HOME"]), pytest.MonkeyPatch.context() as mp:
         card_decoders(mp)
         merged = load_model(tmp_path / "merged", dtype=torch.float32)

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from media_factory import SHARED_MEDIA, moving_frames, write_png
-from micro import run_in_home, vlm_home
+from micro import run_in_home, tune_and_merge, vlm_home
 from omni_fixtures import card_answer, load_reference
 from qwen3_omni_fixtures import make_tiny_qwen3_omni
 
@@ -144,22 +144,7 @@ def test_from_the_hub_without_speech_shards_then_tune_merge_and_load(checkpoint,
                          timeout=300)
     assert ask.returncode == 0, ask.stderr[-2000:]
     assert json.loads(ask.stdout)["audio"] == "used"
-    data = tmp_path / "train.json"
-    data.write_text(json.dumps([
-        {"id": str(i), "video": str(clip), "conversations": [
-            {"from": "human", "value": "<video>\nWhat sound is playing?"},
-            {"from": "gpt", "value": "a boat engine"}]}
-        for i, clip in enumerate((WITH_AUDIO, SILENT))]))
-    tune = subprocess.run(
-        [VLM, "tune", "qwen3-omni-30b-a3b", "--from", repo, "--data", str(data), "--out",
-         str(tmp_path / "run"), "--json", "train.stage2.lora={rank: 4, alpha: 8, dropout: 0.0}",
-         "train.stage2.batch_size=2", "train.stage2.max_steps=2", "train.stage2.lr=1e-2",
-         "train.stage2.max_length=4096"], capture_output=True, text=True, env=env, timeout=600)
-    assert tune.returncode == 0, tune.stderr[-3000:]
-    merge = subprocess.run([VLM, "merge-lora", str(tmp_path / "run"), "--out",
-                            str(tmp_path / "merged"), "--verify", "--json"],
-                           capture_output=True, text=True, env=env, timeout=600)
-    assert merge.returncode == 0, merge.stderr[-3000:]
+    tune_and_merge(env, "qwen3-omni-30b-a3b", repo, [WITH_AUDIO, SILENT], tmp_path)
     with vlm_home(env["VLM_HOME"]):
         merged = load_model(tmp_path / "merged")
         assert merged.family == "qwen3-omni"

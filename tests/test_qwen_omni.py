@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from media_factory import SHARED_MEDIA, moving_frames, write_png
-from micro import run_in_home, vlm_home
+from micro import run_in_home, tune_and_merge, vlm_home
 from omni_fixtures import card_answer as omni_card_answer
 from omni_fixtures import load_reference, make_tiny_qwen_omni
 
@@ -220,12 +220,6 @@ def test_tune_lora_then_merge_loads_in_transformers(checkpoint, omni_utils, tmp_
 
     from hub_server import FakeHub, client_env
 
-    data = tmp_path / "train.json"
-    data.write_text(json.dumps([
-        {"id": str(i), "video": str(clip), "conversations": [
-            {"from": "human", "value": "<video>\nWhat sound is playing?"},
-            {"from": "gpt", "value": "a boat engine"}]}
-        for i, clip in enumerate((WITH_AUDIO, SILENT))]))
     with FakeHub() as hub:  # download (the thinker's shards), then everything offline
         hub.add_dir("Qwen/Qwen2.5-Omni-3B", checkpoint)
         env = client_env(tmp_path / "hf", hub.url, VLM_HOME=str(tmp_path / "home"))
@@ -233,19 +227,10 @@ def test_tune_lora_then_merge_loads_in_transformers(checkpoint, omni_utils, tmp_
                              text=True, env=env, timeout=300)
         assert got.returncode == 0, got.stderr
     env["HF_HUB_OFFLINE"] = "1"
-    tune = subprocess.run(
-        [VLM, "tune", "qwen2.5-omni-3b", "--from", "Qwen/Qwen2.5-Omni-3B", "--data", str(data),
-         "--out", str(tmp_path / "run"), "--json",
-         "train.stage2.lora={rank: 4, alpha: 8, dropout: 0.0}", "train.stage2.batch_size=2",
-         "train.stage2.max_steps=3", "train.stage2.lr=1e-2", "train.stage2.max_length=4096"],
-        capture_output=True, text=True, env=env, timeout=600)
-    assert tune.returncode == 0, tune.stderr[-3000:]
-    assert json.loads(tune.stdout)["trained"] == ["lora"]
-    merge = subprocess.run([VLM, "merge-lora", str(tmp_path / "run"), "--out",
-                            str(tmp_path / "merged"), "--verify", "--json"],
-                           capture_output=True, text=True, env=env, timeout=600)
-    assert merge.returncode == 0, merge.stderr[-3000:]
-    assert json.loads(merge.stdout)["max_abs_logit_diff_saved"] <= 1e-4
+    tune, merge = tune_and_merge(env, "qwen2.5-omni-3b", "Qwen/Qwen2.5-Omni-3B", [WITH_AUDIO, SILENT],
+                                 tmp_path, steps=3)
+    assert tune["trained"] == ["lora"]
+    assert merge["max_abs_logit_diff_saved"] <= 1e-4
 
     with vlm_home(env["VLM_HOME"]):  # in-process loads below: local directories
         base = load_model(checkpoint).model
