@@ -71,8 +71,6 @@ def model_inputs(model: Any, ids: torch.Tensor, mask: torch.Tensor, rows: Sequen
     [A, T, H]``, ``attention_mask [A, T]`` True where valid), or None."""
     from transformers.modeling_outputs import BaseModelOutputWithPooling
 
-    from vlm_cli.model.families.native import media_kind_of
-
     device = model.device
     types_ = torch.zeros_like(ids)
     for b, row in enumerate(rows):
@@ -83,8 +81,9 @@ def model_inputs(model: Any, ids: torch.Tensor, mask: torch.Tensor, rows: Sequen
     audio: list[torch.Tensor] = []
     for row_media in media:
         for m in row_media:
-            if m.vision is not None:
-                outputs[media_kind_of(m)].append(m.vision.to(device))
+            if m.vision is not None:  # a video's entry has its soft tokens per frame
+                kind = "video" if "soft_tokens_per_frame" in m.vision_meta else "image"
+                outputs[kind].append(m.vision.to(device))
             if m.audio is not None:
                 audio.append(m.audio)
     kwargs: dict[str, Any] = {"input_ids": ids.to(device), "attention_mask": mask.to(device),
