@@ -196,11 +196,11 @@ def test_audio_clips_streamed_equal_the_whole_track(tmp_path, rate, channels, cl
 
 @pytest.mark.parametrize("long_s", [1.0, 600.0])  # streamed (a "long" track) or whole
 def test_decode_media_takes_the_audio_clips_only(tmp_path, monkeypatch, long_s):
-    from vlm_cli import features
+    from vlm_cli import decode
     from vlm_cli.features import DecodeRequest, decode_media
     from vlm_cli.media import audio_clip_fbanks, load_audio
 
-    monkeypatch.setattr(features, "LONG_AUDIO_S", long_s)
+    monkeypatch.setattr(decode, "LONG_AUDIO_S", long_s)
     calls = []
     import vlm_cli.media.audio_clips as streaming
 
