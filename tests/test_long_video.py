@@ -35,13 +35,13 @@ def long_clip(path, seconds: int, fps: int = 4):
 @pytest.mark.parametrize("window", [1, 3, 100])
 def test_windows_give_the_frames_and_times_of_load_video(short_clip, decoder, window,
                                                          monkeypatch):
-    # load_video's decoders; the windows decode with PyAV
+    # load_video's decoders; the windows decode with PyAV, by seeking
 
     use_decoder(monkeypatch, decoder)
     whole = load_video(short_clip, num_frames=None, fps=3)
     reader = video_windows(short_clip, fps=3, window=window)
     parts = list(reader)
-    assert whole.decoder == decoder and reader.decoder == "pyav"
+    assert whole.decoder == decoder and reader.decoder == "pyav-seek"
     assert all(1 <= p.shape[0] <= window for p in parts) and reader.peak_frames <= window
     assert np.array_equal(np.concatenate(parts), whole.frames)
     # decord keeps times as float32: the same times, to its rounding.
