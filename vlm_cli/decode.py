@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+#: The modalities a file's features come in (one cache entry each).
 VISION, AUDIO = "vision", "audio"
 
 

@@ -21,13 +21,13 @@ import dataclasses
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from vlm_cli.decode import AUDIO, VISION
+
 if TYPE_CHECKING:
     import torch
 
     from vlm_cli.media.windows import VideoWindows
     from vlm_cli.model.families import EncoderSource
-
-VISION, AUDIO = "vision", "audio"
 
 
 @dataclasses.dataclass
