@@ -40,8 +40,9 @@ lock: | $(PY)
 	$(VENV)/bin/uv pip compile pyproject.toml --extra test --universal --python-version 3.11 \
 	  --generate-hashes --custom-compile-command "make lock" --quiet --output-file $(LOCK)
 
+# --durations: the 15 slowest tests, so that a slow suite says where its time goes.
 test: install
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 # The main job, end to end on the embedded default data. Each step is a file target, so a
 # re-run skips what is done: generate toy-av, align the tiny encoders to the captions, cache

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 
 from vlm_cli.commands.options import Download, Dtype, Model, Revision, System
+
+if TYPE_CHECKING:
+    from vlm_cli.features import FetchInfo
 
 app = typer.Typer(add_completion=False, rich_markup_mode="rich")
 
@@ -120,7 +123,7 @@ def ask(
 
         torch.manual_seed(seed)
 
-    def answer(text: str) -> None:
+    def answer(text: str, info: FetchInfo) -> None:
         stream = None if json_out else (lambda delta: (sys.stdout.write(delta),
                                                        sys.stdout.flush()))
         result = session.ask(text, max_new_tokens=max_new_tokens, temperature=temperature,
@@ -141,10 +144,9 @@ def ask(
         else:
             sys.stdout.write("\n")
             sys.stdout.flush()
-        info.cache, info.decode_s, info.encode_s = "hit", 0.0, 0.0  # later turns
 
     if question is not None:
-        answer(question)
+        answer(question, info)
         return
     interactive = sys.stdin.isatty()
     if interactive:
@@ -162,7 +164,8 @@ def ask(
             session.reset()
             continue
         if line:
-            answer(line)
+            answer(line, info)
+            info = info.again()  # later turns reuse the features in memory
 
 
 def _split_args(args: list[str], batch: bool) -> tuple[Path | None, str | None, list[Path]]:

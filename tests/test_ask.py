@@ -63,6 +63,50 @@ def test_json_fields_and_cache_hit(home, capsys):
     assert ask_json(capsys, clip, "What sound is playing?", *model)[1]["answer"] == first["answer"]
 
 
+def test_a_cached_clip_is_named_once_on_a_short_route(home, capsys, monkeypatch):
+    """Following `vlm ask` on a cached clip (a profile of its calls): the file is hashed once
+    and its kind decided once, and its features come from at most 8 files, commands/ask.py
+    included (pipeline, features, keys, cache, media kinds, the token budget)."""
+    from collections import Counter
+
+    import vlm_cli
+    from vlm_cli.pipeline import Pipeline
+
+    clip = str(home / "toy" / "media" / "toyav-00004.mp4")
+    args = ["ask", clip, "What sound is playing?", "--model", str(home / "run"), "--json"]
+    assert run(args) == 0  # cached now
+    capsys.readouterr()
+    root = Path(vlm_cli.__file__).parent
+    calls, route, following = Counter(), set(), [False]
+
+    def profile(frame, event, arg):
+        code = frame.f_code
+        if event == "call" and code.co_filename.startswith(str(root)):
+            calls[code.co_name] += 1
+            if following[0]:
+                route.add(Path(code.co_filename).relative_to(root).as_posix())
+
+    def follow(method):
+        def wrapped(*a, **k):
+            following[0] = method is Pipeline.media or following[0]
+            try:
+                return method(*a, **k)
+            finally:
+                following[0] = method is Pipeline.media
+        return wrapped
+
+    monkeypatch.setattr(Pipeline, "media", follow(Pipeline.media))
+    monkeypatch.setattr(Pipeline, "features", follow(Pipeline.features))
+    sys.setprofile(profile)
+    try:
+        code = run(args)
+    finally:
+        sys.setprofile(None)
+    assert code == 0 and json.loads(capsys.readouterr().out)["cache"] == "hit"
+    assert calls["file_digest"] == 1 and calls["media_kind"] == 1
+    assert len(route) + 1 <= 8, sorted(route)  # + commands/ask.py
+
+
 def test_streams_plain_text(home, capsys):
     clip = str(home / "toy" / "media" / "toyav-00002.mp4")
     assert run(["ask", clip, "What shape is moving?", "--model", str(home / "run")]) == 0

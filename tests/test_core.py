@@ -2,7 +2,8 @@
 data order, generation (batch vs one by one, streaming deltas, the chat's KV cache).
 
 A tiny model built in-process (toy-av tokenizer, 1-layer Llama of width 32, an MLP projector for
-video and a Q-Former for audio): every test runs in well under a second.
+video and a Q-Former for audio), and the same model taught one answer (so that the chat tests
+check known, non-empty tokens): every test runs in well under a second.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from greedy import generate
 from vlm_cli.errors import DataError
 from vlm_cli.model.chat import IGNORE_INDEX, encode_conversation, encode_prompt
 from vlm_cli.model.vlm import MediaInput, Prefix, VideoLanguageModel
@@ -21,8 +23,7 @@ LLAMA = {"model_type": "llama", "hidden_size": 32, "intermediate_size": 64,
          "max_position_embeddings": 512}
 
 
-@pytest.fixture(scope="module")
-def model() -> VideoLanguageModel:
+def build_model() -> VideoLanguageModel:
     from vlm_cli.model.llm import build_llm
     from vlm_cli.model.tokenizer import load_tokenizer
 
@@ -35,6 +36,38 @@ def model() -> VideoLanguageModel:
     torch.manual_seed(0)
     llm = build_llm(spec.llm, tokenizer)
     vlm = VideoLanguageModel(spec, llm, tokenizer, {"vision": D_VISION, "audio": D_AUDIO})
+    return vlm.eval()
+
+
+@pytest.fixture(scope="module")
+def model() -> VideoLanguageModel:
+    return build_model()
+
+
+#: What :func:`taught` answers about ``clip(0)``, whatever the question.
+ANSWER = "a high tone"
+
+
+@pytest.fixture(scope="module")
+def taught() -> VideoLanguageModel:
+    """The tiny model taught to answer :data:`ANSWER` about ``clip(0)``, to a first question
+    and to a follow-up (AdamW on two conversations until both are learnt): its greedy answers
+    are known, non-empty tokens."""
+    vlm = build_model().train()
+    chats = [[{"from": "human", "value": "<video>\nwhat sound is playing ?"},
+              {"from": "gpt", "value": ANSWER}]]
+    chats.append(chats[0] + [{"from": "human", "value": "what colour is it ?"},
+                             {"from": "gpt", "value": ANSWER}])
+    encoded = [encode_conversation(vlm.tokenizer, chat, max_length=128) for chat in chats]
+    optimizer = torch.optim.AdamW(vlm.parameters(), lr=1e-2)
+    torch.manual_seed(0)
+    for _ in range(100):
+        loss, n = vlm([ids for ids, _ in encoded], [labels for _, labels in encoded],
+                      [[clip(0)] for _ in encoded])
+        (loss / n).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    assert (loss / n).item() < 0.05  # learnt
     return vlm.eval()
 
 
@@ -156,7 +189,7 @@ def test_batch_gives_the_same_tokens_as_one_by_one(model):
     prompts = [prompt(model), prompt(model, "what colour is the shape ?"),
                prompt(model, "describe the clip")]
     media = [[clip(0)], [clip(1, audio=False)], [clip(2, frames=1)]]
-    one_by_one = [model.generate(p, m, max_new_tokens=6) for p, m in zip(prompts, media)]
+    one_by_one = [generate(model, p, m, max_new_tokens=6) for p, m in zip(prompts, media)]
     assert model.generate_batch(prompts, media, max_new_tokens=6) == one_by_one
     assert any(one_by_one)
 
@@ -170,22 +203,23 @@ def test_stream_yields_eos_once_then_none(model):
     assert len(forced) == 12
 
 
-def test_streaming_deltas_add_up_to_the_answer(model):
+def test_streaming_deltas_add_up_to_the_answer(taught):
     from vlm_cli.pipeline import ChatSession
 
     deltas: list[str] = []
-    session = ChatSession(model, clip(0), "<video>")
+    session = ChatSession(taught, clip(0), "<video>")
     answer = session.ask("what sound is playing ?", max_new_tokens=8, on_text=deltas.append)
-    assert "".join(deltas).strip() == answer.text
-    assert answer.tokens == len(model.tokenizer(answer.text, add_special_tokens=False)
-                                ["input_ids"]) or answer.text == ""
+    assert answer.text == ANSWER and "".join(deltas).strip() == ANSWER
+    assert answer.tokens == len(taught.tokenizer(ANSWER, add_special_tokens=False)
+                                ["input_ids"])
 
 
-def test_chat_keeps_the_kv_cache_of_earlier_turns(model):
-    """The second turn gives the same tokens as a fresh full prefill, but prefills only the new
-    tokens (not the soft prompt again)."""
+def test_chat_keeps_the_kv_cache_of_earlier_turns(taught):
+    """The second turn gives the same tokens as a fresh full prefill (the known answer), but
+    prefills only the new tokens (not the soft prompt again)."""
     from vlm_cli.pipeline import ChatSession
 
+    model = taught
     session = ChatSession(model, clip(0), "<video>")
     first = session.ask("what sound is playing ?", max_new_tokens=6)
     calls = []
@@ -193,9 +227,10 @@ def test_chat_keeps_the_kv_cache_of_earlier_turns(model):
     second = session.ask("what colour is it ?", max_new_tokens=6)
     hook.remove()
     assert calls == []  # the follow-up neither prefills nor recomputes the soft prompt
+    assert first.text == second.text == ANSWER
     turns = session.turns[:-1]
-    fresh = model.generate(encode_prompt(model.tokenizer, turns), [clip(0)], max_new_tokens=6)
-    assert model.tokenizer.decode(fresh, skip_special_tokens=True).strip() == second.text
+    fresh = generate(model, encode_prompt(model.tokenizer, turns), [clip(0)], max_new_tokens=6)
+    assert model.tokenizer.decode(fresh, skip_special_tokens=True).strip() == ANSWER
     full = first.prefill_tokens
     assert full >= T * N + 2 and second.prefill_tokens < full - T * N
     session.reset()

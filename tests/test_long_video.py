@@ -35,13 +35,13 @@ def long_clip(path, seconds: int, fps: int = 4):
 @pytest.mark.parametrize("window", [1, 3, 100])
 def test_windows_give_the_frames_and_times_of_load_video(short_clip, decoder, window,
                                                          monkeypatch):
-    # load_video's decoders; the windows decode with PyAV
+    # load_video's decoders; the windows decode with PyAV, by seeking
 
     use_decoder(monkeypatch, decoder)
     whole = load_video(short_clip, num_frames=None, fps=3)
     reader = video_windows(short_clip, fps=3, window=window)
     parts = list(reader)
-    assert whole.decoder == decoder and reader.decoder == "pyav"
+    assert whole.decoder == decoder and reader.decoder == "pyav-seek"
     assert all(1 <= p.shape[0] <= window for p in parts) and reader.peak_frames <= window
     assert np.array_equal(np.concatenate(parts), whole.frames)
     # decord keeps times as float32: the same times, to its rounding.
@@ -196,11 +196,11 @@ def test_audio_clips_streamed_equal_the_whole_track(tmp_path, rate, channels, cl
 
 @pytest.mark.parametrize("long_s", [1.0, 600.0])  # streamed (a "long" track) or whole
 def test_decode_media_takes_the_audio_clips_only(tmp_path, monkeypatch, long_s):
-    from vlm_cli import features
+    from vlm_cli import decode
     from vlm_cli.features import DecodeRequest, decode_media
     from vlm_cli.media import audio_clip_fbanks, load_audio
 
-    monkeypatch.setattr(features, "LONG_AUDIO_S", long_s)
+    monkeypatch.setattr(decode, "LONG_AUDIO_S", long_s)
     calls = []
     import vlm_cli.media.audio_clips as streaming
 

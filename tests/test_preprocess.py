@@ -267,13 +267,13 @@ def test_worker_resize_and_batched_encoding_keep_the_features_bit_identical(home
     summary = preprocess(clips, store, workers=2)
     assert (summary.computed, summary.failed) == (3, [])
     encoder = store.encoder("vision")
-    pre = encoder.fingerprint["preprocess"]
-    batched = store.encode_vision_batch(  # all three in one forward, whatever preprocess did
-        [(clip, decode_media(store.request(clip, ["vision"]))) for clip in clips])
+    pre = encoder.preprocessing
+    batched = store.encoders.encode_vision_batch(  # all three in one forward
+        [("vision", decode_media(store.request(clip, ["vision"]))) for clip in clips])
     for clip, together in zip(clips, batched):
         frames = load_video(clip, num_frames=recipe.data.frames).frames
         with torch.no_grad():
-            expected = encoder(_reference_pixels(frames, 224, pre["mean"], pre["std"]))[0]
+            expected = encoder(_reference_pixels(frames, 224, pre.mean, pre.std))[0]
         cached = store.media_input(clip).vision
         assert cached.shape == expected.shape and torch.equal(cached, expected), clip.name
         assert torch.equal(together, expected), clip.name

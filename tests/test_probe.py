@@ -99,21 +99,22 @@ def test_variant_features_and_their_cache_keys(home, tmp_path):
     """ViViT sees the frame order: reordered frames are encoded and cached under keys of their
     own, never an original's; a per-frame encoder's variant is its features reordered."""
     from vlm_cli.cache import FeatureCache
+    from vlm_cli.eval.probe import reordered_frames
     from vlm_cli.features import FeatureStore
     from vlm_cli.model.families import load_model
 
     store = FeatureStore(load_model(home / "run").recipe, FeatureCache())
-    clips = sorted((home / "toy" / "media").glob("*.mp4"))[:2]
-    originals = {k for c in clips for k in store.keys(c, store.cache.file_digest(c)).values()}
+    clips = [store.media(c) for c in sorted((home / "toy" / "media").glob("*.mp4"))[:2]]
+    originals = {k.hex for c in clips for k in store.keys(c).values()}
     variants = set()
     for clip in clips:
         base, _ = store.fetch(clip)
         for name in ("reverse", "shuffle", "still"):
-            feats, _ = store.reordered_frames(clip, frame_order(name, 4), name)
+            feats, _ = reordered_frames(store, clip, frame_order(name, 4), name)
             assert feats.shape == base.vision.shape
-            variants.add(store.variant_key(clip, store.cache.file_digest(clip), name))
-        again, _ = store.reordered_frames(clip, frame_order("reverse", 4), "reverse")
-        assert torch.equal(again, store.reordered_frames(clip, [3, 2, 1, 0], "reverse")[0])
+            variants.add(store.key(clip, "vision", frame_order=name).hex)
+        again, _ = reordered_frames(store, clip, frame_order("reverse", 4), "reverse")
+        assert torch.equal(again, reordered_frames(store, clip, [3, 2, 1, 0], "reverse")[0])
         assert not torch.equal(again, base.vision)  # the encoder saw the order
     assert len(variants) == 6 and not variants & originals
     provenance = [e.metadata for e in store.cache.entries() if "frame_order" in e.metadata]
@@ -126,10 +127,10 @@ def test_variant_features_and_their_cache_keys(home, tmp_path):
     (tmp_path / "clip.yaml").write_text(MICRO.replace(VISION_VIVIT, VISION_CLIP))
     per_frame = FeatureStore(load_recipe(str(tmp_path / "clip.yaml")), FeatureCache())
     base, _ = per_frame.fetch(clips[0], audio=False)
-    got, meta = per_frame.reordered_frames(clips[0], [3, 2, 1, 0], "reverse")
+    got, meta = reordered_frames(per_frame, clips[0], [3, 2, 1, 0], "reverse")
     assert torch.equal(got, base.vision.flip(0)) and "timestamps" in meta
     with pytest.raises(ValueError):
-        per_frame.reordered_frames(clips[0], [0, 1], "reverse")
+        reordered_frames(per_frame, clips[0], [0, 1], "reverse")
 
 
 def test_probe_report_rows_and_resume(home, tmp_path, capsys):

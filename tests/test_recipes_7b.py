@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from vlm_cli.model.skeleton import parameter_counts
+from skeleton import parameter_counts
 from vlm_cli.recipe import load_recipe
 
 CLIP_L14 = {"architectures": ["CLIPVisionModel"], "model_type": "clip_vision_model",

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 import torch
 
+from greedy import generate
 from hf_fixtures import make_tiny_video_llava
 from hub_server import FakeHub, client_env
 from media_factory import SHARED_MEDIA, moving_frames, write_png, write_video
@@ -104,7 +105,7 @@ def test_video_logits_and_greedy_answer_match_transformers(checkpoint):
     theirs = reference.generate(**inputs, max_new_tokens=8, do_sample=False)
     answer = processor.tokenizer.decode(theirs[0, inputs["input_ids"].shape[1]:],
                                         skip_special_tokens=True).strip()
-    assert model.generate(ids, [features], max_new_tokens=8) == \
+    assert generate(model, ids, [features], max_new_tokens=8) == \
         theirs[0, inputs["input_ids"].shape[1]:].tolist()
     # The command line, end to end.
     out = subprocess.run([VLM, "ask", str(CLIP), QUESTION, "--model", str(checkpoint), "--json",

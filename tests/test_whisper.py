@@ -42,7 +42,7 @@ def test_checkpoint_features_match_transformers(tmp_path):
     with torch.no_grad():
         hidden = reference.encoder(input_features=feats).last_hidden_state
     torch.testing.assert_close(media.audio[0], hidden[0, :100].mean(0), atol=1e-4, rtol=1e-4)
-    assert store.fingerprints["audio"]["preprocess"]["frontend"] == "whisper_log_mel"
+    assert store.sources["audio"].key.preprocess["frontend"] == "whisper_log_mel"
 
 
 def test_random_init_and_input_length_check(tmp_path):

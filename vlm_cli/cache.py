@@ -7,9 +7,10 @@ Layout under the cache root (``$VLM_HOME``, else ``$XDG_CACHE_HOME/vlm``, else `
     hashes/<hh>/<path-hash>.json      memo of media-file sha256, keyed by (path, size, mtime_ns)
 
 Model weights are never copied here: they stay in the Hugging Face hub cache (HF_HOME /
-HF_HUB_CACHE). A key is the sha256 of a canonical JSON of (media sha256, encoder fingerprint,
-sampling settings), so anything that changes the features changes the key and a trainable part can
-never read a stale entry.
+HF_HUB_CACHE). A key is the sha256 of the canonical JSON of a :class:`vlm_cli.keys.FeatureKey`
+(media sha256, encoder key, sampling settings), so anything that changes the features changes the
+key and a trainable part can never read a stale entry. Methods taking a key take its 64 hex chars
+or the :class:`~vlm_cli.keys.FeatureKey` itself.
 
 Integrity: every entry records the sha256 of its tensor payload in its metadata. A truncated or
 corrupted file fails to parse or fails that check on read; :meth:`FeatureCache.get` then reports it
@@ -30,7 +31,10 @@ from typing import Any
 
 from vlm_cli.atomic import atomic_write_bytes
 from vlm_cli.errors import CacheError, MediaError
+# canonical_json and feature_key are defined with the typed keys, and named here too.
+from vlm_cli.keys import FeatureKey, canonical_json, feature_key  # noqa: F401
 
+#: The version of the entry format (``format_version`` in an entry's metadata).
 FORMAT_VERSION = "1"
 _HASH_CHUNK = 1 << 20
 
@@ -42,25 +46,6 @@ def cache_root() -> Path:
     if os.environ.get("XDG_CACHE_HOME"):
         return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "vlm"
     return Path.home() / ".cache" / "vlm"
-
-
-def canonical_json(obj: Any) -> str:
-    """JSON with sorted keys and no whitespace: the form that is hashed into cache keys."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
-
-
-def feature_key(media_sha256: str, encoder: Mapping[str, Any], sampling: Mapping[str, Any]) -> str:
-    """The cache key (64 hex chars) of one media file under one encoder and sampling setting.
-
-    Args:
-        media_sha256: sha256 of the media file's bytes (see :meth:`FeatureCache.file_digest`).
-        encoder: the encoder fingerprint (model id, revision or weights hash, feature layer, dtype,
-            preprocessing), JSON-serialisable.
-        sampling: the sampling settings (frames, strategy, fps, audio clips, fbank settings).
-    """
-    blob = canonical_json({"v": FORMAT_VERSION, "media": media_sha256, "encoder": encoder,
-                           "sampling": sampling})
-    return hashlib.sha256(blob.encode()).hexdigest()
 
 
 def _split(data: bytes) -> tuple[dict[str, Any], bytes]:
@@ -166,17 +151,18 @@ class FeatureCache:
 
     # --- entries -------------------------------------------------------------------------------
 
-    def path_for(self, key: str) -> Path:
+    def path_for(self, key: str | FeatureKey) -> Path:
         """Where the entry for ``key`` lives (it may not exist)."""
+        key = str(key)
         return self.root / "features" / key[:2] / f"{key}.safetensors"
 
-    def lock_for(self, key: str):
+    def lock_for(self, key: str | FeatureKey):
         """A :class:`filelock.FileLock` serialising writers of ``key`` across processes."""
         from filelock import FileLock
 
         return FileLock(str(self.root / "locks" / f"{key}.lock"))
 
-    def get(self, key: str) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    def get(self, key: str | FeatureKey) -> tuple[dict[str, Any], dict[str, Any]] | None:
         """Read and verify an entry.
 
         Returns:
@@ -192,12 +178,12 @@ class FeatureCache:
 
         return load(data), json.loads(_split(data)[0]["__metadata__"]["provenance"])
 
-    def verify(self, key: str) -> bool:
+    def verify(self, key: str | FeatureKey) -> bool:
         """True if a valid entry exists (checked as :meth:`get` does, without loading tensors or
         importing torch); a corrupt entry is reported and deleted."""
         return self._read_valid(key) is not None
 
-    def _read_valid(self, key: str) -> bytes | None:
+    def _read_valid(self, key: str | FeatureKey) -> bytes | None:
         path = self.path_for(key)
         result = _read_verified(path)
         if isinstance(result, str):
@@ -216,12 +202,13 @@ class FeatureCache:
                 pass  # a read-only cache still serves hits
         return result
 
-    def put(self, key: str, tensors: Mapping[str, Any], provenance: Mapping[str, Any]) -> Path:
+    def put(self, key: str | FeatureKey, tensors: Mapping[str, Any],
+            provenance: Mapping[str, Any]) -> Path:
         """Write an entry atomically (temporary name, rename) under the key's file lock; no fsync:
         a torn entry fails its payload checksum on read and is recomputed.
 
         Args:
-            key: from :func:`feature_key`.
+            key: a :class:`~vlm_cli.keys.FeatureKey` (or its hex).
             tensors: name -> torch tensor (any dtype/shape; may be empty, e.g. for "no audio").
             provenance: JSON-serialisable description (media path and sha256, encoder, sampling,
                 decoder, ...), stored in the safetensors metadata.

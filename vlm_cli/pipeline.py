@@ -4,9 +4,11 @@ The route from a question to a token, top to bottom:
 
 1. :meth:`Pipeline.load` resolves ``--model`` (:func:`resolve_model`) and loads it once with its
    family (:func:`vlm_cli.model.families.load_model`): recipe, model, frozen-encoder sources;
-2. :meth:`Pipeline.media` names a file once (:class:`MediaFile`: path, kind, content hash);
+2. :meth:`Pipeline.media` names a file once (:class:`~vlm_cli.features.MediaFile`: path, kind,
+   content hash);
 3. :meth:`Pipeline.features` reads its features from the cache, or decodes and encodes them
-   once (:meth:`vlm_cli.features.FeatureStore.fetch`), with a typed :class:`FetchInfo`;
+   once (:meth:`vlm_cli.features.FeatureStore.fetch`), with a typed
+   :class:`~vlm_cli.features.FetchInfo`;
 4. :class:`ChatSession` (one clip, several turns, the KV cache of the conversation kept) or
    :meth:`Pipeline.answer_batch` (many clips, greedy, batched) encode the chat
    (:func:`vlm_cli.model.chat.encode_prompt`) and run
@@ -23,10 +25,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from vlm_cli.errors import MediaError, UsageError
+from vlm_cli.errors import UsageError
 
 if TYPE_CHECKING:
-    from vlm_cli.features import FeatureStore
+    from vlm_cli.features import FeatureStore, FetchInfo, MediaFile
     from vlm_cli.model.families import Loaded
     from vlm_cli.model.vlm import MediaInput, VideoLanguageModel
 
@@ -71,51 +73,6 @@ def resolve_model(model: str | None, revision: str | None = None, *,
     if not (default / "config.json").exists():
         raise UsageError(NO_MODEL)
     return default, None
-
-
-@dataclasses.dataclass(frozen=True)
-class MediaFile:
-    """A media file named once: its path, kind (``video``, ``image`` or ``audio``, from the
-    extension) and content hash (sha256, memoised by the cache)."""
-
-    path: Path
-    kind: str
-    sha256: str
-
-    @property
-    def placeholder(self) -> str:
-        """The prompt placeholder of this kind: ``<video>``, ``<image>`` or ``<audio>``."""
-        return f"<{self.kind}>"
-
-
-@dataclasses.dataclass
-class FetchInfo:
-    """How a file's features were obtained.
-
-    Attributes:
-        cache: ``hit`` (read from the feature cache) or ``miss`` (decoded and encoded now).
-        audio: ``used``, ``absent`` (the file has no audio track) or ``disabled`` (``--no-audio``,
-            or a model without an audio branch).
-        frames: ``{"count", "timestamps"}`` (seconds) of the sampled frames, or None.
-        decode_s, encode_s: seconds spent decoding and encoding (a hit: reading, and 0).
-        budget: how the video features were fitted to the token budget
-            (:class:`vlm_cli.model.budget.VideoBudget` as a dict: ``frames_sampled``,
-            ``frames_used``, ``pooled``, ``tokens``, ``max_tokens``, clip windows), or None.
-    """
-
-    cache: str
-    audio: str
-    frames: dict[str, Any] | None
-    decode_s: float
-    encode_s: float
-    budget: dict[str, Any] | None = None
-
-    @property
-    def branches(self) -> list[str]:
-        """The branches whose soft prompts reach the LLM: ``vision`` (frames were sampled) and
-        ``audio`` (the track was used)."""
-        return [name for name, used in (("vision", self.frames is not None),
-                                        ("audio", self.audio == "used")) if used]
 
 
 @dataclasses.dataclass
@@ -213,7 +170,7 @@ class Pipeline:
     @property
     def has_audio(self) -> bool:
         """Whether the model has an audio branch."""
-        return self.store is not None and "audio" in self.store.fingerprints
+        return self.store is not None and "audio" in self.store.sources
 
     def _store(self) -> FeatureStore:
         if self.store is None:
@@ -221,17 +178,12 @@ class Pipeline:
         return self.store
 
     def media(self, path: str | Path) -> MediaFile:
-        """Name a media file once.
+        """Name a media file once (:meth:`vlm_cli.features.FeatureStore.media`).
 
         Raises:
             MediaError: the file does not exist or cannot be read.
         """
-        from vlm_cli.media.kinds import media_kind
-
-        path = Path(path)
-        if not path.is_file():
-            raise MediaError(path, "file not found")
-        return MediaFile(path, media_kind(path), self._store().cache.file_digest(path))
+        return self._store().media(path)
 
     def features(self, ref: MediaFile, *, audio: bool = True) -> tuple[MediaInput, FetchInfo]:
         """The file's features (from the cache, else decoded and encoded once and cached),
@@ -247,12 +199,11 @@ class Pipeline:
                 model (e.g. more tokens than its context); the message names what to lower.
         """
         store = self._store()
-        store.check_media(ref.path, audio=audio)  # over the model's limits: before decoding
-        features, info = store.fetch(ref.path, audio=audio)
+        store.check_media(ref, audio=audio)  # over the model's limits: before decoding
+        features, info = store.fetch(ref, audio=audio)
         if features.vision is None and features.audio is None:
             raise UsageError(f"{ref.path}: nothing to answer from (an audio file with "
                              "--no-audio, or a kind of file this model has no encoder for)")
-        budget = None
         if features.vision is not None and self.model.fits_video_budget:
             from vlm_cli.model.budget import fit_video
 
@@ -260,14 +211,14 @@ class Pipeline:
             clip = (spec.config or {}).get("num_frames") if spec is not None and \
                 spec.arch == "vivit" and ref.kind == "video" else None
             features, fitted = fit_video(self.model, features, clip_frames=clip)
-            budget = fitted.as_dict() if fitted is not None else None
+            if fitted is not None:
+                info = dataclasses.replace(info, budget=fitted.as_dict())
             if fitted is not None and fitted.pooled != "none":
                 from vlm_cli import console
 
                 console.info(f"{ref.path}: {fitted.frames_sampled} frames sampled; "
                              f"{fitted.pooled}")
-        return features, FetchInfo(info["cache"], info["audio"], info.get("frames"),
-                                   info["decode_s"], info["encode_s"], budget)
+        return features, info
 
     def chat(self, media: MediaInput, ref: MediaFile) -> ChatSession:
         """A conversation about one file (its features from :meth:`features`)."""

@@ -19,8 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from vlm_cli.atomic import atomic_write_bytes
+from vlm_cli.decode import decode_media
 from vlm_cli.errors import MediaError, UsageError
-from vlm_cli.features import VISION, FeatureStore, decode_media
+from vlm_cli.features import VISION, FeatureStore, MediaFile
+from vlm_cli.keys import FeatureKey
+from vlm_cli.media.kinds import media_kind
 from vlm_cli.workers import TaskFailure, prefetched, run_isolated
 
 
@@ -122,13 +125,13 @@ class _CoreShare:
 
 
 #: What the decoder workers import, once for all of them (see :func:`run_isolated`).
-WORKER_PRELOAD = ("torch", "numpy", "av", "decord", "vlm_cli.features", "vlm_cli.media.video",
+WORKER_PRELOAD = ("torch", "numpy", "av", "decord", "vlm_cli.decode", "vlm_cli.media.video",
                   "vlm_cli.media.audio", "vlm_cli.media.resize")
 
 
 def decode_in_workers(requests: Sequence[Any], *, workers: int,
                       **options: Any) -> Iterator[tuple[int, Any]]:
-    """:func:`vlm_cli.features.decode_media` of every request in crash-isolated workers forked
+    """:func:`vlm_cli.decode.decode_media` of every request in crash-isolated workers forked
     from a server that imported :data:`WORKER_PRELOAD` once, one compute thread each
     (:func:`_limit_worker_threads`); ``options`` go to :func:`vlm_cli.workers.run_isolated`,
     whose ``(index, result or TaskFailure)`` pairs this yields."""
@@ -182,26 +185,27 @@ def preprocess(paths: Sequence[Path], store: FeatureStore, *, workers: int = 2,
         summary.failed.append(ClipFailure(str(path), reason))
         report(str(path), "failed")
 
-    todo: list[tuple[Path, str, dict[str, str]]] = []
+    todo: list[tuple[MediaFile, dict[str, FeatureKey]]] = []
     for path in mine:
-        if not store.modalities(path):
+        kind = media_kind(path)
+        if not store.modalities(kind):
             fail(path, f"recipe {store.recipe.name!r} has no encoder for this kind of file")
             continue
         try:
-            digest = store.cache.file_digest(path)
+            media = MediaFile(path, kind, store.cache.file_digest(path))
         except MediaError as err:
             fail(path, err.reason)
             continue
-        keys = store.keys(path, digest)
+        keys = store.keys(media)
         found = store.cached(keys)
         missing = {m: k for m, k in keys.items() if m not in found}
         if missing:
             try:  # a file over the model's limits fails here, before it is decoded
-                store.check_media(path)
+                store.check_media(media)
             except (MediaError, UsageError) as err:
                 fail(path, str(err).removeprefix(f"{path}: "))
                 continue
-            todo.append((path, digest, missing))
+            todo.append((media, missing))
         else:
             summary.hits += 1
             report(str(path), "hit")
@@ -212,7 +216,7 @@ def preprocess(paths: Sequence[Path], store: FeatureStore, *, workers: int = 2,
     return summary
 
 
-def _decode_and_encode(store: FeatureStore, todo: list[tuple[Path, str, dict[str, str]]],
+def _decode_and_encode(store: FeatureStore, todo: list[tuple[MediaFile, dict[str, FeatureKey]]],
                        workers: int, timeout_s: float | None, summary: PreprocessSummary,
                        fail: Callable[[Path, str], None],
                        report: Callable[[str, str], None]) -> None:
@@ -220,7 +224,7 @@ def _decode_and_encode(store: FeatureStore, todo: list[tuple[Path, str, dict[str
     ready) while this process builds the encoders and then encodes what is ready (several files
     per forward on an accelerator), with the cores given to the bottleneck (:class:`_CoreShare`).
     """
-    requests = [store.request(path, list(missing)) for path, _, missing in todo]
+    requests = [store.request(media, list(missing)) for media, missing in todo]
     cores = _CoreShare()
 
     def pool(cancelled: Callable[[], bool]) -> Iterator[tuple[int, Any]]:
@@ -229,8 +233,8 @@ def _decode_and_encode(store: FeatureStore, todo: list[tuple[Path, str, dict[str
 
     try:
         with prefetched(pool, depth=read_ahead(requests, workers)) as ahead:
-            for name in dict.fromkeys(store.encoder_name(m, path)  # while the workers start
-                                      for path, _, missing in todo for m in missing):
+            for name in dict.fromkeys(store.encoder_name(m, media.kind)  # while workers start
+                                      for media, missing in todo for m in missing):
                 store.encoder(name)
             # On CPU one file's frames per forward is faster than several (ViT-B/16: ~8 % per
             # frame; the activations of 32 frames outgrow the caches); accelerators batch.
@@ -238,19 +242,19 @@ def _decode_and_encode(store: FeatureStore, todo: list[tuple[Path, str, dict[str
             while batch := ahead.take(most):
                 done = []
                 for index, decoded in batch:
-                    path, digest, missing = todo[index]
+                    media, _ = todo[index]
                     if isinstance(decoded, TaskFailure):
-                        fail(path, decoded.reason)
+                        fail(media.path, decoded.reason)
                     else:
-                        done.append((path, digest, missing, decoded))
+                        done.append((media, decoded))
                 cores.apply(encoder_bound=len(batch) > 1 or ahead.ready() > 0)
-                vision = store.encode_vision_batch([(path, d) for path, _, _, d in done])
-                for (path, digest, missing, decoded), features in zip(done, vision):
-                    store.encode_and_store(path, digest, missing, decoded,
-                                           encoded={} if features is None else
-                                           {VISION: features})
+                vision = store.encoders.encode_vision_batch(
+                    [(store.encoder_name(VISION, media.kind), decoded) for media, decoded in done])
+                for (media, decoded), features in zip(done, vision):
+                    store.encode_and_store(media, decoded, encoded=None if features is None
+                                           else {VISION: features})
                     summary.computed += 1
-                    report(str(path), "computed")
+                    report(str(media.path), "computed")
     finally:
         cores.restore()
 

@@ -92,6 +92,28 @@ def resolve_dtype(name: str, device: str) -> Any:
     return getattr(torch, name)
 
 
+def training_dtype(name: str, device: str, *, trained: bool) -> Any:
+    """The LLM's weight dtype in a training stage: the one place training decides it.
+
+    A trained LLM keeps fp32 master weights (its forward pass runs under the accelerator's
+    autocast); a frozen one (LoRA included) is held in ``name`` on ``device``
+    (:func:`resolve_dtype`: ``auto`` is bf16 on GPUs that support it, else fp16 on a GPU, fp32
+    on CPU).
+
+    Args:
+        name: the recipe's ``model.llm.dtype`` (a run's), or ``auto`` for a checkpoint of
+            another family.
+
+    Raises:
+        ValueError: an unknown dtype name.
+    """
+    if trained:
+        import torch
+
+        return torch.float32
+    return resolve_dtype(name, device)
+
+
 #: safetensors dtype names -> torch attribute names.
 _STORED = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
 

@@ -10,8 +10,7 @@ from the clip's features (no media file is written):
 
 Frame variants of a per-frame encoder (CLIP, SigLIP) index the cached features; a clip encoder
 (ViViT) encodes the reordered frames once and caches them under keys of their own
-(:meth:`vlm_cli.features.FeatureStore.reordered_frames`). ``swap-audio`` takes the other clip's
-cached audio features.
+(:func:`reordered_frames`). ``swap-audio`` takes the other clip's cached audio features.
 
 The report gives, per question type and variant, how often the answer changed from the
 original's (normalised text), and, where the variant's truth is known from clip labels (toy-av's
@@ -28,11 +27,15 @@ import random
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from vlm_cli.atomic import atomic_write_bytes, atomic_write_text
 from vlm_cli.errors import DataError, UsageError
 from vlm_cli.eval.qa import QAItem, normalise_answer
+
+if TYPE_CHECKING:
+    from vlm_cli.features import FeatureStore, MediaFile
+    from vlm_cli.model.vlm import MediaInput
 
 #: Every variant, in report order.
 VARIANTS: tuple[str, ...] = ("reverse", "shuffle", "still", "swap-audio", "mute")
@@ -195,6 +198,56 @@ def plan(items: Sequence[QAItem], variants: Sequence[str], kinds: dict[Path, str
     return cases, notes
 
 
+def reordered_frames(store: FeatureStore, media: MediaFile, order: list[int], variant: str,
+                     base: MediaInput | None = None) -> tuple[Any, dict[str, Any]]:
+    """Vision features of ``media`` as if its sampled frames came in ``order`` (the reverse /
+    shuffle / still variants), without writing a media file.
+
+    A per-frame encoder (:attr:`~vlm_cli.model.families.EncoderSource.per_frame`: CLIP, SigLIP)
+    gives each frame's features independently, so the cached features are indexed
+    (``features[order]``: no decoding). Any other (ViViT's tubelets) sees the order: the frames
+    are decoded, put in ``order`` (at the original frames' times) and encoded once, and cached
+    under a key of their own (the sampling settings plus ``frame_order: variant``), which never
+    equals the original's.
+
+    Args:
+        store: the feature store of the model. media: a video (its features are fetched and
+            cached first if needed).
+        order: indices into the sampled frames ``[0, T)``, length ``T``.
+        variant: the name of the order, part of the cache key (``reverse``, ``shuffle``...).
+        base: the file's :class:`~vlm_cli.model.vlm.MediaInput` when the caller has already
+            fetched it (not read again); None fetches it.
+
+    Returns:
+        ``(features, meta)``: ``[T', N, D]`` features (the dtype of the cached ones) and the
+        other tensors of their entry (as :class:`~vlm_cli.model.vlm.MediaInput`'s
+        ``vision_meta``).
+
+    Raises:
+        MediaError: the file cannot be decoded. ValueError: ``order`` does not index the
+            sampled frames.
+    """
+    import torch
+
+    from vlm_cli.features import VISION, decode_media, split_entry
+
+    features = base if base is not None else store.fetch(media, audio=False).features
+    count = len(features.vision_meta["timestamps"])
+    if len(order) != count or not all(0 <= i < count for i in order):
+        raise ValueError(f"{media.path}: frame order {order} does not index its {count} frames")
+    name = store.encoder_name(VISION, media.kind)
+    if store.sources[name].per_frame:
+        return features.vision[torch.as_tensor(order)], features.vision_meta
+    entry = store.cache.get(store.key(media, VISION, frame_order=variant))
+    if entry is not None:
+        return split_entry(entry[0])
+    item = decode_media(store.request(media, [VISION]))[VISION]
+    item["frames"] = item["frames"][order]
+    encoded = store.encoders.encode(name, VISION, item)
+    store.put(media, VISION, encoded, frame_order=variant)
+    return split_entry(encoded.tensors)
+
+
 def variant_input(pipeline: Any, case: Case) -> tuple[Any, Any, str]:
     """The model input of ``case``: ``(MediaInput, MediaFile, audio)`` where ``audio`` is
     ``used``, ``absent``, ``disabled`` (no audio branch), ``muted`` or ``swapped``."""
@@ -203,7 +256,7 @@ def variant_input(pipeline: Any, case: Case) -> tuple[Any, Any, str]:
     audio = info.audio
     if case.variant in FRAME_VARIANTS:
         order = frame_order(case.variant, info.frames["count"])
-        vision, meta = pipeline.store.reordered_frames(ref.path, order, case.variant, media)
+        vision, meta = reordered_frames(pipeline.store, ref, order, case.variant, media)
         media = dataclasses.replace(media, vision=vision, vision_meta=meta)
     elif case.variant == "mute":
         media = dataclasses.replace(media, audio=None, audio_meta={})

@@ -1,5 +1,8 @@
-"""Which kind of media a path is (video, still image, audio-only), from its extension.
+"""Which kind of media a file is (video, still image, audio-only): one rule, :func:`kind_of`.
 
+A still picture is an ``image``, sound alone is ``audio``, anything else ``video``. What tells is
+the name (:func:`media_kind`, by extension: what routes a file to its encoders and placeholder,
+without opening it) or the container (:func:`vlm_cli.media.probe_media`, from its streams).
 Kept free of heavy imports so that data loading and the command line can classify paths without
 loading decoders. The decoders still verify the contents: a ``.mp4`` that is really text fails to
 decode with a clear error, whatever its extension says.
@@ -20,11 +23,16 @@ MEDIA_EXTENSIONS = VIDEO_EXTENSIONS | IMAGE_EXTENSIONS | AUDIO_EXTENSIONS
 MediaKind = Literal["video", "image", "audio"]
 
 
-def media_kind(path: str | os.PathLike[str]) -> MediaKind:
-    """``image`` or ``audio`` for those extensions (case-insensitive), else ``video``."""
-    suffix = Path(path).suffix.lower()
-    if suffix in IMAGE_EXTENSIONS:
+def kind_of(*, still: bool, sound_only: bool) -> MediaKind:
+    """The kind of a file that is a still picture (``image``), holds sound alone (``audio``),
+    or anything else (``video``: moving pictures, with or without sound)."""
+    if still:
         return "image"
-    if suffix in AUDIO_EXTENSIONS:
-        return "audio"
-    return "video"
+    return "audio" if sound_only else "video"
+
+
+def media_kind(path: str | os.PathLike[str]) -> MediaKind:
+    """:func:`kind_of` by the extension (case-insensitive): ``image`` for
+    :data:`IMAGE_EXTENSIONS`, ``audio`` for :data:`AUDIO_EXTENSIONS`, else ``video``."""
+    suffix = Path(path).suffix.lower()
+    return kind_of(still=suffix in IMAGE_EXTENSIONS, sound_only=suffix in AUDIO_EXTENSIONS)

@@ -10,13 +10,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
-
 import av
 
 from vlm_cli.errors import MediaError
-
-MediaKind = Literal["video", "image", "audio"]
+from vlm_cli.media.kinds import MediaKind, kind_of
 
 # libavformat demuxers that read one still picture (``image2`` for files named *.png/*.jpg/...,
 # ``*_pipe`` when the format is guessed from the bytes).
@@ -28,8 +25,9 @@ class MediaInfo:
     """What :func:`probe_media` found in a file.
 
     Attributes:
-        kind: ``"video"`` (a moving-picture stream, with or without audio), ``"image"`` (a still
-            picture) or ``"audio"`` (audio streams only; cover art does not count as video).
+        kind: by :func:`vlm_cli.media.kinds.kind_of` from the streams: ``"video"`` (a
+            moving-picture stream, with or without audio), ``"image"`` (a still picture) or
+            ``"audio"`` (audio streams only; cover art does not count as video).
         has_video: the file has a video (or still picture) stream.
         has_audio: the file has an audio stream.
         duration: seconds from the container header, ``None`` for images or when unknown.
@@ -112,12 +110,7 @@ def probe_media(path: str | os.PathLike[str]) -> MediaInfo:
         if not videos and not audios:
             raise MediaError(path, "no video or audio stream")
         image = bool(videos) and is_image_container(container)
-        if image:
-            kind: MediaKind = "image"
-        elif videos:
-            kind = "video"
-        else:
-            kind = "audio"
+        kind = kind_of(still=image, sound_only=not videos)
         duration: float | None = None
         if not image:
             if container.duration is not None and container.duration > 0:

@@ -32,6 +32,7 @@ import os
 import dataclasses
 from dataclasses import dataclass
 from types import ModuleType
+from collections.abc import Iterator
 from typing import Callable, Literal
 
 import av
@@ -398,27 +399,41 @@ class _SeekFailed(Exception):
 _SKIP_NONREF_CODECS = frozenset({"h264"})
 
 
-def _load_by_seeking(
-    container: av.container.InputContainer, stream: av.video.VideoStream,
-    select: Selector,
-) -> VideoFrames:
-    """Sampled frames of ``stream`` at their decoded size, decoded by seeking (``"pyav-seek"``).
+@dataclass(frozen=True, eq=False)
+class _SeekIndex:
+    """A video stream's frame index, from its packets (demuxed, not decoded).
 
-    The index: every video packet is demuxed (not decoded); its presentation time (pts), its
-    duration and whether it is a key frame. Frame ``i`` is the ``i``-th packet in pts order,
-    at ``(pts - first pts) * time_base`` seconds; the duration runs to the last frame's end
-    (its packet duration, or one frame at the average rate when the container gives none) --
-    decord's index, computed in float64. For each selected frame the demuxer seeks to the last
-    key frame at or before it (none when the next selected frame is in the same group of
-    pictures: decoding goes on), and the decoder, one thread, decodes forward with
-    ``skip_frame = NONREF`` on every packet that is not a selected frame (H.264, see
-    :data:`_SKIP_NONREF_CODECS`). Frames are converted to RGB by libswscale as decord does:
-    the same ``[H, W, 3] uint8`` values.
+    Attributes:
+        pts: ``[N] int64`` presentation times of the frames, sorted (stream time base).
+        keys: ``[K] int64`` presentation times of the key frames, sorted.
+        time_base: seconds per pts unit.
+        stream_rate: the stream's average (else guessed) frame rate in Hz, 0.0 if neither.
+        avg_fps: ``stream_rate``, else ``(N - 1) / span``.
+        duration: seconds from the first frame's start to the last frame's end (its packet
+            duration, or one frame at ``avg_fps`` when the container gives none).
+    """
+
+    pts: np.ndarray
+    keys: np.ndarray
+    time_base: float
+    stream_rate: float
+    avg_fps: float
+    duration: float
+
+    @property
+    def starts(self) -> np.ndarray:
+        """``[N] float64`` seconds of each frame from the first one (decord's index)."""
+        return (self.pts - self.pts[0]) * self.time_base
+
+
+def _seek_index(container: av.container.InputContainer,
+                stream: av.video.VideoStream) -> _SeekIndex:
+    """Demux every video packet of ``stream`` (not decoded): its presentation time (pts), its
+    duration and whether it is a key frame; frame ``i`` is the ``i``-th packet in pts order.
 
     Raises:
         _SeekFailed: a packet without pts or flagged corrupt, two packets with the same pts,
-            no key frame, a selected frame before the first key frame or that does not decode,
-            a demuxing or decoding error.
+            no key frame, a demuxing error.
     """
     pts: list[int] = []
     durations: list[int] = []
@@ -447,25 +462,47 @@ def _load_by_seeking(
     time_base = float(stream.time_base)
     starts = (ordered - ordered[0]) * time_base
     rate = stream.average_rate or stream.guessed_rate
-    avg_fps = float(rate) if rate else 0.0
+    stream_rate = float(rate) if rate else 0.0
+    avg_fps = stream_rate
     if not avg_fps:
         avg_fps = (starts.size - 1) / starts[-1] if starts[-1] > 0 else 0.0
     last_end = starts[-1] + durations[int(order[-1])] * time_base
     duration = float(last_end if last_end > starts[-1]
                      else starts[-1] + (1 / avg_fps if avg_fps else 0.0))
-    idx = select(starts, duration, avg_fps)
-    wanted = np.unique(ordered[idx])
-    kept, decoded = _decode_by_seeking(container, stream, wanted,
-                                       np.sort(np.asarray(keys, np.int64)))
+    return _SeekIndex(ordered, np.sort(np.asarray(keys, np.int64)), time_base, stream_rate,
+                      avg_fps, duration)
+
+
+def _load_by_seeking(
+    container: av.container.InputContainer, stream: av.video.VideoStream,
+    select: Selector,
+) -> VideoFrames:
+    """Sampled frames of ``stream`` at their decoded size, decoded by seeking (``"pyav-seek"``).
+
+    The index (:func:`_seek_index`): frame ``i`` is the ``i``-th packet in pts order, at
+    ``(pts - first pts) * time_base`` seconds; the duration runs to the last frame's end (its
+    packet duration, or one frame at the average rate when the container gives none) --
+    decord's index, computed in float64. The selected frames are decoded by
+    :func:`_seek_frames` (skipping the non-reference frames on the way, H.264) and converted to
+    RGB by libswscale as decord does: the same ``[H, W, 3] uint8`` values.
+
+    Raises:
+        _SeekFailed: see :func:`_seek_index` and :func:`_seek_frames`.
+    """
+    index = _seek_index(container, stream)
+    starts = index.starts
+    idx = select(starts, index.duration, index.avg_fps)
+    wanted = np.unique(index.pts[idx])
+    kept, decoded = _decode_by_seeking(container, stream, wanted, index.keys)
     log.debug("%s: %d frames decoded for %d selected of %d", container.name, decoded,
-              wanted.size, ordered.size)
+              wanted.size, index.pts.size)
     return VideoFrames(
-        frames=np.ascontiguousarray(np.stack([kept[int(p)] for p in ordered[idx]])),
+        frames=np.ascontiguousarray(np.stack([kept[int(p)] for p in index.pts[idx]])),
         timestamps=starts[idx],
         decoder="pyav-seek",
-        num_decodable=int(ordered.size),
-        duration=duration,
-        fps=avg_fps,
+        num_decodable=int(index.pts.size),
+        duration=index.duration,
+        fps=index.avg_fps,
     )
 
 
@@ -473,20 +510,44 @@ def _decode_by_seeking(
     container: av.container.InputContainer, stream: av.video.VideoStream,
     wanted: np.ndarray, keys: np.ndarray,
 ) -> tuple[dict[int, np.ndarray], int]:
-    """``{pts: [H, W, 3] uint8 RGB}`` of the frames at the sorted, distinct pts ``wanted``,
-    seeking to the key frame (pts in the sorted ``keys``) before each group of them, and how
-    many frames came out of the decoder.
+    """``{pts: [H, W, 3] uint8 RGB}`` of the frames at the sorted, distinct pts ``wanted``
+    (:func:`_seek_frames`), and how many frames came out of the decoder.
 
     Raises:
-        _SeekFailed: see :func:`_load_by_seeking`.
+        _SeekFailed: see :func:`_seek_frames`.
+    """
+    decoded = [0]
+    kept = dict(_seek_frames(container, stream, wanted, keys, decoded=decoded))
+    return kept, decoded[0]
+
+
+def _seek_frames(
+    container: av.container.InputContainer, stream: av.video.VideoStream,
+    wanted: np.ndarray, keys: np.ndarray, *, size: tuple[int, int] | None = None,
+    decoded: list[int] | None = None,
+) -> Iterator[tuple[int, np.ndarray]]:
+    """The frames at the sorted, distinct pts ``wanted``, in that order, as ``(pts,
+    [H, W, 3] uint8 RGB)`` (scaled by libswscale to ``size`` = ``(height, width)`` px when
+    given), each handed out as soon as it is decoded and not kept.
+
+    For each selected frame the demuxer seeks to the last key frame (pts in the sorted
+    ``keys``) at or before it -- none when the next selected frame is in the same group of
+    pictures: decoding goes on -- and the decoder, one thread, decodes forward with
+    ``skip_frame = NONREF`` on every packet that is not a selected frame (H.264, see
+    :data:`_SKIP_NONREF_CODECS`: no other frame refers to those). ``decoded[0]`` counts the
+    frames that came out of the decoder.
+
+    Raises:
+        _SeekFailed: a selected frame before the first key frame or that does not decode, a
+            decoded frame without pts, a demuxing or decoding error.
     """
     context = stream.codec_context
     if not context.is_open:  # (opened by the first decode)
         context.thread_count = 1
     skip = context.name in _SKIP_NONREF_CODECS
     pending = set(int(p) for p in wanted)
-    kept: dict[int, np.ndarray] = {}
-    decoded = 0
+    scale = {} if size is None else {"height": int(size[0]), "width": int(size[1])}
+    count = decoded if decoded is not None else [0]
 
     def key_before(target: int) -> int:
         at = int(np.searchsorted(keys, target, side="right")) - 1
@@ -507,15 +568,14 @@ def _decode_by_seeking(
                     context.skip_frame = "DEFAULT" if packet.pts in pending else "NONREF"
                 reseek = False
                 for frame in packet.decode():
-                    decoded += 1
+                    count[0] += 1
                     if frame.pts is None:
                         raise _SeekFailed("a decoded frame has no presentation time")
-                    if frame.pts in pending and frame.pts not in kept:
-                        kept[frame.pts] = frame.to_ndarray(format="rgb24")
-                    while position < wanted.size and int(wanted[position]) in kept:
+                    if frame.pts == wanted[position]:
+                        yield int(frame.pts), frame.to_ndarray(format="rgb24", **scale)
                         position += 1
                     if position == wanted.size:
-                        return kept, decoded
+                        return
                     if frame.pts > wanted[position]:
                         raise _SeekFailed(f"frame at pts {int(wanted[position])} did not decode")
                     # The next frame is past the next key frame: seek there rather than decode
@@ -530,7 +590,6 @@ def _decode_by_seeking(
                 raise _SeekFailed(f"frame at pts {int(wanted[position])} did not decode")
     except av.FFmpegError as exc:
         raise _SeekFailed(f"decoding failed: {describe_error(exc)}") from None
-    return kept, decoded
 
 
 # --------------------------------------------------------------------------------------------

@@ -6,35 +6,33 @@ samples the same frames (the same rule, :func:`~vlm_cli.media.sampling.fps_frame
 the same frame index) but hands them out ``window`` at a time, so a consumer that encodes a
 window and drops it holds at most ``window`` frames whatever the length of the file.
 
-Decoding (rate sampling) is PyAV's, in presentation order: packets are counted without decoding
-(the frame index the sampling is spread over, as :func:`load_video`'s PyAV path), then frames
-are decoded one after the other and only the sampled ones converted to RGB and kept, a window at
-a time. Not decord: its reader goes on decoding ahead in a thread of its own while the consumer
-encodes a window, buffering frames (dmlc/decord#157, #208), so its memory grows with the file
-(measured: 2.2 GB after 80 windows of a 2-hour file, against 0.8 GB with PyAV; bench/RESULTS.md);
-and at a rate of about 1 Hz every frame between two sampled ones is decoded anyway unless key
-frames are closer than that. On the files tested, PyAV's frames and times are decord's, bit for
-bit (tests/test_long_video.py).
+Decoding (rate sampling) is :func:`load_video`'s PyAV seeking decoder
+(:func:`~vlm_cli.media.video._seek_frames`): the packets are indexed without decoding, then for
+each sampled frame the demuxer seeks to the key frame before it (or decoding goes on within the
+group of pictures) and the non-reference frames on the way are skipped (H.264), each sampled
+frame handed out as soon as it is decoded. The frames and times are those of decoding every frame
+in order (what this module did before), bit for bit, for less CPU (bench/RESULTS.md). Not
+decord: its reader goes on decoding ahead in a thread of its own while the consumer encodes a
+window, buffering frames (dmlc/decord#157, #208), so its memory grows with the file (measured:
+2.2 GB after 80 windows of a 2-hour file, against 0.8 GB with PyAV). A file whose index cannot
+be used for seeking (packets without times, a damaged index) is decoded by :func:`load_video`'s
+other decoders, all sampled frames at once.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
-from collections.abc import Iterator
-from typing import Callable
+from collections.abc import Callable, Iterator
 
-import av
 import numpy as np
 
 from vlm_cli.errors import MediaError
-from vlm_cli.media.kinds import IMAGE_EXTENSIONS
-from vlm_cli.media.probe import (check_media_path, describe_error, is_image_container,
-                                 open_container)
+from vlm_cli.media.kinds import media_kind
+from vlm_cli.media.probe import check_media_path, is_image_container, open_container
 from vlm_cli.media.sampling import fps_frame_indices
-from vlm_cli.media.video import (_check_sampling, _count_packets, _timeline, _video_stream,
-                                 load_video)
+from vlm_cli.media.video import (_check_sampling, _seek_frames, _seek_index, _SeekFailed,
+                                 _video_stream, load_video)
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +47,7 @@ class VideoWindows:
 
     Attributes:
         timestamps: ``[T] float64`` seconds of the frames yielded, from the first frame.
-        decoder: ``"pyav"`` (rate sampling), else :func:`load_video`'s: ``"pyav-seek"``,
+        decoder: ``"pyav-seek"`` (rate sampling), else :func:`load_video`'s: ``"pyav-seek"``,
             ``"decord"``, ``"pyav"`` or ``"image"``.
         num_decodable: frames the stream indexes (seeking decoders) or decodes (PyAV in
             order).
@@ -64,7 +62,7 @@ class VideoWindows:
                  Iterator[np.ndarray]], window: int) -> None:
         self.path, self.window, self._source = path, int(window), source
         self.timestamps = np.zeros(0, dtype=np.float64)
-        self.decoder, self.num_decodable, self.duration, self.fps = "pyav", 0, 0.0, 0.0
+        self.decoder, self.num_decodable, self.duration, self.fps = "pyav-seek", 0, 0.0, 0.0
         self.peak_frames = 0
         self.decode_s = 0.0
 
@@ -118,7 +116,7 @@ def video_windows(
     if int(window) < 1:
         raise ValueError(f"window must be >= 1, got {window}")
     p = check_media_path(path)
-    still = p.suffix.lower() in IMAGE_EXTENSIONS
+    still = media_kind(p) == "image"
     if not still:
         with open_container(path) as container:
             still = is_image_container(container)
@@ -132,7 +130,10 @@ def video_windows(
     def select(timestamps: np.ndarray, end: float) -> np.ndarray:
         return fps_frame_indices(timestamps, float(fps), max_frames, end=end)
 
-    return VideoWindows(path, lambda out: _pyav_windows(out, select, size), window)
+    def fallback(out: VideoWindows) -> Iterator[np.ndarray]:
+        return _sliced(out, num_frames=None, fps=fps, max_frames=max_frames, size=size)
+
+    return VideoWindows(path, lambda out: _seeking_windows(out, select, size, fallback), window)
 
 
 def _sliced(out: VideoWindows, **kwargs) -> Iterator[np.ndarray]:
@@ -143,54 +144,53 @@ def _sliced(out: VideoWindows, **kwargs) -> Iterator[np.ndarray]:
         yield video.frames[start:start + out.window]
 
 
-def _pyav_windows(out: VideoWindows, select: Callable[[np.ndarray, float], np.ndarray],
-                  size: tuple[int, int] | None) -> Iterator[np.ndarray]:
-    """Decode in order, keep the sampled frames, hand them out a window at a time. On a file
-    where fewer frames decode than packets were counted (truncated), the sampled frames after
-    the damage are missing (``timestamps`` says which were taken); :func:`load_video` instead
-    samples again over the frames that decode, which needs a second pass."""
-    packet_times, avg_fps, _ = _count_packets(out.path)
-    if packet_times.size == 0:
-        raise MediaError(out.path, "video stream has no frames")
-    if not avg_fps:
-        span = packet_times[-1] - packet_times[0]
-        avg_fps = (packet_times.size - 1) / span if span > 0 else 0.0
-    frame_seconds = 1.0 / avg_fps if avg_fps else 0.0
-    idx = select(packet_times, packet_times[-1] + frame_seconds)
-    want, taken = set(int(i) for i in idx), []
-    times: list[float] = []
-    buffer: list[np.ndarray] = []
-    scale = {} if size is None else {"height": int(size[0]), "width": int(size[1])}
+def _seeking_windows(out: VideoWindows, select: Callable[[np.ndarray, float], np.ndarray],
+                     size: tuple[int, int] | None,
+                     fallback: Callable[[VideoWindows], Iterator[np.ndarray]]
+                     ) -> Iterator[np.ndarray]:
+    """Index the packets, pick the frames (``select(times, end)``), decode them by seeking
+    (:func:`~vlm_cli.media.video._seek_frames`) and hand them out a window at a time.
+
+    The times are those of decoding every frame in order: each packet's ``pts * time_base``
+    less the first one's; the video ends one frame (at the stream's rate) after the last one.
+    An index that cannot be used for seeking hands over to ``fallback`` before any frame is
+    decoded.
+
+    Raises:
+        MediaError: a sampled frame that does not decode once windows have been handed out.
+    """
     with open_container(out.path) as container:
         stream = _video_stream(container, out.path)
-        stream.thread_type = "AUTO"
-        time_base = float(stream.time_base) if stream.time_base is not None else None
         try:
-            for packet in container.demux(stream):
-                for frame in packet.decode():
-                    index = len(times)
-                    times.append(frame.pts * time_base if frame.pts is not None
-                                 and time_base is not None else math.nan)
-                    if index in want:
-                        buffer.append(frame.to_ndarray(format="rgb24", **scale))
-                        taken.append(index)
-                        if len(buffer) == out.window:
-                            yield np.stack(buffer)
-                            buffer = []
-        except av.FFmpegError as exc:  # truncated / damaged: keep what decoded so far
-            log.info("%s: decoding stopped after %d frames (%s)", out.path, len(times),
-                     describe_error(exc))
-    if buffer:
-        yield np.stack(buffer)
-    if not taken:
-        raise MediaError(out.path, "no video frame can be decoded")
-    decoded = np.asarray(times, dtype=np.float64)
-    if np.all(np.isfinite(decoded)):
-        decoded = decoded - decoded[0]
-    timeline = _timeline(decoded, packet_times, avg_fps)
-    if timeline.size != packet_times.size:
-        log.info("%s: %d packets but %d frames decode; %d of %d sampled frames taken", out.path,
-                 packet_times.size, timeline.size, len(taken), idx.size)
-    out.decoder, out.num_decodable, out.fps = "pyav", int(timeline.size), float(avg_fps)
-    out.duration = float(timeline[-1] + frame_seconds)
-    out.timestamps = timeline[np.asarray(taken, dtype=np.int64)].astype(np.float64)
+            index = _seek_index(container, stream)
+        except _SeekFailed as exc:
+            log.info("%s: cannot decode by seeking (%s); sampling with load_video", out.path,
+                     exc)
+            index = None
+        if index is not None:
+            times = index.pts.astype(np.float64) * index.time_base
+            times -= times[0]
+            avg_fps = index.stream_rate
+            if not avg_fps:
+                span = times[-1] - times[0]
+                avg_fps = (times.size - 1) / span if span > 0 else 0.0
+            frame_seconds = 1.0 / avg_fps if avg_fps else 0.0
+            idx = select(times, times[-1] + frame_seconds)
+            buffer: list[np.ndarray] = []
+            try:
+                for _, frame in _seek_frames(container, stream, index.pts[idx], index.keys,
+                                             size=size):
+                    buffer.append(frame)
+                    if len(buffer) == out.window:
+                        yield np.stack(buffer)
+                        buffer = []
+            except _SeekFailed as exc:
+                raise MediaError(out.path, f"the sampled frames cannot be decoded ({exc})"
+                                 ) from None
+            if buffer:
+                yield np.stack(buffer)
+            out.decoder, out.num_decodable, out.fps = "pyav-seek", int(index.pts.size), avg_fps
+            out.duration = float(times[-1] + frame_seconds)
+            out.timestamps = times[idx]
+            return
+    yield from fallback(out)

@@ -3,8 +3,8 @@
 Both wrap transformers classes (CLIPVisionModel / SiglipVisionModel, ASTModel) and add only what
 the papers specify on top: the vision feature layer and CLS selection of Video-LLaVA §3.1, and one
 embedding per 2 s audio clip as in Video-LLaMA §2.1 (AST's pooled output standing in for
-ImageBind's). Each encoder exposes a ``fingerprint``: everything that changes its features (weights
-identity, feature layer, selection, dtype, preprocessing), which goes into the feature-cache key.
+ImageBind's). Their feature-cache keys are built beside them, from the same recipe sections, by
+:mod:`vlm_cli.model.fingerprint`.
 """
 
 from __future__ import annotations
@@ -18,10 +18,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from vlm_cli.model.fingerprint import audio_fingerprint, resolve_source, vision_fingerprint
+from vlm_cli.model.fingerprint import VisionPreprocess, resolve_source, vision_preprocess
 from vlm_cli.recipe import AudioEncoderSpec, VisionEncoderSpec
 from vlm_cli.runtime import resolve_dtype
-
 
 
 def vision_classes(arch: str) -> tuple[type, type]:
@@ -51,35 +50,37 @@ def _build(spec: VisionEncoderSpec | AudioEncoderSpec, config_cls: type, model_c
     return model.eval().requires_grad_(False)
 
 
-
 class VisionEncoder(nn.Module):
     """Frozen image encoder applied to every sampled frame (CLIP, SigLIP), or video encoder
     applied once per clip on tubelets spanning several frames (ViViT).
 
     Args:
         spec: the recipe's ``model.vision`` section.
-        digest: file sha256 function used to fingerprint local weights.
-        model, fingerprint: an already loaded vision model and its fingerprint, when a checkpoint
-            family provides the tower (e.g. Video-LLaVA-hf's ``video_tower``); by default both
-            come from ``spec``.
+        digest: file sha256 function used to find local weights (and pin them).
+        model: an already loaded vision model, when a checkpoint family provides the tower
+            (e.g. Video-LLaVA-hf's ``video_tower``); by default built from ``spec``.
+        preprocess: its input size and normalisation (the one of its cache key); by default
+            :func:`vlm_cli.model.fingerprint.vision_preprocess` of ``spec``.
 
     Raises:
         VlmError: pretrained weights not found locally (see :func:`resolve_pretrained`).
     """
 
     def __init__(self, spec: VisionEncoderSpec, digest: Callable[[Path], str], *,
-                 model: nn.Module | None = None, fingerprint: dict | None = None) -> None:
+                 model: nn.Module | None = None,
+                 preprocess: VisionPreprocess | None = None) -> None:
         super().__init__()
         self.spec = spec
-        self.fingerprint = fingerprint or vision_fingerprint(spec, digest)
+        pre = preprocess or vision_preprocess(spec, resolve_source(spec, digest)[0])
         self.model = model if model is not None else _build(spec, *vision_classes(spec.arch),
                                                             digest)
-        pre = self.fingerprint["preprocess"]
-        self.image_size = pre["size"]
+        #: The input size and normalisation (S px, mean, std).
+        self.preprocessing = pre
+        self.image_size = pre.size
         self.per_clip = spec.arch == "vivit"
         self.has_cls = spec.arch in ("clip", "vivit")  # SigLIP's ViT has no CLS token
-        self.register_buffer("mean", torch.tensor(pre["mean"]).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(pre["std"]).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("mean", torch.tensor(pre.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(pre.std).view(1, 3, 1, 1), persistent=False)
 
     def preprocess(self, frames: np.ndarray | torch.Tensor) -> torch.Tensor:
         """Frames ``[T, H, W, 3] uint8`` RGB -> pixel values ``[T, 3, S, S] float32``.
@@ -179,7 +180,7 @@ class AudioEncoder(nn.Module):
 
     Args:
         spec: the recipe's ``model.audio`` section.
-        digest: file sha256 function used to fingerprint local weights.
+        digest: file sha256 function used to find local weights (and pin them).
         clip_seconds: length of the clips (Whisper: only the encoder positions covering the clip,
             not its padding to ``target_frames``, are pooled / kept).
 
@@ -194,7 +195,6 @@ class AudioEncoder(nn.Module):
         from vlm_cli.errors import VlmError
 
         self.spec = spec
-        self.fingerprint = audio_fingerprint(spec, digest)
         if spec.arch == "ast":
             from transformers import ASTConfig, ASTModel
 

@@ -1,18 +1,24 @@
-"""Encoder fingerprints: everything that changes a frozen encoder's features, for cache keys.
+"""The cache keys of the frozen encoders a recipe names, built here only.
 
-Computed from the recipe and the weights' identity only (a resolved hub commit, or the sha256 of
-local weight files): no weights are loaded and neither torch nor transformers is imported, so a
-warm-cache run stays fast and training on cached features never builds the encoders.
+A recipe's (and a vlm run's) encoders -- ``model.vision``, ``model.image``, ``model.audio`` --
+get their :class:`~vlm_cli.keys.EncoderKey` (everything that changes their features:
+:func:`vision_key`, :func:`audio_key`) here, with the input preprocessing the encoders run
+(:class:`VisionPreprocess`, :func:`audio_frontend`). Computed from the recipe and the weights'
+identity only (a resolved hub commit, or the sha256 of local weight files): no weights are loaded
+and neither torch nor transformers is imported, so a warm-cache run stays fast and training on
+cached features never builds the encoders. :mod:`vlm_cli.model.sources` makes them sources.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from vlm_cli.errors import VlmError
 from vlm_cli.hub import resolve_pretrained
+from vlm_cli.keys import EncoderKey
 from vlm_cli.recipe import CLIP_MEAN, CLIP_STD, AudioEncoderSpec, VisionEncoderSpec
 
 #: transformers' default ``image_size`` of CLIPVisionConfig and SiglipVisionConfig.
@@ -96,25 +102,60 @@ def _width(config: dict[str, Any]) -> int:
     return int(config.get("hidden_size", config.get("d_model", DEFAULT_HIDDEN_SIZE)))
 
 
-def vision_fingerprint(spec: VisionEncoderSpec, digest: Callable[[Path], str],
-                       prefixes: tuple[str, ...] | None = None) -> dict[str, Any]:
-    """Everything that changes a vision encoder's features: weights identity (``prefixes``: of
-    a tower inside a larger local checkpoint, only its tensors), feature layer, CLS selection,
-    dtype and preprocessing (size in px, mean, std). Loads no weights."""
-    directory, source = resolve_source(spec, digest, prefixes)
+@dataclasses.dataclass(frozen=True)
+class VisionPreprocess:
+    """How a frame becomes a CLIP-style encoder's input (:meth:`VisionEncoder.preprocess`): the
+    shortest-edge bicubic antialiased resize of the uint8 frame and the centre crop to
+    ``size`` × ``size`` px (:func:`vlm_cli.media.resize.clip_resize_crop`), then
+    ``(x / 255 - mean) / std`` per channel. Part of the encoder's key, and what the encoder and
+    the decode worker (:attr:`EncoderSource.worker_resize`) run.
+
+    Attributes:
+        size: S px. mean, std: per-channel normalisation of [0, 1] pixels (RGB).
+    """
+
+    size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    resize: str = "shortest-edge-bicubic-antialias-uint8"
+    crop: str = "center"
+
+    def as_json(self) -> dict[str, Any]:
+        """``{"resize", "crop", "size", "mean", "std"}`` as the key writes it."""
+        return {"resize": self.resize, "crop": self.crop, "size": self.size,
+                "mean": list(self.mean), "std": list(self.std)}
+
+
+def vision_preprocess(spec: VisionEncoderSpec, directory: Path | None) -> VisionPreprocess:
+    """The preprocessing of ``spec``'s encoder: ``image_size`` from the spec, else from its
+    config (a random initialisation: ``directory`` None) or its checkpoint's config.json;
+    mean and std from the spec, else CLIP's. Loads no weights.
+
+    Raises:
+        VlmError: config.json is missing or unreadable.
+    """
     if spec.image_size is not None:
         size = spec.image_size
     elif directory is None:
         size = int(spec.config.get("image_size", DEFAULT_IMAGE_SIZE))
     else:
         size = _config_image_size(directory)
-    return {
-        "modality": "vision", "arch": spec.arch, "source": source,
-        "feature_layer": spec.feature_layer, "select": spec.select, "dtype": spec.dtype,
-        "preprocess": {"resize": "shortest-edge-bicubic-antialias-uint8", "crop": "center",
-                       "size": size, "mean": spec.image_mean or list(CLIP_MEAN),
-                       "std": spec.image_std or list(CLIP_STD)},
-    }
+    return VisionPreprocess(size, tuple(spec.image_mean or CLIP_MEAN),
+                            tuple(spec.image_std or CLIP_STD))
+
+
+def vision_key(spec: VisionEncoderSpec, digest: Callable[[Path], str],
+               prefixes: tuple[str, ...] | None = None, tower: str | None = None) -> EncoderKey:
+    """Everything that changes a vision encoder's features: weights identity (``prefixes``: of
+    a tower inside a larger local checkpoint, only its tensors; ``tower``: its name there,
+    recorded in the source), feature layer, token selection, dtype and preprocessing
+    (:class:`VisionPreprocess`). Loads no weights."""
+    directory, source = resolve_source(spec, digest, prefixes)
+    if tower is not None:
+        source = {**source, "tower": tower}
+    return EncoderKey(modality="vision", arch=spec.arch, source=source,
+                      feature_layer=spec.feature_layer, select=spec.select, dtype=spec.dtype,
+                      preprocess=vision_preprocess(spec, directory))
 
 
 def audio_frontend(spec: AudioEncoderSpec) -> dict[str, Any]:
@@ -128,12 +169,11 @@ def audio_frontend(spec: AudioEncoderSpec) -> dict[str, Any]:
             "target_frames": spec.target_frames, "mean": spec.fbank_mean, "std": spec.fbank_std}
 
 
-def audio_fingerprint(spec: AudioEncoderSpec, digest: Callable[[Path], str]) -> dict[str, Any]:
-    """Everything that changes an audio encoder's features, fbank front end included."""
+def audio_key(spec: AudioEncoderSpec, digest: Callable[[Path], str]) -> EncoderKey:
+    """Everything that changes an audio encoder's features, its spectrogram front end
+    (:func:`audio_frontend`) included. Loads no weights."""
     _, source = resolve_source(spec, digest)
-    return {
-        "modality": "audio", "arch": spec.arch, "source": source,
-        "feature_layer": spec.feature_layer, "select": spec.select, "dtype": spec.dtype,
-        "preprocess": audio_frontend(spec) | {"sample_rate": 16000,
-                                              "clip_first_sample": "int(start * rate)"},
-    }
+    return EncoderKey(modality="audio", arch=spec.arch, source=source,
+                      feature_layer=spec.feature_layer, select=spec.select, dtype=spec.dtype,
+                      preprocess=audio_frontend(spec) | {"sample_rate": 16000,
+                                                         "clip_first_sample": "int(start * rate)"})

@@ -357,20 +357,10 @@ class VideoLanguageModel(nn.Module):
     def generate_batch(self, input_ids: Sequence[Sequence[int]],
                        media: Sequence[Sequence[MediaInput]], *,
                        max_new_tokens: int = 32) -> list[list[int]]:
-        """Greedy answers for several prompts at once (left-padded; the same tokens as
-        :meth:`generate` one by one). Returns each answer's ids without end-of-sequence."""
+        """Greedy answers for several prompts at once (left-padded; the same tokens as one by
+        one). Returns each answer's ids without end-of-sequence."""
         return collect(self.stream(input_ids, media, max_new_tokens=max_new_tokens),
                        len(input_ids), self.tokenizer.eos_token_id)
-
-    def generate(self, input_ids: Sequence[int], media: Sequence[MediaInput], *,
-                 max_new_tokens: int = 32, temperature: float = 0.0, top_p: float = 1.0,
-                 prefix: Prefix | None = None) -> list[int]:
-        """Generate an answer for one prompt (ending with the assistant prefix): the tokens of
-        :meth:`stream`, without the prompt and without the end-of-sequence token."""
-        eos = self.tokenizer.eos_token_id
-        return [t for (t,) in self.stream([input_ids], [list(media)], max_new_tokens=max_new_tokens,
-                                          temperature=temperature, top_p=top_p, prefix=prefix)
-                if t != eos]
 
 
 @dataclasses.dataclass

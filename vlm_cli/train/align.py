@@ -60,20 +60,21 @@ def decoded_inputs(paths: Sequence[Path], store: Any, *, workers: int) -> dict[s
     Raises:
         VlmError: a file that cannot be decoded (named), or one without an audio track.
     """
-    from vlm_cli.cache import feature_key
+    from vlm_cli.keys import DecodedKey, FeatureKey
     from vlm_cli.preprocess import decode_in_workers
     from vlm_cli.workers import TaskFailure
 
-    request = store.request(paths[0], ["vision", "audio"])
-    fingerprint = {"modality": "decoded", "frames": request.frames, "audio": request.audio}
+    media = [store.media(p) for p in paths]
+    request = store.request(media[0], ["vision", "audio"])
+    decoded = DecodedKey(frames=request.frames, audio=request.audio)
     cache = store.cache
-    keys = [feature_key(cache.file_digest(p), fingerprint, {}) for p in paths]
+    keys = [FeatureKey(m.sha256, decoded, {}) for m in media]
     entries: list[dict[str, torch.Tensor] | None] = []
     for key in keys:
         entry = cache.get(key)
         entries.append(entry[0] if entry is not None else None)
     todo = [i for i, e in enumerate(entries) if e is None]
-    requests = [store.request(paths[i], ["vision", "audio"]) for i in todo]
+    requests = [store.request(media[i], ["vision", "audio"]) for i in todo]
     for j, result in (decode_in_workers(requests, workers=workers) if todo else []):
         i = todo[j]
         if isinstance(result, TaskFailure):

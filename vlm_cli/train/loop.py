@@ -155,8 +155,6 @@ def fit(model: torch.nn.Module, loss: LossFn, spec: OptimSpec, *, n: int, steps:
             nothing is trainable, ``resume`` is asked but the run has no checkpoint, or FSDP2
             finds no layer class to wrap.
     """
-    from transformers import get_scheduler
-
     from vlm_cli.train.fsdp import gather, is_fsdp, shard_plan
 
     weight = weight or len
@@ -170,10 +168,7 @@ def fit(model: torch.nn.Module, loss: LossFn, spec: OptimSpec, *, n: int, steps:
     checkpoint = latest_checkpoint(run_dir) if resume else None
     if resume and checkpoint is None:
         raise UsageError(f"{run_dir}: --resume given but the run has no checkpoint")
-    optimizer = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
-    scheduler = get_scheduler(SCHEDULES[spec.schedule], optimizer,
-                              num_warmup_steps=math.ceil(spec.warmup_ratio * steps),
-                              num_training_steps=steps)
+    optimizer, scheduler = setup_optimizer(params, spec, steps)
     if not resume:
         torch.manual_seed(spec.seed)  # dropout
     skeleton = shard_plan(accelerator, model, layers if layers is not None else model)
@@ -227,6 +222,20 @@ def fit(model: torch.nn.Module, loss: LossFn, spec: OptimSpec, *, n: int, steps:
     trained = gather(model, skeleton) if sharded else accelerator.unwrap_model(model)
     return StageResult(steps - start, steps, start, loss_value, seconds,
                        samples / seconds if seconds > 0 else 0.0), trained
+
+
+def setup_optimizer(params: list[torch.nn.Parameter], spec: OptimSpec,
+                    steps: int) -> tuple[torch.optim.Optimizer, Any]:
+    """AdamW over ``params`` (``lr``, ``weight_decay``) and its learning-rate schedule over
+    ``steps`` optimizer steps (``schedule`` with linear warmup over ``warmup_ratio`` of them:
+    transformers' ``get_scheduler``), for every stage."""
+    from transformers import get_scheduler
+
+    optimizer = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
+    scheduler = get_scheduler(SCHEDULES[spec.schedule], optimizer,
+                              num_warmup_steps=math.ceil(spec.warmup_ratio * steps),
+                              num_training_steps=steps)
+    return optimizer, scheduler
 
 
 def _touch_unsharded(model: torch.nn.Module) -> torch.Tensor | float:

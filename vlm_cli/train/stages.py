@@ -1,9 +1,15 @@
-"""Stages 1 and 2 end to end: data -> cached features -> model -> freeze / LoRA -> loop -> run dir.
+"""Stages 1 and 2 end to end: parent -> data (cached features) -> model -> engine -> run dir.
 
 - Stage 1 (``vlm pretrain``): caption pairs; builds the model from the recipe and trains what the
   stage's ``freeze`` leaves trainable (the connectors by default).
-- Stage 2 (``vlm tune --from RUN``): multi-turn instructions; rebuilds the model of a stage-1 run
-  and trains connectors + LLM, fully or through LoRA adapters (peft).
+- Stage 2 (``vlm tune --from RUN``): multi-turn instructions; continues the model of a stage-1
+  run (or of a checkpoint of another family) and trains connectors + LLM, fully or through LoRA
+  adapters (peft).
+
+The set-up reads as torchtune's recipes do (:func:`setup_stage`): the parent loaded through its
+family (:func:`load_parent`), then :func:`setup_data`, then :func:`setup_model`; the engine
+(:func:`vlm_cli.train.loop.fit`) sets up the optimiser and trains; :func:`save_stage` writes the
+run directory. The LLM's dtype is :func:`vlm_cli.runtime.training_dtype`'s.
 """
 
 from __future__ import annotations
@@ -64,12 +70,38 @@ def _apply_lora(model: Any, stage: StageSpec) -> None:
         model.llm = get_peft_model(model.llm, config)
 
 
-def _checkpoint(source: Path) -> tuple[Path, str, str] | None:
-    """``(directory, name, family)`` when ``--from`` names a checkpoint of a family other than
-    vlm runs (a directory, or a hub id in the Hugging Face cache), else None (a run
-    directory)."""
+@dataclasses.dataclass
+class Parent:
+    """The model a stage continues (``--from``), loaded through its family
+    (:func:`vlm_cli.model.families.load_model`): a vlm run, or a checkpoint of another family.
+
+    Attributes:
+        loaded: its recipe, model, encoder sources and media check.
+        name: what the new run records as its parent (a hub id or an absolute directory).
+        base: the checkpoint of another family the model comes from (``{"family", "name",
+            "revision"}``; the checkpoint itself, or a run's own ``base``), or None.
+        llm_weights: a run's LLM weights directory (``RunConfig.llm_weights``), or None.
+    """
+
+    loaded: Any
+    name: str
+    base: dict[str, Any] | None
+    llm_weights: str | None
+
+
+def load_parent(source: Path, device: str, *, trained_llm: bool) -> Parent:
+    """Load the model ``--from`` names (a run directory, a checkpoint directory, or a hub id in
+    the Hugging Face cache) through its family, its LLM in the training dtype
+    (:func:`vlm_cli.runtime.training_dtype`: the run recipe's ``llm.dtype``, ``auto`` for a
+    checkpoint, on ``device``).
+
+    Raises:
+        UsageError: no such directory, or not a run directory nor a supported checkpoint.
+    """
     from vlm_cli.hub import is_repo_id, resolve_snapshot
-    from vlm_cli.model.families import family_of, supported_titles
+    from vlm_cli.model.families import family_of, load_model, supported_titles
+    from vlm_cli.model.families.vlm_run import read_run
+    from vlm_cli.runtime import training_dtype
 
     if source.is_dir():
         directory, name = source, str(source.resolve())
@@ -81,7 +113,13 @@ def _checkpoint(source: Path) -> tuple[Path, str, str] | None:
     if family is None:
         raise UsageError(f"--from {source}: not a run directory nor a supported checkpoint "
                          f"({supported_titles()})")
-    return None if family == "vlm-run" else (directory, name, family)
+    if family == "vlm-run":
+        recipe, config = read_run(directory)
+        dtype = training_dtype(recipe.model.llm.dtype, device, trained=trained_llm)
+        return Parent(load_model(directory, dtype=dtype), name, config.base, config.llm_weights)
+    dtype = training_dtype("auto", device, trained=trained_llm)
+    return Parent(load_model(directory, name=name, dtype=dtype), name,
+                  {"family": family, "name": name, "revision": None}, None)
 
 
 @dataclasses.dataclass
@@ -139,23 +177,20 @@ def setup_stage(recipe: Recipe, stage_name: str, run_dir: Path, *, data: Path | 
                 media_root: Path | None = None, from_run: Path | None = None,
                 resume: bool = False, workers: int = 2,
                 on_clip: Callable[[str, str], None] | None = None) -> StageSetup:
-    """Everything before the first step: the parent model (a run or a checkpoint of another
-    family) or a new one, the features of every clip in the cache (preprocessed here if
-    missing), the trainable parts (freeze, LoRA, gradient checkpointing) and the dataset."""
+    """Everything before the first step, as torchtune's recipes set up: the parent model
+    (:func:`load_parent`, through its family) or none, then the data (the features of every
+    clip in the cache, preprocessed here if missing: :func:`setup_data`), then the model (a new
+    one or the parent; its trainable parts: :func:`setup_model`). The optimiser is the
+    engine's (:func:`vlm_cli.train.loop.setup_optimizer`).
+
+    One seed (``train.<stage>.seed``) before any model is built or loaded, so that the random
+    numbers the stage draws (new connectors; a parent's construction, then the LoRA matrices)
+    do not depend on what ran before; the data set-up draws none of them (it may build the
+    encoders to fill a cold cache).
+    """
     import torch
 
-    from vlm_cli.cache import FeatureCache
-    from vlm_cli.data import load_records
-    from vlm_cli.features import FeatureStore
-    from vlm_cli.model.families import load_model
-    from vlm_cli.model.families.vlm_run import load, read_run
-    from vlm_cli.model.llm import build_llm
-    from vlm_cli.model.parts import set_trainable
-    from vlm_cli.model.tokenizer import load_tokenizer
-    from vlm_cli.model.vlm import VideoLanguageModel
-    from vlm_cli.runtime import resolve_dtype
-    from vlm_cli.train.data import FeatureDataset, ensure_features
-    from vlm_cli.train.fsdp import checkpoints_activations
+    from vlm_cli.train.data import FeatureDataset
     from vlm_cli.train.loop import make_accelerator
 
     stage: StageSpec = getattr(recipe.train, stage_name)
@@ -167,57 +202,91 @@ def setup_stage(recipe: Recipe, stage_name: str, run_dir: Path, *, data: Path | 
     device = str(accelerator.device)
     # A frozen LLM (LoRA included) is held in the recipe's dtype (bf16 on GPUs that support it);
     # a fully trained one in fp32 (master weights; the forward pass runs under autocast).
-    freeze_llm = "llm" in stage.freeze
-    checkpoint = _checkpoint(from_run) if from_run is not None else None
-    llm_weights, base, parent_model, encoders, check = None, None, None, None, None
-    if checkpoint is not None:  # a checkpoint of another family, instead of a stage-1 run
-        directory, name, family = checkpoint
-        base = {"family": family, "name": name, "revision": None}
-        dtype = resolve_dtype("auto", device) if freeze_llm else torch.float32
-        loaded = load_model(directory, name=name, dtype=dtype)
-        parent_recipe, parent_model, encoders = loaded.recipe, loaded.model, loaded.encoders
-        check = loaded.check
-    elif from_run is not None:
-        parent_recipe, parent = read_run(from_run)
-        dtype = resolve_dtype(parent_recipe.model.llm.dtype, device) if freeze_llm \
-            else torch.float32
-        if parent.base:  # the base family's encoders feed the feature store
-            loaded = load(from_run, dtype=dtype)
-            parent_model, encoders, check = loaded.model, loaded.encoders, loaded.check
-        llm_weights, base = parent.llm_weights, parent.base
-    if from_run is not None:
-        recipe = dataclasses.replace(recipe, model=parent_recipe.model, data=parent_recipe.data)
+    trained_llm = "llm" not in stage.freeze
+    torch.manual_seed(stage.seed)
+    parent = load_parent(from_run, device, trained_llm=trained_llm) if from_run else None
+    if parent is not None:  # the parent's model and sampling, this recipe's training settings
+        recipe = dataclasses.replace(recipe, model=parent.loaded.recipe.model,
+                                     data=parent.loaded.recipe.data)
+    with torch.random.fork_rng(devices=[]):
+        records, store = setup_data(recipe, data_path, media_root, parent, accelerator,
+                                    workers=workers, on_clip=on_clip)
+    model, trained = setup_model(recipe, stage_name, parent, accelerator,
+                                 trained_llm=trained_llm)
+    dataset = FeatureDataset(records, model, store, stage.max_length)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    return StageSetup(recipe, stage_name, stage, model, dataset, store, accelerator, trained,
+                      parent.llm_weights if parent else None, parent.base if parent else None,
+                      parent.name if parent else None)
+
+
+def setup_data(recipe: Recipe, data_path: Path, media_root: Path | None, parent: Parent | None,
+               accelerator: Any, *, workers: int = 2,
+               on_clip: Callable[[str, str], None] | None = None) -> tuple[list[Any], Any]:
+    """The stage's records and its feature store (the parent family's encoders, else the
+    recipe's), with every clip's features in the cache: preprocessed on the main process
+    (:func:`vlm_cli.train.data.ensure_features`) while the others wait.
+
+    Raises:
+        DataError / VlmError: unreadable data or media (named).
+    """
+    from vlm_cli.cache import FeatureCache
+    from vlm_cli.data import load_records
+    from vlm_cli.features import FeatureStore
+    from vlm_cli.train.data import ensure_features
+
     root = media_root or (Path(recipe.data.media_root) if recipe.data.media_root else None)
     records = load_records(data_path, root)
-    store = FeatureStore(recipe, FeatureCache(), device=device, encoders=encoders, check=check)
+    loaded = parent.loaded if parent is not None else None
+    store = FeatureStore(recipe, FeatureCache(), device=str(accelerator.device),
+                         encoders=loaded.encoders if loaded else None,
+                         check=loaded.check if loaded else None)
     if accelerator.is_main_process:
         ensure_features(records, store, workers=workers, on_clip=on_clip)
     accelerator.wait_for_everyone()
+    return records, store
 
-    # One seed before any model is built or loaded here, so that the random numbers the stage
-    # draws (new connectors; a parent run's construction, then the LoRA matrices) do not depend
-    # on what ran before (e.g. encoders built to fill a cold cache).
-    torch.manual_seed(stage.seed)
-    llm_dtype = resolve_dtype(recipe.model.llm.dtype, device) if freeze_llm else torch.float32
-    if parent_model is None and from_run is not None and checkpoint is None:
-        parent_model = load(from_run, dtype=dtype).model
-    if parent_model is not None:
-        model = parent_model
+
+def setup_model(recipe: Recipe, stage_name: str, parent: Parent | None, accelerator: Any, *,
+                trained_llm: bool) -> tuple[Any, list[str]]:
+    """The model to train: the parent's (its towers released: every feature is cached) or a
+    new one built from ``recipe`` (its LLM in :func:`vlm_cli.runtime.training_dtype`), with
+    fp32 connectors, the stage's frozen parts, its LoRA adapters and gradient checkpointing.
+
+    Returns:
+        ``(model, trained)``: the model and the names of its trained parts.
+
+    Raises:
+        UsageError: a bad freeze list, or a model that trains through LoRA only without it.
+    """
+    from vlm_cli.model.llm import build_llm
+    from vlm_cli.model.parts import set_trainable
+    from vlm_cli.model.tokenizer import load_tokenizer
+    from vlm_cli.model.vlm import VideoLanguageModel
+    from vlm_cli.runtime import training_dtype
+    from vlm_cli.train.fsdp import checkpoints_activations
+
+    stage: StageSpec = getattr(recipe.train, stage_name)
+    device = str(accelerator.device)
+    if parent is not None:
+        model = parent.loaded.model
         model.release_towers()  # every feature is cached now: training never runs a tower
     else:
         tokenizer = load_tokenizer(recipe.model.llm)
+        dtype = training_dtype(recipe.model.llm.dtype, device, trained=trained_llm)
         model = VideoLanguageModel(recipe.model, build_llm(recipe.model.llm, tokenizer,
-                                                           dtype=llm_dtype),
+                                                           dtype=dtype),
                                    tokenizer, feature_dims(recipe))
     model.connectors.float()  # trained parts keep fp32 weights
     if accelerator.is_main_process:
         from vlm_cli import console
 
-        console.info(f"{stage_name} on {device}: LLM {str(llm_dtype).removeprefix('torch.')} "
-                     f"({'frozen' if freeze_llm else 'trained'}), connectors "
+        console.info(f"{stage_name} on {device}: LLM "
+                     f"{str(model.llm.dtype).removeprefix('torch.')} "
+                     f"({'trained' if trained_llm else 'frozen'}), connectors "
                      f"float32, autocast {accelerator.mixed_precision}")
-    if not model.connectors and not freeze_llm:
-        family = checkpoint[2] if checkpoint else (base or {}).get("family", "this")
+    if not model.connectors and trained_llm:
+        family = (parent.base or {}).get("family", "this") if parent else "this"
         raise UsageError(f"train.{stage_name}.freeze: a {family} model is tuned through LoRA "
                          f"only: freeze [vision, audio, llm] and set train.{stage_name}.lora")
     trained = set_trainable(model, stage.freeze, f"train.{stage_name}")
@@ -227,11 +296,7 @@ def setup_stage(recipe: Recipe, stage_name: str, run_dir: Path, *, data: Path | 
     if stage.gradient_checkpointing and not checkpoints_activations(accelerator):
         model.llm.activation_checkpointing_enable()  # transformers 5.24's name
         model.llm.enable_input_require_grads()
-    dataset = FeatureDataset(records, model, store, stage.max_length)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    parent_name = (checkpoint[1] if checkpoint else str(from_run.resolve())) if from_run else None
-    return StageSetup(recipe, stage_name, stage, model, dataset, store, accelerator, trained,
-                      llm_weights, base, parent_name)
+    return model, trained
 
 
 def save_stage(setup: StageSetup, result: Any, run_dir: Path, model: Any) -> StageSummary | None:

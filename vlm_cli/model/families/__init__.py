@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 from vlm_cli.errors import UsageError
+from vlm_cli.keys import EncoderKey
 
 if TYPE_CHECKING:
     from vlm_cli.model.vlm import VideoLanguageModel
@@ -40,25 +41,44 @@ FAMILIES: dict[str, str] = {
 
 @dataclasses.dataclass
 class EncoderSource:
-    """A frozen encoder of a loaded model, before it is built.
+    """A frozen encoder of a loaded model, before it is built: its cache key, how to build it,
+    and what the feature store needs to know about it without building it (declared here,
+    never read back from the key).
 
     Attributes:
-        fingerprint: everything that changes its features (the feature-cache key); computed
-            without loading weights.
+        key: everything that changes its features (:class:`~vlm_cli.keys.EncoderKey`, the
+            encoder part of a feature-cache key); computed without loading weights. A family
+            may give the key's fields as a mapping (the transformers-native table does).
         build: builds the encoder (:class:`~vlm_cli.model.encoders.VisionEncoder` or
             ``AudioEncoder``, or a family's own with ``encode_frames`` / ``encode_clips``),
             called on the first cache miss only.
         decode: for an audio encoder, the decode settings of its input (``frontend`` and that
-            function's keyword arguments, ``mix``; see :func:`vlm_cli.features.decode_media`)
+            function's keyword arguments, ``mix``; see :func:`vlm_cli.decode.decode_media`)
             when they are not the recipe's; for a vision encoder, extra keyword arguments of
-            :func:`vlm_cli.media.load_video` (e.g. ``size``: frames scaled in the decoder);
-            None otherwise. (Part of the encoder's fingerprint, like everything that changes
-            its features.)
+            :func:`vlm_cli.media.load_video` (e.g. ``size``: frames scaled in the decoder;
+            ``sampling``: a model card's own frame rule); None otherwise. (What changes the
+            features among them is in ``key`` too.)
+        per_frame: a vision encoder that encodes each frame on its own (CLIP, SigLIP, BLIP-2's
+            per-frame Q-Former): the features of reordered frames are its cached ones,
+            reordered (``vlm probe``).
+        batched: the frames of several files may share one forward (same size, per frame:
+            ``vlm preprocess`` on an accelerator).
+        worker_resize: S px when the decode worker may bring the frames to ``[T, S, S, 3]``
+            with the encoder's own resize and crop
+            (:func:`vlm_cli.media.resize.clip_resize_crop`, which the encoder then skips), so
+            only small frames travel back; None otherwise.
     """
 
-    fingerprint: dict[str, Any]
+    key: EncoderKey
     build: Callable[[], Any]
     decode: dict[str, Any] | None = None
+    per_frame: bool = False
+    batched: bool = False
+    worker_resize: int | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.key, Mapping):
+            self.key = EncoderKey(**self.key)
 
 
 @dataclasses.dataclass

@@ -38,6 +38,7 @@ vision tower; its authors call its audio understanding limited (issue #134).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Sequence
@@ -48,10 +49,13 @@ import torch
 from torch import nn
 
 from vlm_cli.errors import DataError, UsageError, VlmError
+from vlm_cli.keys import EncoderKey
 from vlm_cli.model.families import EncoderSource, Loaded
 from vlm_cli.model.vlm import MediaInput, VideoLanguageModel
 
 FORMAT = "vlm-video-llama/1"
+#: The family's name in its towers' cache keys.
+FAMILY = "video_llama"
 #: The BLIP-2 checkpoint holding EVA ViT-g and the image Q-Former (LAVIS
 #: ``blip2_pretrained_flant5xxl.pth``, the file the original downloads), and the weight-key
 #: prefixes taken from it.
@@ -72,6 +76,14 @@ SYSTEM = ("You are a helpful language and vision assistant. You are able to unde
           "content that the user provides, and assist the user with a variety of tasks using "
           "natural language.")
 SLOT = "<ImageHere>"
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class VisionTowerKey(EncoderKey):
+    """The cache key of the vision tower (EVA ViT-g + BLIP-2's image Q-Former): an encoder key
+    with LAVIS's ``ln_vision`` epsilon too."""
+
+    ln_vision_eps: float
 _INDENT = " " * 16  # the demo's message continues string lines with "\" and indentation
 #: ``Chat.upload_video`` with an audio track: the audio soft prompt, then the video's.
 AV_MESSAGE = (f"Close your eyes, open your ears and you imagine only based on the sound that: "
@@ -559,23 +571,24 @@ def load(directory: Path, *, device: str = "cpu", dtype: Any = None, name: str |
     model.connectors.load_state_dict(state)
     encoders = {}
     if blip2 is not None:
-        fingerprint = {"family": "video_llama", "modality": "vision", "arch": "blip2-qformer",
-                       "source": pinned, "dtype": str(tower_dtype).removeprefix("torch."),
-                       "ln_vision_eps": LN_VISION_EPS,
-                       "preprocess": {"size": [IMAGE_SIZE, IMAGE_SIZE], "mean": list(CLIP_MEAN),
-                                      "std": list(CLIP_STD), "scaler": "swscale / PIL bicubic"}}
-        encoders["vision"] = EncoderSource(
-            fingerprint, lambda: VisionTower(blip2, tower_dtype),
-            decode={"size": (IMAGE_SIZE, IMAGE_SIZE)})
+        key = VisionTowerKey(family=FAMILY, modality="vision", arch="blip2-qformer",
+                             source=pinned, dtype=str(tower_dtype).removeprefix("torch."),
+                             ln_vision_eps=LN_VISION_EPS,
+                             preprocess={"size": [IMAGE_SIZE, IMAGE_SIZE],
+                                         "mean": list(CLIP_MEAN), "std": list(CLIP_STD),
+                                         "scaler": "swscale / PIL bicubic"})
+        encoders["vision"] = EncoderSource(  # BLIP-2's Q-Former runs on each frame alone
+            key, lambda: VisionTower(blip2, tower_dtype),
+            decode={"size": (IMAGE_SIZE, IMAGE_SIZE)}, per_frame=True)
     if "audio" in specs:
         imagebind = parts["imagebind"]
         decode = {"frontend": "imagebind_fbank", "mix": "channels", "num_clips": 8,
                   "clip_seconds": 2.0,
                   "num_mel_bins": 128, "target_frames": 204, "mean": -4.268, "std": 9.138}
-        fingerprint = {"family": "video_llama", "modality": "audio", "arch": "imagebind-audio",
-                       "source": audio_source(parts, directory),
-                       "dtype": str(tower_dtype).removeprefix("torch."),
-                       "preprocess": {**decode, "clip_first_sample": "int(start * rate)"}}
+        key = EncoderKey(family=FAMILY, modality="audio", arch="imagebind-audio",
+                         source=audio_source(parts, directory),
+                         dtype=str(tower_dtype).removeprefix("torch."),
+                         preprocess={**decode, "clip_first_sample": "int(start * rate)"})
 
         def build_audio() -> nn.Module:
             from vlm_cli.model.imagebind import AUDIO_PREFIXES, ImageBindAudio
@@ -587,7 +600,7 @@ def load(directory: Path, *, device: str = "cpu", dtype: Any = None, name: str |
                                f"({err.args[0]})") from None
             return tower.to(tower_dtype)
 
-        encoders["audio"] = EncoderSource(fingerprint, build_audio, decode=decode)
+        encoders["audio"] = EncoderSource(key, build_audio, decode=decode)
     data = DataSpec(**{"frames": 8, "sampling": "segment_start", "audio_clips": 8,
                        **(parts.get("data") or {})})
     recipe = Recipe(name="video-llama", model=spec, data=data, train=TrainSpec())

@@ -147,8 +147,7 @@ def load(directory: Path, *, device: str = "cpu", dtype: Any = None, name: str |
     the recipe's encoder dtype, built from the same loaded checkpoint when features are missing.
     (The checkpoint is self-contained: ``download`` has nothing more to fetch.)"""
     from vlm_cli.cache import FeatureCache
-    from vlm_cli.model.encoders import VisionEncoder
-    from vlm_cli.model.fingerprint import vision_fingerprint
+    from vlm_cli.model.sources import vision_source
     from vlm_cli.model.tokenizer import load_tokenizer
     from vlm_cli.model.vlm import VideoLanguageModel
     from vlm_cli.runtime import resolve_dtype
@@ -165,18 +164,14 @@ def load(directory: Path, *, device: str = "cpu", dtype: Any = None, name: str |
                                {"vision": width})
     model.connectors.load_state_dict(projector_state(composite))
     digest = FeatureCache().file_digest
-    encoders = {}
-    for feature, tower in TOWERS.items():
-        spec = getattr(described.model, feature)
-        fingerprint = vision_fingerprint(spec, digest, TOWER_PREFIXES[feature])
-        fingerprint["source"] = {**fingerprint["source"], "tower": tower}
 
-        def build(spec: Any = spec, tower: str = tower, fingerprint: dict = fingerprint) -> Any:
-            module = getattr(composite.model, tower)  # in the LLM's dtype, as loaded
-            return VisionEncoder(spec, digest, model=module.eval().requires_grad_(False),
-                                 fingerprint=fingerprint)
+    def tower_module(tower: str) -> Any:  # in the LLM's dtype, as loaded
+        return getattr(composite.model, tower).eval().requires_grad_(False)
 
-        encoders[feature] = EncoderSource(fingerprint, build)
+    encoders = {feature: vision_source(getattr(described.model, feature), digest,
+                                       prefixes=TOWER_PREFIXES[feature], tower=tower,
+                                       model=lambda tower=tower: tower_module(tower))
+                for feature, tower in TOWERS.items()}
     return Loaded(described, model.to(device).eval(), "video-llava-hf", encoders)
 
 

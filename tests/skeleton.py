@@ -1,6 +1,7 @@
-"""Instantiate a recipe's architecture without weights (torch's ``meta`` device).
+"""Test helper: instantiate a recipe's architecture without weights (torch's ``meta`` device).
 
-Used to check a recipe's shape and size (parameter counts per part) before downloading anything:
+Used by ``test_recipes_7b.py`` to check a recipe's shape and size (parameter counts per part)
+without downloading anything:
 configs come from the recipe's ``config`` dicts or from the ``config.json`` of a local directory /
 cached hub snapshot; no weight file is read.
 """
