@@ -306,3 +306,36 @@ def test_eval_and_probe(checkpoints, tmp_path) -> None:
     rows = [json.loads(line) for line in (tmp_path / "probe" / "probe.jsonl").read_text().splitlines()]
     assert {r["audio"] for r in rows if r["variant"] == "swap-audio"} == {"swapped"}
     assert {r["audio"] for r in rows if r["variant"] == "mute"} == {"muted"}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_chat_keeps_its_cache_and_answers_as_a_fresh_prefill(checkpoints, kind: str, tmp_path) -> None:
+    """A follow-up question reuses the conversation's KV cache (positions are plain, nothing else
+    is carried): only its own tokens are prefilled, and its answer is a fresh prefill's; a batch
+    of a clip with sound and a silent clip answers as one by one."""
+    from vlm_cli.cache import FeatureCache
+    from vlm_cli.features import FeatureStore
+    from vlm_cli.model.families import load_model
+    from vlm_cli.pipeline import ChatSession
+
+    with vlm_home(tmp_path / "home"):
+        loaded = load_model(checkpoints[kind], dtype=torch.float32)
+        store = FeatureStore(loaded.recipe, FeatureCache(), encoders=loaded.encoders)
+        media, _ = store.fetch(WITH_AUDIO)
+        silent, _ = store.fetch(SILENT)
+    session = ChatSession(loaded.model, media, "<video>", loaded.model.default_system)
+    first = session.ask(QUESTION, max_new_tokens=6)
+    second = session.ask("Is it loud?", max_new_tokens=6)
+    assert second.prefill_tokens < first.prefill_tokens
+    fresh = ChatSession(loaded.model, media, "<video>", loaded.model.default_system)
+    fresh.turns = session.turns[:2]
+    assert fresh.ask("Is it loud?", max_new_tokens=6).text == second.text
+    third = session.ask("And the colours?", max_new_tokens=6)  # a second roll-back of the cache
+    fresh.turns = session.turns[:4]
+    assert fresh.ask("And the colours?", max_new_tokens=6).text == third.text
+    model = loaded.model
+    prompts = [model.encode_prompt([{"from": "human", "value": f"<video>\n{QUESTION}"}], [m])
+               for m in (media, silent)]
+    both = model.generate_batch(prompts, [[media], [silent]], max_new_tokens=6)
+    assert both == [model.generate_batch([p], [[m]], max_new_tokens=6)[0]
+                    for p, m in zip(prompts, (media, silent))]

@@ -482,6 +482,10 @@ class NativeModel(nn.Module):
                 self.hf.model.rope_deltas = prefix.rope_deltas
         else:
             cache = DynamicCache(config=self.hf.config.text_config)
+            if prefix is not None:  # sliding-window layers (Gemma 4) keep what a later turn
+                for layer in cache.layers:  # may crop back to (rolled back by ``crop``)
+                    if hasattr(layer, "activate_past_recording"):
+                        layer.activate_past_recording()
             kwargs, served = self.model_inputs(rows, media, "left")
         if prefix is not None:
             prefix.prefilled = len(rows[0]) - keep
