@@ -154,3 +154,20 @@ def tune_and_merge(env: dict, recipe: str, repo: str, clips: list, out: "Path", 
                             "--verify", "--json"], capture_output=True, text=True, env=env, timeout=600)
     assert merge.returncode == 0, merge.stderr[-3000:]
     return json.loads(tune.stdout), json.loads(merge.stdout)
+
+
+def check_chat_reuses_its_cache(model, media, questions: list[str], placeholder: str = "<video>") -> None:
+    """Ask ``questions`` in one :class:`vlm_cli.pipeline.ChatSession` about ``media``: every
+    follow-up prefills fewer tokens than the first question (the KV cache is reused) and answers
+    as a fresh session given the conversation so far (a fresh prefill)."""
+    from vlm_cli.pipeline import ChatSession
+
+    session = ChatSession(model, media, placeholder, model.default_system)
+    first = session.ask(questions[0], max_new_tokens=6)
+    for question in questions[1:]:
+        turns = list(session.turns)
+        got = session.ask(question, max_new_tokens=6)
+        assert got.prefill_tokens < first.prefill_tokens
+        fresh = ChatSession(model, media, placeholder, model.default_system)
+        fresh.turns = turns
+        assert fresh.ask(question, max_new_tokens=6).text == got.text

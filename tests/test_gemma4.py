@@ -19,7 +19,7 @@ import torch
 from gemma4_fixtures import KINDS, MODEL_CLASSES, PROCESSOR_CLASSES, REPO_IDS, card_answer, card_decoders, \
     make_tiny_gemma4
 from media_factory import SHARED_MEDIA, moving_frames, write_png, write_video
-from micro import run_in_home, tune_and_merge, vlm_home
+from micro import check_chat_reuses_its_cache, run_in_home, tune_and_merge, vlm_home
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),  # numpy 2, in transformers
@@ -316,23 +316,14 @@ def test_a_chat_keeps_its_cache_and_answers_as_a_fresh_prefill(checkpoints, kind
     from vlm_cli.cache import FeatureCache
     from vlm_cli.features import FeatureStore
     from vlm_cli.model.families import load_model
-    from vlm_cli.pipeline import ChatSession
 
     with vlm_home(tmp_path / "home"):
         loaded = load_model(checkpoints[kind], dtype=torch.float32)
         store = FeatureStore(loaded.recipe, FeatureCache(), encoders=loaded.encoders)
         media, _ = store.fetch(WITH_AUDIO)
         silent, _ = store.fetch(SILENT)
-    session = ChatSession(loaded.model, media, "<video>", loaded.model.default_system)
-    first = session.ask(QUESTION, max_new_tokens=6)
-    second = session.ask("Is it loud?", max_new_tokens=6)
-    assert second.prefill_tokens < first.prefill_tokens
-    fresh = ChatSession(loaded.model, media, "<video>", loaded.model.default_system)
-    fresh.turns = session.turns[:2]
-    assert fresh.ask("Is it loud?", max_new_tokens=6).text == second.text
-    third = session.ask("And the colours?", max_new_tokens=6)  # a second roll-back of the cache
-    fresh.turns = session.turns[:4]
-    assert fresh.ask("And the colours?", max_new_tokens=6).text == third.text
+    # the second follow-up rolls the cache back a second time
+    check_chat_reuses_its_cache(loaded.model, media, [QUESTION, "Is it loud?", "And the colours?"])
     model = loaded.model
     prompts = [model.encode_prompt([{"from": "human", "value": f"<video>\n{QUESTION}"}], [m])
                for m in (media, silent)]

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from media_factory import SHARED_MEDIA, moving_frames, write_png
-from micro import run_in_home, tune_and_merge, vlm_home
+from micro import check_chat_reuses_its_cache, run_in_home, tune_and_merge, vlm_home
 from omni_fixtures import card_answer as omni_card_answer
 from omni_fixtures import load_reference, make_tiny_qwen_omni
 
@@ -132,17 +132,9 @@ def test_a_chat_keeps_its_cache_and_answers_as_a_fresh_prefill(family):
     """A follow-up question passes the conversation's KV cache to ``generate``
     (``past_key_values``): only its own tokens are prefilled, and its answer is the one a fresh
     prefill of the whole conversation gives."""
-    from vlm_cli.pipeline import ChatSession
-
     loaded, store = family
     media, _ = store.fetch(WITH_AUDIO)
-    session = ChatSession(loaded.model, media, "<video>", loaded.model.default_system)
-    first = session.ask(QUESTION, max_new_tokens=6)
-    second = session.ask("Is it loud?", max_new_tokens=6)
-    assert second.prefill_tokens < first.prefill_tokens
-    fresh = ChatSession(loaded.model, media, "<video>", loaded.model.default_system)
-    fresh.turns = session.turns[:2]
-    assert fresh.ask("Is it loud?", max_new_tokens=6).text == second.text
+    check_chat_reuses_its_cache(loaded.model, media, [QUESTION, "Is it loud?"])
 
 
 def test_an_over_long_clip_is_refused_before_decoding(family):
