@@ -676,3 +676,55 @@ def test_memory_does_not_grow_with_length(clip_dir: Path) -> None:
     before, after = map(float, out.stdout.split())
     assert after - before < 60, f"peak RSS grew from {before:.0f} to {after:.0f} MiB"
 
+
+
+# --------------------------------------------------------------------------------------------
+# clip_resize_crop: the channels-last fast path gives what the contiguous (slow) path gave
+
+
+def _clip_resize_crop_contiguous(frames: np.ndarray, size: int) -> np.ndarray:
+    """The resize before issue 26: ``F.interpolate`` on a contiguous NCHW copy."""
+    import torch.nn.functional as F
+
+    h, w = frames.shape[1:3]
+    long = int(size * max(h, w) / min(h, w))
+    target = (size, long) if h <= w else (long, size)
+    x = torch.as_tensor(frames).permute(0, 3, 1, 2).contiguous()
+    if target != (h, w):
+        x = F.interpolate(x, size=target, mode="bicubic", antialias=True, align_corners=False)
+    top, left = int((target[0] - size) / 2), int((target[1] - size) / 2)
+    return x[:, :, top:top + size, left:left + size].permute(0, 2, 3, 1).numpy()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_clip_resize_crop_equals_contiguous_path_on_random_shapes(threads):
+    from vlm_cli.media.resize import clip_resize_crop
+
+    rng = np.random.default_rng(threads)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for _ in range(25):
+            t, h, w = (int(v) for v in rng.integers((1, 9, 9), (4, 300, 300)))
+            size = int(rng.integers(8, 240))
+            frames = rng.integers(0, 256, (t, h, w, 3), dtype=np.uint8)
+            got = clip_resize_crop(frames, size)
+            assert got.shape == (t, size, size, 3) and got.flags.c_contiguous
+            np.testing.assert_array_equal(got, _clip_resize_crop_contiguous(frames, size))
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_clip_resize_crop_equals_clip_image_processor_on_real_frames():
+    from transformers import CLIPImageProcessor
+
+    from vlm_cli.media.resize import clip_resize_crop
+
+    frames = load_video(shared_sample("boat.mp4"), num_frames=3).frames
+    processor = CLIPImageProcessor(size={"shortest_edge": 224},
+                                   crop_size={"height": 224, "width": 224},
+                                   do_rescale=False, do_normalize=False)
+    expected = processor(images=list(frames), return_tensors="pt")["pixel_values"]
+    got = clip_resize_crop(frames, 224)
+    np.testing.assert_array_equal(got, expected.permute(0, 2, 3, 1).numpy())
+    np.testing.assert_array_equal(got, _clip_resize_crop_contiguous(frames, 224))
