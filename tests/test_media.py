@@ -775,8 +775,9 @@ def test_hevc_seeking_keeps_the_pixels(
     hevc_clips: dict[str, Path], clip: str, sampling: dict, monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """The seeking decoder's frames equal every frame decoded in order; fewer frames are decoded than without skipping on the one-layer clip, the
-    same number on the two-layer one (nothing skipped)."""
+    """The seeking decoder's frames equal every frame decoded in order; fewer frames are
+    decoded than without skipping on the one-layer clip, the same number on the two-layer one
+    (nothing skipped)."""
     path = hevc_clips[clip]
     caplog.set_level("DEBUG", logger=video_module.__name__)
     seek = load_video(path, **sampling)
