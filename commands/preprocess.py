@@ -41,8 +41,13 @@ def preprocess(
     Idempotent: a second run computes nothing. Failed clips are listed with path and reason and
     written to a JSONL error log; nothing is ever substituted for them.
     """
+    import os
     import time
 
+    # Before torch (and its OpenMP runtime) is first imported on this path: OpenMP threads that
+    # finish a parallel region sleep instead of spinning, so they do not take the cores the
+    # decoder workers need between the encoder's operators. An explicit setting wins.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from vlm_cli import console
     from vlm_cli.cache import FeatureCache
     from vlm_cli.data import load_records, unique_media

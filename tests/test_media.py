@@ -676,3 +676,124 @@ def test_memory_does_not_grow_with_length(clip_dir: Path) -> None:
     before, after = map(float, out.stdout.split())
     assert after - before < 60, f"peak RSS grew from {before:.0f} to {after:.0f} MiB"
 
+
+
+# --------------------------------------------------------------------------------------------
+# clip_resize_crop: the channels-last fast path gives what the contiguous (slow) path gave
+
+
+def _clip_resize_crop_contiguous(frames: np.ndarray, size: int) -> np.ndarray:
+    """The resize before issue 26: ``F.interpolate`` on a contiguous NCHW copy."""
+    import torch.nn.functional as F
+
+    h, w = frames.shape[1:3]
+    long = int(size * max(h, w) / min(h, w))
+    target = (size, long) if h <= w else (long, size)
+    x = torch.as_tensor(frames).permute(0, 3, 1, 2).contiguous()
+    if target != (h, w):
+        x = F.interpolate(x, size=target, mode="bicubic", antialias=True, align_corners=False)
+    top, left = int((target[0] - size) / 2), int((target[1] - size) / 2)
+    return x[:, :, top:top + size, left:left + size].permute(0, 2, 3, 1).numpy()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_clip_resize_crop_equals_contiguous_path_on_random_shapes(threads):
+    from vlm_cli.media.resize import clip_resize_crop
+
+    rng = np.random.default_rng(threads)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for _ in range(25):
+            t, h, w = (int(v) for v in rng.integers((1, 9, 9), (4, 300, 300)))
+            size = int(rng.integers(8, 240))
+            frames = rng.integers(0, 256, (t, h, w, 3), dtype=np.uint8)
+            got = clip_resize_crop(frames, size)
+            assert got.shape == (t, size, size, 3) and got.flags.c_contiguous
+            np.testing.assert_array_equal(got, _clip_resize_crop_contiguous(frames, size))
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_clip_resize_crop_equals_clip_image_processor_on_real_frames():
+    from transformers import CLIPImageProcessor
+
+    from vlm_cli.media.resize import clip_resize_crop
+
+    frames = load_video(shared_sample("boat.mp4"), num_frames=3).frames
+    processor = CLIPImageProcessor(size={"shortest_edge": 224},
+                                   crop_size={"height": 224, "width": 224},
+                                   do_rescale=False, do_normalize=False)
+    expected = processor(images=list(frames), return_tensors="pt")["pixel_values"]
+    got = clip_resize_crop(frames, 224)
+    np.testing.assert_array_equal(got, expected.permute(0, 2, 3, 1).numpy())
+    np.testing.assert_array_equal(got, _clip_resize_crop_contiguous(frames, 224))
+
+
+# --------------------------------------------------------------------------------------------
+# HEVC: non-reference frames skipped only when the stream has one temporal sub-layer
+
+
+def _write_hevc(path: Path, frames: np.ndarray, fps: int, x265_params: str) -> Path:
+    """``frames [T, H, W, 3] uint8`` as HEVC (libx265, ``hvc1`` in MP4) with ``x265_params``."""
+    with av.open(str(path), "w", format="mp4") as out:
+        stream = out.add_stream("libx265", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        stream.codec_tag = "hvc1"
+        stream.options = {"preset": "medium", "crf": "23",
+                          "x265-params": f"{x265_params}:log-level=error"}
+        for rgb in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path
+
+
+@pytest.fixture(scope="module")
+def hevc_clips(clip_dir: Path) -> dict[str, Path]:
+    """4 s at 25 fps of HEVC with 4 B-frames (x265 medium: a B pyramid) and key frames 12
+    apart: ``one-layer`` (x265's default) and ``two-layers`` (``temporal-layers=2``)."""
+    common = "keyint=12:min-keyint=12:scenecut=0:bframes=4"
+    frames = moving_frames(100)
+    return {"one-layer": _write_hevc(clip_dir / "hevc1.mp4", frames, 25, common),
+            "two-layers": _write_hevc(clip_dir / "hevc2.mp4", frames, 25,
+                                      f"{common}:temporal-layers=2")}
+
+
+def test_hevc_temporal_layers_decide_skipping(hevc_clips: dict[str, Path]) -> None:
+    for name, layers in (("one-layer", True), ("two-layers", False)):
+        with av.open(str(hevc_clips[name])) as container:
+            context = container.streams.video[0].codec_context
+            assert context.name == "hevc"
+            assert video_module._skips_nonref(context) is layers, name
+
+
+@pytest.mark.parametrize("clip", ["one-layer", "two-layers"])
+@pytest.mark.parametrize("sampling", [dict(num_frames=8), dict(num_frames=None, fps=7.0)])
+def test_hevc_seeking_keeps_the_pixels(
+    hevc_clips: dict[str, Path], clip: str, sampling: dict, monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The seeking decoder's frames equal every frame decoded in order; fewer frames are
+    decoded than without skipping on the one-layer clip, the same number on the two-layer one
+    (nothing skipped)."""
+    path = hevc_clips[clip]
+    caplog.set_level("DEBUG", logger=video_module.__name__)
+    seek = load_video(path, **sampling)
+    skipping = _frames_decoded(caplog)
+    caplog.clear()
+    with monkeypatch.context() as patch:
+        patch.setattr(video_module, "_SKIP_NONREF_CODECS", frozenset())
+        assert np.array_equal(load_video(path, **sampling).frames, seek.frames)
+    everything = _frames_decoded(caplog)
+    assert seek.decoder == "pyav-seek"
+    assert (skipping < everything) if clip == "one-layer" else (skipping == everything)
+    # Not against decord: on these clips (B pyramid) decord 0.6 returns the wrong frame for
+    # some indices (57 -> 61, 71 -> 72 of 100 at num_frames=8).
+    use_decoder(monkeypatch, "pyav")
+    reference = load_video(path, **sampling)
+    assert reference.decoder == "pyav"
+    np.testing.assert_array_equal(seek.frames, reference.frames)
+    np.testing.assert_allclose(seek.timestamps, reference.timestamps, rtol=0, atol=1e-9)
+    assert seek.num_decodable == reference.num_decodable == 100

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -299,3 +300,66 @@ def test_read_ahead_is_bounded_by_bytes_not_files():
     audio_only = DecodeRequest("d.wav", "audio", None, {"num_clips": 3})
     assert audio_only.frame_bytes() == 0
     assert read_ahead([audio_only], workers=2) == READ_AHEAD_BYTES // 2**20
+
+
+def test_encoder_gets_the_cores_the_decoders_leave(monkeypatch):
+    import torch
+
+    from vlm_cli.preprocess import _CoreShare
+
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)
+    share = _CoreShare()
+    share.cores = 4
+    for decoding, threads in ((0, 3), (1, 3), (2, 2), (3, 1), (4, 1), (6, 1)):
+        share.running(decoding)
+        assert share.threads() == threads, decoding
+
+
+@pytest.mark.skipif(SHARED_MEDIA is None, reason="../shared/media not available")
+def test_vision_features_do_not_depend_on_the_thread_count(home):
+    """What :class:`vlm_cli.preprocess._CoreShare` relies on: the encoder gives the same
+    features bit for bit at 1 and 2 threads."""
+    import torch
+
+    from vlm_cli.features import FeatureStore
+    from vlm_cli.media import load_video
+    from vlm_cli.recipe import load_recipe
+
+    store = FeatureStore(load_recipe("tiny-av", CLIP_224), FeatureCache(home), "cpu")
+    encoder = store.encoder("vision")
+    pre = encoder.preprocessing
+    frames = load_video(SHARED_MEDIA / "boat.mp4", num_frames=8).frames
+    pixels = _reference_pixels(frames, 224, pre.mean, pre.std)
+    before = torch.get_num_threads()
+    features = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            with torch.no_grad():
+                features.append(encoder(pixels)[0])
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(features[0], features[1])
+
+
+def test_omp_wait_policy_is_set_before_torch_is_imported(tmp_path):
+    """`vlm preprocess` sets OMP_WAIT_POLICY=PASSIVE (unless set) before anything on its path
+    imports torch, whose OpenMP runtime reads it once when loaded."""
+    script = textwrap.dedent("""
+        import os, sys
+        seen = []
+        def hook(event, args):
+            if event == "import" and args[0] == "torch" and not seen:
+                seen.append(os.environ.get("OMP_WAIT_POLICY"))
+                print(f"torch imported with OMP_WAIT_POLICY={seen[0]}", file=sys.stderr)
+                raise SystemExit(1)  # (no need to go on)
+        sys.addaudithook(hook)
+        from vlm_cli.cli import run
+        run(["preprocess", sys.argv[1]])
+    """)
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    env["VLM_HOME"] = str(tmp_path / "home")
+    clip = write_video(tmp_path / "clip.mp4", moving_frames(10), 5)
+    done = subprocess.run([sys.executable, "-c", script, str(clip)], capture_output=True,
+                          text=True, env=env, cwd=tmp_path, timeout=120)
+    assert "torch imported with OMP_WAIT_POLICY=PASSIVE" in done.stderr, done.stderr

@@ -58,9 +58,11 @@ def clip_resize_crop(frames: np.ndarray, size: int) -> np.ndarray:
 
     long = int(s * max(h, w) / min(h, w))
     target = (s, long) if h <= w else (long, s)
+    # A channels-last view, not made contiguous: torch's uint8 antialiased bicubic has a fast
+    # kernel for channels-last input (about 7x faster at 1080p; the same values bit for bit).
     x = torch.as_tensor(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)
     if target != (h, w):
-        x = F.interpolate(x.contiguous(), size=target, mode="bicubic", antialias=True,
+        x = F.interpolate(x, size=target, mode="bicubic", antialias=True,
                           align_corners=False)  # uint8 in, uint8 out (rounded, clamped)
     top, left = int((target[0] - s) / 2), int((target[1] - s) / 2)
     x = x[:, :, top:top + s, left:left + s]

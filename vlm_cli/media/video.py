@@ -393,10 +393,28 @@ class _SeekFailed(Exception):
 
 #: Codecs whose non-reference frames are skipped on the way to a sampled frame (libavcodec's
 #: ``skip_frame = NONREF``, set packet by packet): H.264, where ``nal_ref_idc == 0`` means that
-#: no other picture refers to it. Not HEVC: its "sub-layer non-reference" pictures may still be
-#: referenced from a higher temporal sub-layer. For any other codec every frame from the key
-#: frame on is decoded.
-_SKIP_NONREF_CODECS = frozenset({"h264"})
+#: no other picture refers to it; HEVC only when its stream has a single temporal sub-layer (see
+#: :func:`_skips_nonref`). For any other codec every frame from the key frame on is decoded.
+_SKIP_NONREF_CODECS = frozenset({"h264", "hevc"})
+
+
+def _skips_nonref(context: av.codec.context.CodecContext) -> bool:
+    """Whether the seeking decoder may skip this stream's non-reference frames.
+
+    H.264: always (see :data:`_SKIP_NONREF_CODECS`). HEVC: libavcodec skips "sub-layer
+    non-reference" pictures (``TRAIL_N``, ``RASL_N``, ...), which a picture of a *higher*
+    temporal sub-layer may still refer to; they are unreferenced only when the stream has one
+    sub-layer. That is read from the ``hvcC`` record in the extradata (ISO/IEC 14496-15:
+    ``configurationVersion`` 1 at byte 0, ``numTemporalLayers`` in bits 5..3 of byte 21; 0
+    means unknown). Any other extradata (Annex B in MPEG-TS, none, unknown layers): no skipping.
+    """
+    name = context.name
+    if name not in _SKIP_NONREF_CODECS:
+        return False
+    if name != "hevc":
+        return True
+    extradata = context.extradata or b""
+    return len(extradata) >= 23 and extradata[0] == 1 and (extradata[21] >> 3) & 7 == 1
 
 
 @dataclass(frozen=True, eq=False)
@@ -533,9 +551,9 @@ def _seek_frames(
     For each selected frame the demuxer seeks to the last key frame (pts in the sorted
     ``keys``) at or before it -- none when the next selected frame is in the same group of
     pictures: decoding goes on -- and the decoder, one thread, decodes forward with
-    ``skip_frame = NONREF`` on every packet that is not a selected frame (H.264, see
-    :data:`_SKIP_NONREF_CODECS`: no other frame refers to those). ``decoded[0]`` counts the
-    frames that came out of the decoder.
+    ``skip_frame = NONREF`` on every packet that is not a selected frame (H.264, HEVC with one
+    temporal sub-layer, see :func:`_skips_nonref`: no other frame refers to those).
+    ``decoded[0]`` counts the frames that came out of the decoder.
 
     Raises:
         _SeekFailed: a selected frame before the first key frame or that does not decode, a
@@ -544,7 +562,7 @@ def _seek_frames(
     context = stream.codec_context
     if not context.is_open:  # (opened by the first decode)
         context.thread_count = 1
-    skip = context.name in _SKIP_NONREF_CODECS
+    skip = _skips_nonref(context)
     pending = set(int(p) for p in wanted)
     scale = {} if size is None else {"height": int(size[0]), "width": int(size[1])}
     count = decoded if decoded is not None else [0]
