@@ -302,17 +302,23 @@ def test_read_ahead_is_bounded_by_bytes_not_files():
     assert read_ahead([audio_only], workers=2) == READ_AHEAD_BYTES // 2**20
 
 
-def test_encoder_gets_the_cores_the_decoders_leave(monkeypatch):
+def test_encoder_gets_all_cores_when_files_wait_else_those_the_decoders_leave(monkeypatch):
     import torch
 
     from vlm_cli.preprocess import _CoreShare
 
-    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)
+    threads = [3]
+    monkeypatch.setattr(torch, "get_num_threads", lambda: threads[0])
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: threads.__setitem__(0, n))
     share = _CoreShare()
     share.cores = 4
-    for decoding, threads in ((0, 3), (1, 3), (2, 2), (3, 1), (4, 1), (6, 1)):
+    for decoding, bound, expected in ((0, False, 3), (2, False, 2), (3, False, 1), (6, False, 1),
+                                      (2, True, 3), (6, True, 3)):
         share.running(decoding)
-        assert share.threads() == threads, decoding
+        share.apply(encoder_bound=bound)
+        assert threads[0] == expected, (decoding, bound)
+    share.restore()
+    assert threads[0] == 3
 
 
 @pytest.mark.skipif(SHARED_MEDIA is None, reason="../shared/media not available")

@@ -4,7 +4,7 @@ Per media file: hash it (memoised), derive one cache key per modality, and skip 
 is present and valid. The rest are decoded in crash-isolated worker processes
 (:func:`vlm_cli.workers.run_isolated`; frames resized to the encoder's input there), which decode
 ahead while the frozen encoders in this process encode what is ready (several files per forward,
-the cores the decoders leave), and written to the cache atomically. A file that fails is
+the cores given to the bottleneck), and written to the cache atomically. A file that fails is
 reported with its path and reason; nothing is ever substituted for it.
 """
 
@@ -88,14 +88,13 @@ def _limit_worker_threads() -> None:
 
 
 class _CoreShare:
-    """The encoder's share of the cores, set before each encoder forward (a frame's features
-    do not depend on the thread count on CPU).
+    """The encoder's share of the cores, set before each encoder forward to whichever side is
+    the bottleneck (a frame's features do not depend on the thread count on CPU).
 
-    While ``decoding`` files are being decoded (one thread each), the encoder gets the cores
-    they leave (at least one); when none is (the read-ahead queue is full), all of them, up to
-    torch's thread count at the first forward. Giving the encoder every core while decoders run
-    oversubscribes them: OpenMP's threads wait for a core the decoders hold (ViT-B/16 on 2
-    cores: 22-30 % longer wall time).
+    When decoded files piled up while the encoder ran (it took several at once, or more are
+    waiting), the encoder is the bottleneck: it gets every core, and the decoders, briefly busy
+    refilling the queue, share them. When it had to wait for a file, the decoders are: it gets
+    only the cores they leave idle (at least one), so that they never wait for a core.
     """
 
     def __init__(self) -> None:
@@ -108,20 +107,13 @@ class _CoreShare:
         """``run_isolated``'s ``on_running``: how many files are being decoded."""
         self.decoding = count
 
-    def threads(self) -> int:
-        """The encoder's thread count now: ``cores - decoding``, between 1 and the initial
-        count."""
+    def apply(self, encoder_bound: bool) -> None:
         import torch
 
         if self._initial is None:
             self._initial = torch.get_num_threads()
-        return max(1, min(self._initial, self.cores - self.decoding))
-
-    def apply(self) -> None:
-        """Set torch's thread count to :meth:`threads` before a forward."""
-        import torch
-
-        threads = self.threads()
+        free = self.cores if encoder_bound else self.cores - self.decoding
+        threads = max(1, min(self._initial, free))
         if threads != torch.get_num_threads():
             torch.set_num_threads(threads)
 
@@ -230,7 +222,7 @@ def _decode_and_encode(store: FeatureStore, todo: list[tuple[MediaFile, dict[str
                        report: Callable[[str, str], None]) -> None:
     """Decode ``todo`` in crash-isolated workers that work ahead (:func:`read_ahead` files
     ready) while this process builds the encoders and then encodes what is ready (several files
-    per forward on an accelerator), with the cores the decoders leave (:class:`_CoreShare`).
+    per forward on an accelerator), with the cores given to the bottleneck (:class:`_CoreShare`).
     """
     requests = [store.request(media, list(missing)) for media, missing in todo]
     cores = _CoreShare()
@@ -255,7 +247,7 @@ def _decode_and_encode(store: FeatureStore, todo: list[tuple[MediaFile, dict[str
                         fail(media.path, decoded.reason)
                     else:
                         done.append((media, decoded))
-                cores.apply()
+                cores.apply(encoder_bound=len(batch) > 1 or ahead.ready() > 0)
                 vision = store.encoders.encode_vision_batch(
                     [(store.encoder_name(VISION, media.kind), decoded) for media, decoded in done])
                 for (media, decoded), features in zip(done, vision):
