@@ -185,7 +185,7 @@ def load_video(
     qwen_fps: list[float] = []  # sample_fps of the last qwen / transformers selection
     taken: list[np.ndarray] = []  # the indices of the last transformers selection
 
-    scanned = _scan_rate(path) if sampling == "transformers" else None
+    scanned, rotation = _scan(path) if sampling == "transformers" else (None, 0.0)
 
     def select(timestamps: np.ndarray, end: float, avg_fps: float) -> np.ndarray:
         if sampling == "transformers":
@@ -217,7 +217,7 @@ def load_video(
     if taken:  # the reference's frame times: index / rate, in Python floats as transformers
         video = dataclasses.replace(video, timestamps=np.asarray(
             [int(i) / qwen_fps[0] for i in taken[0]], dtype=np.float64))
-        turns = round(_display_rotation(path) / 90) % 4
+        turns = round(rotation / 90) % 4
         if turns:  # upright, as torchcodec returns a clip stored with a display rotation
             video = dataclasses.replace(video, frames=np.ascontiguousarray(
                 np.rot90(video.frames, turns, axes=(1, 2))))
@@ -298,43 +298,40 @@ def _qwen_picture(path: str | os.PathLike[str]) -> VideoFrames:
                        duration=0.0, fps=0.0)
 
 
-def _scan_rate(path: str | os.PathLike[str]) -> float | None:
-    """The average frame rate torchcodec's scan gives (``VideoDecoder(seek_mode="exact")``
-    ``.metadata.average_fps``, what transformers' ``load_video`` reports): packets counted
-    (those flagged to discard left out), ``n / (end / den - begin / den)`` with ``begin`` the
-    smallest pts and ``end`` the largest pts + duration, in time-base ticks, divided as its
-    C++ does (a time base of ``1 / den``); None when the packets give no span."""
+def _scan(path: str | os.PathLike[str]) -> tuple[float | None, float]:
+    """What torchcodec's scan gives transformers' ``load_video``, in one pass over the packets:
+
+    - the average frame rate (``VideoDecoder(seek_mode="exact").metadata.average_fps``): packets
+      counted (those flagged to discard left out), ``n / (end / den - begin / den)`` with
+      ``begin`` the smallest pts and ``end`` the largest pts + duration, in time-base ticks,
+      divided as its C++ does (a time base of ``1 / den``); None when the packets give no span;
+    - the display rotation in degrees, counter-clockwise (the stream's display matrix, as
+      libavutil reads it: a phone's portrait clip stored landscape has 90 or -90), from the
+      first frame that decodes; 0.0 when none does.
+    """
     with open_container(path) as container:
         stream = _video_stream(container, path)
         den = stream.time_base.denominator if stream.time_base is not None else 0
-        if not den or stream.time_base.numerator != 1:
-            return None
-        count, begin, end = 0, None, None
+        spans = bool(den) and stream.time_base.numerator == 1
+        count, begin, end, rotation = 0, None, None, None
         for packet in container.demux(stream):
+            if rotation is None:
+                try:
+                    rotation = next((float(f.rotation or 0.0) for f in packet.decode()), None)
+                except av.FFmpegError:
+                    rotation = 0.0
             if not packet.size or packet.is_discard:
                 continue
             at = packet.pts if packet.pts is not None else packet.dts
             if at is None:
-                return None
+                spans = False
+                continue
             count += 1
+            stop = at + (packet.duration or 0)
             begin = at if begin is None else min(begin, at)
-            end = at + (packet.duration or 0) if end is None else max(end, at + (packet.duration or 0))
-    if not count or end is None or end <= begin:
-        return None
-    return count / (end / den - begin / den)
-
-
-def _display_rotation(path: str | os.PathLike[str]) -> float:
-    """The display rotation of the video stream in degrees, counter-clockwise (its display
-    matrix, as libavutil reads it: a phone's portrait clip stored landscape has 90 or -90), read
-    from the first frame that decodes; 0.0 when there is none."""
-    with open_container(path) as container:
-        try:
-            for frame in container.decode(_video_stream(container, path)):
-                return float(frame.rotation or 0.0)
-        except av.FFmpegError:
-            pass
-    return 0.0
+            end = stop if end is None else max(end, stop)
+    rate = count / (end / den - begin / den) if spans and count and end > begin else None
+    return rate, rotation or 0.0
 
 
 def _pil_picture(path: str | os.PathLike[str]) -> VideoFrames:
