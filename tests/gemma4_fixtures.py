@@ -327,6 +327,13 @@ def _build_config(kind: str, ids: dict[str, int], vocab_size: int) -> dict:
         "top_k_experts": None, "use_cache": True, "vocab_size": vocab_size,
         "vocab_size_per_layer_input": vocab_size,
     }
+
+    def top(model_type: str, version: str) -> dict:  # the top-level fields both configs have
+        return {**media, "dtype": "bfloat16", "eos_token_id": [ids["<eos>"], ids["<turn|>"]],
+                "initializer_range": 0.02, "model_type": model_type,
+                "text_config": dict(sorted(text.items())), "tie_word_embeddings": True,
+                "transformers_version": version}
+
     if kind == "unified":
         text.update({"attention_k_eq_v": True, "hidden_size_per_layer_input": 0, "max_position_embeddings": 262144,
                      "model_type": "gemma4_unified_text", "num_global_key_value_heads": 1,
@@ -336,18 +343,7 @@ def _build_config(kind: str, ids: dict[str, int], vocab_size: int) -> dict:
             "audio_config": {"audio_embed_dim": 640, "audio_samples_per_token": 640, "hidden_size": 640,
                              "initializer_range": 0.02, "model_type": "gemma4_unified_audio",
                              "output_proj_dims": 640, "rms_norm_eps": 1e-06},
-            **{k: media[k] for k in ("audio_token_id", "boa_token_id", "boi_token_id")},
-            "dtype": "bfloat16",
-            "eoa_token_index": media["eoa_token_index"],
-            "eoi_token_id": media["eoi_token_id"],
-            "eos_token_id": [ids["<eos>"], ids["<turn|>"]],
-            "image_token_id": media["image_token_id"],
-            "initializer_range": 0.02,
-            "model_type": "gemma4_unified",
-            "text_config": dict(sorted(text.items())),
-            "tie_word_embeddings": True,
-            "transformers_version": "5.10.0.dev0",
-            "video_token_id": media["video_token_id"],
+            **top(MODEL_TYPES[kind], "5.10.0.dev0"),
             "vision_config": {"initializer_range": 0.02, "mm_embed_dim": T_HID, "mm_posemb_size": 1120,
                               "model_patch_size": 48, "model_type": "gemma4_unified_vision",
                               "num_soft_tokens": 280, "output_proj_dims": T_HID, "patch_size": 16,
@@ -366,18 +362,7 @@ def _build_config(kind: str, ids: dict[str, int], vocab_size: int) -> dict:
             "num_attention_heads": 2, "num_hidden_layers": 2, "output_proj_dims": A_HID, "residual_weight": 0.5,
             "rms_norm_eps": 1e-06, "subsampling_conv_channels": [128, 8], "use_clipped_linears": True,
         },
-        **{k: media[k] for k in ("audio_token_id", "boa_token_id", "boi_token_id")},
-        "dtype": "bfloat16",
-        "eoa_token_index": media["eoa_token_index"],
-        "eoi_token_id": media["eoi_token_id"],
-        "eos_token_id": [ids["<eos>"], ids["<turn|>"]],
-        "image_token_id": media["image_token_id"],
-        "initializer_range": 0.02,
-        "model_type": "gemma4",
-        "text_config": dict(sorted(text.items())),
-        "tie_word_embeddings": True,
-        "transformers_version": "5.5.0.dev0",
-        "video_token_id": media["video_token_id"],
+        **top(MODEL_TYPES[kind], "5.5.0.dev0"),
         "vision_config": {
             "attention_bias": False, "attention_dropout": 0.0, "head_dim": 16,
             "hidden_activation": "gelu_pytorch_tanh", "hidden_size": V_HID, "initializer_range": 0.02,

@@ -286,6 +286,7 @@ class NativeModel(nn.Module):
                 audio in one row (the rope index takes one audio-in-video setting per call).
         """
         from vlm_cli.model.chat import IGNORE_INDEX
+        from vlm_cli.model.families import native_gemma4
 
         gemma = self.spec.layout == "gemma4"
         wanted = [(m, kind) for m in media for kind in (
@@ -312,8 +313,6 @@ class NativeModel(nn.Module):
                 continue
             (m, kind), before = next(pieces), len(out)
             if gemma:
-                from vlm_cli.model.families import native_gemma4
-
                 out += native_gemma4.expand_media(self, kind, m)
             elif kind == "video" and m.audio is not None:
                 out += self._interleaved(m)
@@ -762,7 +761,6 @@ def _fingerprints(spec: NativeModelSpec, source: dict[str, Any], processor: Any,
                   dtype: Any) -> dict[str, dict[str, Any]]:
     """What changes each tower's output: the weights, the reference pipeline, the processor's
     settings, the dtype."""
-    vp, ip, fe = processor.video_processor, processor.image_processor, processor.feature_extractor
     common = {"family": spec.name, "source": source, "dtype": str(dtype).removeprefix("torch."),
               "reference": dataclasses.asdict(spec.sampling)}
     if spec.layout == "gemma4":
@@ -774,6 +772,7 @@ def _fingerprints(spec: NativeModelSpec, source: dict[str, Any], processor: Any,
                           "preprocess": {**pre[feature], "resampler": spec.resampler}
                           if feature == "audio" else pre[feature]}
                 for feature in ("vision", "image", "audio")}
+    vp, ip, fe = processor.video_processor, processor.image_processor, processor.feature_extractor
     video = {"size": type(processor).videos_kwargs.get("size"), "mean": list(vp.image_mean),
              "std": list(vp.image_std), "patch": vp.patch_size, "merge": vp.merge_size,
              "temporal_patch": vp.temporal_patch_size, "resize": "torchvision-bicubic-float"}
