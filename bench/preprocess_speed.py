@@ -35,8 +35,14 @@ forkserver and decoder workers that vlm kills at exit, so their CPU counts too) 
 beside: wall times on a machine shared with other work swing by 2x, CPU seconds much less.
 ``--json FILE`` also writes every time measured.
 
-Usage: .venv/bin/python bench/preprocess_speed.py [--classes shared 1080p ...] [--copies 7 2]
-    [--files 8 3] [--workers 2] [--repeat 3] [--only decode-bound|vit-b16] [--clips-dir DIR]
+A warm run costs vlm's start-up (~0.1 s: Python, typer, the recipe's YAML) plus ~0.2 ms per
+clip (its hash memo and each entry's header), so warm / cold measures the cache only where a
+class's cold run takes well over 10 s: hence the defaults of 20 copies of each shared video and
+24 of each generated clip decode-bound, where a file takes 0.1-0.9 s (with ViT-B/16 a file
+takes seconds, and 4 copies suffice).
+
+Usage: .venv/bin/python bench/preprocess_speed.py [--classes shared 1080p ...] [--copies 20 2]
+    [--files 24 4] [--workers 2] [--repeat 3] [--only decode-bound|vit-b16] [--clips-dir DIR]
     [--json FILE]
 """
 
@@ -232,9 +238,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--classes", nargs="+", default=["shared", *CLASSES],
                         choices=["shared", *CLASSES], help="size classes to run (default: all)")
-    parser.add_argument("--copies", type=int, nargs=2, default=[7, 2], metavar=("DECODE", "VIT"),
+    parser.add_argument("--copies", type=int, nargs=2, default=[20, 2], metavar=("DECODE", "VIT"),
                         help="copies of each shared video for the decode-bound and ViT-B/16 runs")
-    parser.add_argument("--files", type=int, nargs=2, default=[8, 3], metavar=("DECODE", "VIT"),
+    parser.add_argument("--files", type=int, nargs=2, default=[24, 4], metavar=("DECODE", "VIT"),
                         help="copies of each generated clip for the decode-bound and ViT-B/16 "
                              "runs")
     parser.add_argument("--workers", type=int, default=2)

@@ -68,6 +68,45 @@ def test_corrupt_entry_is_reported_removed_and_missed(tmp_path, damage):
     assert not path.exists()
 
 
+@pytest.mark.parametrize("damage", ["truncate", "pad", "garbage", "empty", "flip"])
+def test_verify_reads_the_header_only(tmp_path, damage):
+    """``verify`` (a warm preprocess's check) catches a damaged header or size from the header
+    alone; a flipped payload byte passes it and is caught where the tensors are read."""
+    reports = []
+    cache = FeatureCache(tmp_path, on_corrupt=lambda p, why: reports.append((p, why)))
+    key = "34" * 32
+    path = cache.put(key, {"features": torch.randn(64, 32)}, {"media": "x"})
+    data = bytearray(path.read_bytes())
+    header = 8 + int.from_bytes(data[:8], "little")
+    data = {"truncate": data[:-20], "pad": data + b"\0" * 4, "garbage": bytearray(b"no" * 9),
+            "empty": bytearray()}.get(damage, data)
+    if damage == "flip":
+        data[-3] ^= 0xFF
+    path.write_bytes(bytes(data))
+    read = []
+    real_open = open
+    class Counting:
+        def __init__(self, f):
+            self.f = f
+        def __enter__(self):
+            return self
+        def __exit__(self, *exc):
+            self.f.close()
+        def read(self, n=-1):
+            out = self.f.read(n)
+            read.append(len(out))
+            return out
+        def fileno(self):
+            return self.f.fileno()
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr("builtins.open", lambda p, *a, **k: Counting(real_open(p, *a, **k)))
+        assert cache.verify(key) is (damage == "flip")
+    assert sum(read) <= header * (1 if damage == "flip" else 2)  # read again under the lock
+    if damage == "flip":
+        assert not reports and cache.get(key) is None
+    assert len(reports) == 1 and reports[0][0] == path and not path.exists()
+
+
 def test_file_digest_is_memoised_by_stat(tmp_path, monkeypatch):
     cache = FeatureCache(tmp_path / "c")
     media = tmp_path / "clip.bin"

@@ -212,3 +212,38 @@ def test_merge_refuses_a_changed_base(world, tmp_path, monkeypatch, capsys):
     assert run(["merge-lora", str(tmp_path / "s2"), "--out", str(tmp_path / "m")]) == 2
     assert "not the one the adapter was trained on" in capsys.readouterr().err
     assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("arch", ["clip", "siglip"])
+def test_vision_encoder_stops_at_its_feature_layer(tmp_path, arch):
+    """The tower runs only the layers its feature layer needs: the same features, bit for bit,
+    as the whole tower's ``hidden_states[layer]``, and all its layers are back afterwards."""
+    import dataclasses
+
+    import numpy as np
+    import torch
+
+    from vlm_cli.cache import FeatureCache
+    from vlm_cli.model.encoders import VisionEncoder
+    from vlm_cli.recipe import VisionEncoderSpec
+
+    spec = VisionEncoderSpec(arch=arch, select="cls_patch", config={
+        "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 4,
+        "num_attention_heads": 2, "image_size": 32, "patch_size": 16})
+    frames = np.random.default_rng(0).integers(0, 255, (3, 40, 60, 3), dtype=np.uint8)
+    for layer in (-2, -3, 1, 3, 0, -1, 4):
+        encoder = VisionEncoder(dataclasses.replace(spec, feature_layer=layer),
+                                FeatureCache(tmp_path).file_digest)
+        layers = encoder.model.encoder.layers
+        ran = []
+        for k, block in enumerate(layers):
+            block.register_forward_hook(lambda *_, k=k: ran.append(k))
+        got = encoder.encode_frames(frames)
+        needed = layer % 5 if layer not in (-1, 0) else 4
+        assert ran == list(range(needed)), (layer, ran)
+        assert encoder.model.encoder.layers is layers
+        with torch.no_grad():
+            out = encoder.model(pixel_values=encoder.preprocess(frames), output_hidden_states=True)
+        assert len(out.hidden_states) == 5  # the whole tower again, every layer recorded
+        want = out.last_hidden_state if layer == -1 else out.hidden_states[layer]
+        assert torch.equal(got, want), layer

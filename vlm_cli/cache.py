@@ -179,16 +179,22 @@ class FeatureCache:
         return load(data), json.loads(_split(data)[0]["__metadata__"]["provenance"])
 
     def verify(self, key: str | FeatureKey) -> bool:
-        """True if a valid entry exists (checked as :meth:`get` does, without loading tensors or
-        importing torch); a corrupt entry is reported and deleted."""
-        return self._read_valid(key) is not None
+        """True if an entry exists whose header is whole: a safetensors header with vlm's
+        metadata (format version, provenance, payload checksum) and tensors that end exactly at
+        the end of the file. Its header alone is read (~1 KiB; no tensor data, no torch), so
+        that a warm ``vlm preprocess`` over a large dataset does not read every entry back; the
+        payload checksum is checked when the entry is read (:meth:`get`). A file that fails is
+        reported and deleted, as by :meth:`get`."""
+        return self._read_valid(key, _read_header_checked) is not None
 
-    def _read_valid(self, key: str | FeatureKey) -> bytes | None:
+    def _read_valid(self, key: str | FeatureKey,
+                    read: Callable[[Path], Any] | None = None) -> Any:
+        read = read or _read_verified
         path = self.path_for(key)
-        result = _read_verified(path)
+        result = read(path)
         if isinstance(result, str):
             with self.lock_for(key):
-                result = _read_verified(path)  # a concurrent writer may have just replaced it
+                result = read(path)  # a concurrent writer may have just replaced it
                 if isinstance(result, str):
                     path.unlink(missing_ok=True)
             if isinstance(result, str):
@@ -297,6 +303,39 @@ def _read_verified(path: Path) -> bytes | str | None:
     if meta.get("payload_sha256") != hashlib.sha256(body).hexdigest():
         return "payload checksum mismatch"
     return data
+
+
+def _read_header_checked(path: Path) -> dict[str, Any] | str | None:
+    """The vlm metadata of an entry from its header alone, ``None`` if absent, else the reason
+    its header or size is wrong (what :func:`_read_verified` checks, except the payload
+    checksum)."""
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            prefix = f.read(8)
+            n = int.from_bytes(prefix, "little") if len(prefix) == 8 else -1
+            if not 0 <= n <= size - 8:
+                return "unreadable safetensors (header length exceeds file size)"
+            header = json.loads(f.read(n))
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        return f"cannot read ({err.strerror})"
+    except ValueError as err:
+        return f"unreadable safetensors ({err})"
+    if not isinstance(header, dict):
+        return "unreadable safetensors (header is not a JSON object)"
+    meta = header.get("__metadata__") or {}
+    if (meta.get("format_version") != FORMAT_VERSION or "provenance" not in meta
+            or "payload_sha256" not in meta):
+        return "missing provenance metadata"
+    try:
+        ends = [t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"]
+    except (KeyError, TypeError, IndexError) as err:
+        return f"unreadable safetensors ({err})"
+    if 8 + n + max(ends, default=0) != size:
+        return f"data section is {size - 8 - n} bytes, tensors need {max(ends, default=0)}"
+    return meta
 
 
 def _entry_metadata(path: Path) -> dict[str, Any]:

@@ -24,7 +24,6 @@ from vlm_cli.errors import MediaError, UsageError
 from vlm_cli.features import VISION, FeatureStore, MediaFile
 from vlm_cli.keys import FeatureKey
 from vlm_cli.media.kinds import media_kind
-from vlm_cli.workers import TaskFailure, prefetched, run_isolated
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,6 +134,8 @@ def decode_in_workers(requests: Sequence[Any], *, workers: int,
     from a server that imported :data:`WORKER_PRELOAD` once, one compute thread each
     (:func:`_limit_worker_threads`); ``options`` go to :func:`vlm_cli.workers.run_isolated`,
     whose ``(index, result or TaskFailure)`` pairs this yields."""
+    from vlm_cli.workers import run_isolated  # multiprocessing: not needed on a warm run
+
     return run_isolated(decode_media, requests, workers=workers, preload=WORKER_PRELOAD,
                         initializer=_limit_worker_threads, **options)
 
@@ -224,6 +225,8 @@ def _decode_and_encode(store: FeatureStore, todo: list[tuple[MediaFile, dict[str
     ready) while this process builds the encoders and then encodes what is ready (several files
     per forward on an accelerator), with the cores given to the bottleneck (:class:`_CoreShare`).
     """
+    from vlm_cli.workers import TaskFailure, prefetched
+
     requests = [store.request(media, list(missing)) for media, missing in todo]
     cores = _CoreShare()
 

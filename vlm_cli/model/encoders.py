@@ -9,7 +9,8 @@ ImageBind's). Their feature-cache keys are built beside them, from the same reci
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import math
@@ -48,6 +49,52 @@ def _build(spec: VisionEncoderSpec | AudioEncoderSpec, config_cls: type, model_c
     else:
         model = model_cls.from_pretrained(directory, dtype=dtype)
     return model.eval().requires_grad_(False)
+
+
+@contextlib.contextmanager
+def only_layers_up_to(model: nn.Module, layer: int) -> Iterator[int]:
+    """Run a CLIP / SigLIP vision tower only as deep as hidden state ``layer`` needs.
+
+    ``hidden_states[layer]`` (``layer`` counted as transformers does: 0 is the embeddings'
+    output, L the last layer's, -1 = L, -2 = L - 1) depends on the first ``layer mod (L + 1)``
+    encoder layers alone; the layers after it (one of ViT-B/16's 12 for Video-LLaVA's layer -2)
+    and the post-layernorm's input are computed for nothing. Within the block the tower's
+    ``vision_model.encoder.layers`` is that prefix (the same modules, restored on exit), so the
+    state is the same tensor, bit for bit, computed without them (LLaVA-OneVision's SigLIP tower
+    deletes its last layer for good; here it is left out of one forward, so that a tower shared
+    with a language model, Video-LLaVA-hf's, keeps all its layers). The tower's encoder is
+    ``model.encoder`` (transformers 5's ``CLIPVisionModel``, ``SiglipVisionModel``) or
+    ``model.vision_model.encoder`` (older layouts). transformers records hidden states by hooks
+    it installs on the layers present at the first forward that asks for them; they are
+    installed before any layer is left out, so that later whole forwards record every layer.
+
+    Yields:
+        The index of hidden state ``layer`` in that forward's ``hidden_states`` (``layer``
+        itself where nothing is cut: ``layer`` -1 or L, whose ``last_hidden_state`` may be
+        post-normalised, and 0; towers without ``encoder.layers``, e.g. ViViT's ``encoder.layer``).
+    """
+    encoder = getattr(getattr(model, "vision_model", model), "encoder", None)
+    layers = getattr(encoder, "layers", None)
+    if not isinstance(layers, nn.ModuleList):
+        yield layer
+        return
+    count = len(layers)
+    index = layer if layer >= 0 else count + 1 + layer
+    if not 0 < index < count:
+        yield layer
+        return
+    from transformers import PreTrainedModel
+    from transformers.utils.output_capturing import maybe_install_capturing_hooks
+
+    if isinstance(model, PreTrainedModel):
+        # transformers hooks the layers it records hidden states from on the first forward that
+        # asks for them, the layers present then: hook them all before any is left out.
+        maybe_install_capturing_hooks(model)
+    encoder.layers = layers[:index]
+    try:
+        yield index
+    finally:
+        encoder.layers = layers
 
 
 class VisionEncoder(nn.Module):
@@ -122,9 +169,10 @@ class VisionEncoder(nn.Module):
         if self.per_clip and pixel_values.shape[1] != self.model.config.num_frames:
             raise VlmError(f"the vivit vision encoder takes {self.model.config.num_frames} "
                            f"frames per clip, got {pixel_values.shape[1]} (set data.frames)")
-        out = self.model(pixel_values=pixel_values, output_hidden_states=True)
         layer = self.spec.feature_layer
-        feats = self._select(out.last_hidden_state if layer == -1 else out.hidden_states[layer])
+        with only_layers_up_to(self.model, layer) as index:
+            out = self.model(pixel_values=pixel_values, output_hidden_states=True)
+        feats = self._select(out.last_hidden_state if layer == -1 else out.hidden_states[index])
         if not self.per_clip:
             return feats[None]
         b, n, d = feats.shape
