@@ -29,21 +29,22 @@ The runs are repeated ``--repeat`` times (default 3), interleaved (run k of ever
 pipeline before run k + 1), each cold run with a fresh VLM_HOME. Prints, per class and overall
 (the classes' times summed run by run), the median seconds per clip of each pipeline, vlm's
 speed-up over the faster seed loop (medians; targets: >= 1.3x decode-bound, >= 1.0x ViT-B/16)
-with the per-run ratios, and warm / cold (target >= 100x). Each run's CPU seconds (user +
+with the per-run ratios, and warm / cold. Each run also preprocesses every class's files as one
+dataset ("whole set"), cold then warm, as a user's dataset of mixed clips would be: its warm /
+cold is the cache's figure (target >= 100x). Each run's CPU seconds (user +
 system, of the process and all its descendants: on Linux the bench is the subreaper of the
 forkserver and decoder workers that vlm kills at exit, so their CPU counts too) are printed
 beside: wall times on a machine shared with other work swing by 2x, CPU seconds much less.
 ``--json FILE`` also writes every time measured.
 
 A warm run costs vlm's start-up (~0.1 s: Python, typer, the recipe's YAML) plus ~0.2 ms per
-clip (its hash memo and each entry's header), so warm / cold measures the cache only where a
-class's cold run takes well over 10 s: hence the defaults of 20 copies of each shared video and
-24 of each generated clip decode-bound, where a file takes 0.1-0.9 s (with ViT-B/16 a file
-takes seconds, and 4 copies suffice).
+clip (its hash memo and each entry's header): a class of a few dozen files, whose cold run takes
+5-20 s decode-bound, measures mostly the start-up (its warm / cold is printed, not a target);
+the whole set (~350 files decode-bound, a cold run of ~100 s) measures the cache.
 
 Usage: .venv/bin/python bench/preprocess_speed.py [--classes shared 1080p ...] [--copies 20 2]
     [--files 24 4] [--workers 2] [--repeat 3] [--only decode-bound|vit-b16] [--clips-dir DIR]
-    [--json FILE]
+    [--whole-set-only] [--json FILE]
 """
 
 from __future__ import annotations
@@ -175,9 +176,10 @@ def timed(cmd: list[str], env: dict[str, str] | None = None) -> tuple[float, flo
 
 
 def run_once(name: str, cls: str, clips: list[Path], tmp: Path, workers: int,
-             run: int) -> dict[str, float]:
-    """One run of the four pipelines on ``clips`` with encoder ``name``: wall seconds of each
-    (``PIPELINE``) and CPU seconds (``PIPELINE cpu``)."""
+             run: int, seeds: bool = True) -> dict[str, float]:
+    """One run of the four pipelines on ``clips`` with encoder ``name`` (without the seed loops:
+    ``vlm cold`` and ``vlm warm`` only): wall seconds of each (``PIPELINE``) and CPU seconds
+    (``PIPELINE cpu``)."""
     config, layer = ENCODERS[name]
     tag = f"{name}-{cls}"
     data = tmp / f"{tag}.json"
@@ -196,7 +198,7 @@ def run_once(name: str, cls: str, clips: list[Path], tmp: Path, workers: int,
     times["vlm cold"], cpu["vlm cold"], out = timed(vlm, {"VLM_HOME": str(home)})
     summary = json.loads(out)
     assert summary["computed"] == n and not summary["failed"], summary
-    for mode in ("video-llava", "video-llama"):
+    for mode in ("video-llava", "video-llama") if seeds else ():
         feats = tmp / f"{tag}-{mode}-{run}"
         feats.mkdir()
         times[f"{mode} seed"], cpu[f"{mode} seed"], _ = timed(
@@ -223,7 +225,7 @@ def report(name: str, label: str, n: int, runs: list[dict[str, float]]) -> dict[
               f"CPU {cpu / n:.3f} s/clip")
     print(f"    vlm / faster seed: {faster / med['vlm cold']:.2f}x as fast (target >= "
           f"{TARGETS[name]}x; per run {per_run}); warm / cold: "
-          f"{med['vlm cold'] / med['vlm warm']:.1f}x as fast (target >= {WARM_TARGET}x)")
+          f"{med['vlm cold'] / med['vlm warm']:.1f}x as fast (warm: mostly start-up)")
     cpu = {k: statistics.median(r[f"{k} cpu"] for r in runs) for k in PIPELINES}
     least = min(cpu["video-llava seed"], cpu["video-llama seed"])
     print(f"    CPU seconds, all processes: vlm cold {cpu['vlm cold']:.1f}, seeds "
@@ -231,6 +233,20 @@ def report(name: str, label: str, n: int, runs: list[dict[str, float]]) -> dict[
           f"uses {least / cpu['vlm cold']:.2f}x vlm's" + ("" if SUBREAPER else
                                                           " (vlm's workers not counted)"),
           flush=True)
+    return med
+
+
+def report_whole(n: int, runs: list[dict[str, float]]) -> dict[str, float]:
+    """Print the whole set's cold and warm medians and their ratio; return the medians."""
+    med = {k: statistics.median(r[k] for r in runs) for k in ("vlm cold", "vlm warm")}
+    per_run = " ".join(f"{r['vlm cold'] / r['vlm warm']:.0f}" for r in runs)
+    print(f"  whole set (every class's files in one dataset): {n} clips")
+    for k in med:
+        values = " ".join(f"{r[k]:.2f}" for r in runs)
+        print(f"    {k:<17} {med[k]:8.2f} s  (runs {values}); "
+              f"{1000 * med[k] / n:.2f} ms/clip")
+    print(f"    warm / cold: {med['vlm cold'] / med['vlm warm']:.0f}x as fast (target >= "
+          f"{WARM_TARGET}x; per run {per_run})", flush=True)
     return med
 
 
@@ -249,6 +265,8 @@ def main() -> None:
     parser.add_argument("--only", choices=sorted(ENCODERS), help="run one encoder only")
     parser.add_argument("--clips-dir", type=Path, default=DEFAULT_DIR,
                         help="where the generated clips are written once and reused")
+    parser.add_argument("--whole-set-only", action="store_true",
+                        help="only the whole-set warm / cold runs (no per-class comparison)")
     parser.add_argument("--json", type=Path, help="also write every time measured here")
     args = parser.parse_args()
     if "shared" in args.classes and SHARED_MEDIA is None:
@@ -272,22 +290,32 @@ def main() -> None:
                 count = copies if cls == "shared" else files
                 clips[cls] = distinct_copies(sources, count, tmp / f"clips-{name}-{cls}")
             runs: dict[str, list[dict[str, float]]] = {cls: [] for cls in args.classes}
+            whole_clips = [p for cls in args.classes for p in clips[cls]]
+            whole: list[dict[str, float]] = []
+            classes = [] if args.whole_set_only else args.classes
             for run in range(args.repeat):  # interleaved: a slower spell hits all alike
-                for cls in args.classes:
+                for cls in classes:
                     runs[cls].append(run_once(name, cls, clips[cls], tmp, args.workers, run))
                     print(f"[{name} run {run + 1}/{args.repeat}] {cls}: " + ", ".join(
                         f"{k} {runs[cls][-1][k]:.2f} s (CPU {runs[cls][-1][k + ' cpu']:.2f})"
                         for k in PIPELINES), file=sys.stderr, flush=True)
+                # What a user's dataset of mixed clips sees: one cold run, one warm run.
+                whole.append(run_once(name, "whole", whole_clips, tmp, args.workers, run,
+                                      seeds=False))
+                print(f"[{name} run {run + 1}/{args.repeat}] whole set: " + ", ".join(
+                    f"{k} {whole[-1][k]:.2f} s (CPU {whole[-1][k + ' cpu']:.2f})"
+                    for k in ("vlm cold", "vlm warm")), file=sys.stderr, flush=True)
             print(f"{name}: {args.workers} decoder workers, {os.cpu_count()} cores, "
                   f"median of {args.repeat}")
-            for cls in args.classes:
+            for cls in classes:
                 report(name, cls, len(clips[cls]), runs[cls])
-            if len(args.classes) > 1:
+            report_whole(len(whole_clips), whole)
+            if len(classes) > 1:
                 totals = [{k: sum(runs[c][i][k] for c in args.classes) for k in runs[
                     args.classes[0]][i]} for i in range(args.repeat)]
                 report(name, "overall (classes summed)", sum(len(c) for c in clips.values()),
                        totals)
-            results[name] = {cls: runs[cls] for cls in args.classes}
+            results[name] = {**{cls: runs[cls] for cls in classes}, "whole set": whole}
             for dirs in clips.values():
                 shutil.rmtree(dirs[0].parent)
     if args.json:

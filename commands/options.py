@@ -7,6 +7,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from vlm_cli.model.families import supported_titles
+
 Json = Annotated[bool, typer.Option("--json", help="Print the result as one JSON object.")]
 Workers = Annotated[int, typer.Option(min=1, help="Decoder processes for missing features.")]
 Resume = Annotated[bool, typer.Option(help="Continue the run from its last checkpoint.")]
@@ -18,6 +20,10 @@ MediaRoot = Annotated[Optional[Path], typer.Option(
     show_default=False)]
 Encoders = Annotated[Optional[Path], typer.Option(
     help="An encoders run (vlm pretrain --stage encoders) whose encoders to use.",
+    show_default=False)]
+Model = Annotated[Optional[str], typer.Option(
+    help=f"A run directory, merged model, checkpoint directory ({supported_titles()}) or "
+         "cached hub id \\[default: $VLM_MODEL, else $VLM_HOME/models/tiny-av].",
     show_default=False)]
 Dtype = Annotated[str, typer.Option(
     help="Weights dtype: auto, bfloat16, float16 or float32. auto: the checkpoint's on a GPU "
@@ -44,20 +50,6 @@ MaxNewTokens = Annotated[int, typer.Option(min=1, help="Answer length limit in t
 Download = Annotated[bool, typer.Option(
     "--download", help="Fetch hub parts missing from the Hugging Face cache (as `vlm download` "
     "would) instead of stopping with the `vlm download` command to run.")]
-
-
-def __getattr__(name: str) -> object:
-    """``Model`` (PEP 562: made when a command imports it), whose help lists the supported
-    checkpoint families: reading them imports the model package, which the commands without
-    ``--model`` (``vlm preprocess``, ``vlm pretrain``, ...) never need at start-up."""
-    if name != "Model":
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    from vlm_cli.model.families import supported_titles
-
-    return Annotated[Optional[str], typer.Option(
-        help=f"A run directory, merged model, checkpoint directory ({supported_titles()}) or "
-             "cached hub id \\[default: $VLM_MODEL, else $VLM_HOME/models/tiny-av].",
-        show_default=False)]
 
 
 def fetch_for(download: bool, recipe: object = None, *names: object) -> None:

@@ -113,6 +113,53 @@ def test_seeking_with_pyav_gives_decords_frames(name: str, sampling: dict,
     assert seek.duration == pytest.approx(reference.duration, abs=0.035)
 
 
+@pytest.mark.parametrize("decoder", ["pyav-seek", "decord", "pyav"])
+def test_each_frame_maps_every_frame_as_it_is_decoded(tmp_path: Path, decoder: str,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """``each_frame`` gives what mapping the result frame by frame gives (the encoder's resize
+    and crop, bit for bit), by every decoder, for a picture, and after a display rotation is
+    undone; the seeking decoder calls it on each frame as it is decoded, never on a stack."""
+    from vlm_cli.media.resize import clip_resize_crop
+
+    def crop(frame: np.ndarray) -> np.ndarray:
+        assert frame.ndim == 3, frame.shape  # one frame at a time
+        calls.append(frame.shape)
+        return clip_resize_crop(frame[None], 32)[0]
+
+    frames = moving_frames(12, 48, 80)
+    clip = tmp_path / "clip.mp4"
+    turned = tmp_path / "turned.mp4"
+    for path, rotation in ((clip, 0), (turned, 90)):
+        with av.open(str(path), "w") as container:
+            stream = container.add_stream("libx264", rate=12)
+            stream.width, stream.height, stream.pix_fmt = 80, 48, "yuv420p"
+            if rotation:
+                stream.set_display_rotation(rotation)
+            for frame in frames:
+                container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+            container.mux(stream.encode())
+    picture = tmp_path / "still.png"
+    av.VideoFrame.from_ndarray(frames[0], format="rgb24").to_image().save(picture)
+    if decoder != "pyav-seek":
+        use_decoder(monkeypatch, decoder)
+    for path, kwargs in ((clip, {"num_frames": 5}), (clip, {"num_frames": None, "fps": 3.0}),
+                         (turned, {"num_frames": 4, "sampling": "transformers"}),
+                         (picture, {"num_frames": 8})):
+        calls: list[tuple[int, ...]] = []
+        mapped = load_video(path, **kwargs, each_frame=crop)
+        whole = load_video(path, **kwargs)
+        assert mapped.decoder == whole.decoder
+        if path != turned:  # (decord gives way to PyAV on the rotated clip)
+            assert mapped.decoder == (decoder if path == clip else "image")
+        want = clip_resize_crop(whole.frames, 32)
+        assert mapped.frames.shape == want.shape and np.array_equal(mapped.frames, want)
+        np.testing.assert_array_equal(mapped.timestamps, whole.timestamps)
+        distinct = len({float(t) for t in whole.timestamps})
+        assert len(calls) == (distinct if decoder == "pyav-seek" and path == clip
+                              else len(whole.frames))
+        assert (mapped.frames.flags.c_contiguous, mapped.frames.dtype) == (True, np.uint8)
+
+
 @needs_samples
 @pytest.mark.parametrize("name", sorted(SAMPLE_VIDEOS))
 def test_sample_video_pyav_matches_decord(name: str, monkeypatch: pytest.MonkeyPatch) -> None:

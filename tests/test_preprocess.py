@@ -65,14 +65,16 @@ def test_fills_cache_then_computes_nothing(toy, home, capsys):
 
 
 def test_cached_run_loads_no_model_library(toy, home, capsys):
-    """Every clip cached: no torch, numpy, decoder, rich (stderr is a pipe) or
-    importlib.metadata is imported (the start-up is most of a warm run)."""
+    """Every clip cached: no torch, numpy, decoder, rich (stderr is a pipe),
+    importlib.metadata or multiprocessing (no decoder server is started) is
+    imported (the start-up is most of a warm run)."""
     assert vlm_json(capsys, str(toy / "clips.jsonl"))[0] == 0
     code = ("import sys\n"
             "from vlm_cli.cli import run\n"
             f"code = run(['preprocess', {str(toy / 'clips.jsonl')!r}, '--json'])\n"
             "heavy = [m for m in ('torch', 'numpy', 'transformers', 'av', 'decord', 'rich',\n"
-            "                     'importlib.metadata') if m in sys.modules]\n"
+            "                     'importlib.metadata', 'multiprocessing')\n"
+            "         if m in sys.modules]\n"
             "print('HEAVY', code, heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env={**os.environ, "VLM_HOME": str(home)})

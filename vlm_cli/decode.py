@@ -70,16 +70,17 @@ def decode_media(request: DecodeRequest) -> dict[str, Any]:
 
     out: dict[str, Any] = {}
     if request.frames is not None:
-        try:
-            video = load_video(request.path, **request.frames)
-        except ValueError as err:  # e.g. too few frames for a reference rule's frame count
-            raise MediaError(request.path, str(err)) from None
-        frames = video.frames
-        if request.resize is not None:
+        resize = None
+        if request.resize is not None:  # each frame as it is decoded: no full-size stack
             from vlm_cli.media.resize import clip_resize_crop
 
-            frames = clip_resize_crop(frames, request.resize)
-        out[VISION] = {"frames": frames, "timestamps": video.timestamps,
+            def resize(frame: Any, size: int = request.resize) -> Any:
+                return clip_resize_crop(frame[None], size)[0]
+        try:
+            video = load_video(request.path, **request.frames, each_frame=resize)
+        except ValueError as err:  # e.g. too few frames for a reference rule's frame count
+            raise MediaError(request.path, str(err)) from None
+        out[VISION] = {"frames": video.frames, "timestamps": video.timestamps,
                        "decoder": video.decoder, "duration": video.duration,
                        "num_decodable": video.num_decodable, "sample_fps": video.sample_fps}
     if request.audio is not None:

@@ -206,6 +206,10 @@ def preprocess(paths: Sequence[Path], store: FeatureStore, *, workers: int = 2,
             except (MediaError, UsageError) as err:
                 fail(path, str(err).removeprefix(f"{path}: "))
                 continue
+            if not todo:  # the decoders' server imports while the other files are hashed
+                from vlm_cli.workers import start_forkserver
+
+                start_forkserver(WORKER_PRELOAD)
             todo.append((media, missing))
         else:
             summary.hits += 1

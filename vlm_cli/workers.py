@@ -109,11 +109,7 @@ def run_isolated(fn: Callable[[T], Any], tasks: Sequence[T], *, workers: int,
     """
     if workers < 1:
         raise ValueError("workers must be at least 1")
-    if "forkserver" in mp.get_all_start_methods():
-        ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(list(preload))
-    else:
-        ctx = mp.get_context("spawn")
+    ctx = _context(preload)
     pending = deque(enumerate(tasks))
     pool: list[_Worker] = []
     running = 0
@@ -187,6 +183,29 @@ def run_isolated(fn: Callable[[T], Any], tasks: Sequence[T], *, workers: int,
     finally:
         for worker in list(pool):
             retire(worker, kill=True)
+
+
+def _context(preload: Sequence[str]) -> Any:
+    """The ``forkserver`` context with ``preload`` set (the first call's list is the one the
+    server imports), or ``spawn`` where the platform has no forkserver."""
+    if "forkserver" not in mp.get_all_start_methods():
+        return mp.get_context("spawn")
+    ctx = mp.get_context("forkserver")
+    ctx.set_forkserver_preload(list(preload))
+    return ctx
+
+
+def start_forkserver(preload: Sequence[str] = ()) -> None:
+    """Start the forkserver now, so that it imports ``preload`` (torch, the decoders: ~1 s of
+    CPU) while the caller does other work (e.g. hashes the rest of its files), instead of when
+    :func:`run_isolated` first needs a worker. ``multiprocessing.forkserver.ensure_running``
+    only launches the server (its imports run in it); nothing happens where there is no
+    forkserver, or when it is running already."""
+    if _context(preload).get_start_method() != "forkserver":
+        return
+    from multiprocessing import forkserver
+
+    forkserver.ensure_running()
 
 
 def stop_forkserver() -> None:

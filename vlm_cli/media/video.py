@@ -57,6 +57,8 @@ Sampling = Literal["uniform", "segment_start", "qwen", "transformers"]
 SAMPLINGS = ("uniform", "segment_start", "qwen", "transformers")
 #: Chooses the frames to decode: ``(timestamps [N] s, end s, average fps) -> indices``.
 Selector = Callable[[np.ndarray, float, float], np.ndarray]
+#: A function of one decoded frame, ``[H, W, 3] uint8 -> [h, w, 3] uint8`` (see ``load_video``).
+FrameMap = Callable[[np.ndarray], np.ndarray]
 
 
 @dataclass(frozen=True, eq=False)
@@ -106,6 +108,7 @@ def load_video(
     max_frames: int | None = None,
     sampling: Sampling = "uniform",
     size: tuple[int, int] | None = None,
+    each_frame: FrameMap | None = None,
 ) -> VideoFrames:
     """Decode sampled frames of a video (or a still image) as ``[T, H, W, 3] uint8`` RGB.
 
@@ -161,6 +164,11 @@ def load_video(
             kept), as Video-LLaMA's ``VideoReader(uri, height=224, width=224)``: decord's (and
             PyAV's) libswscale; a still image is resized with PIL's bicubic filter, as BLIP-2's
             ``Resize((224, 224), BICUBIC)``. None keeps the decoded size.
+        each_frame: a function of one frame, ``[H, W, 3] uint8 -> [h, w, 3] uint8`` (e.g. the
+            vision encoder's resize and crop), applied to every sampled frame as it leaves the
+            decoder (after a display rotation is undone), so that only its results are kept
+            and stacked: ``frames`` is ``[each_frame(f) for f in frames]``, without the
+            decoded size's ``T`` full frames in memory at once (88 MB for 8 frames at 1440p).
 
     Returns:
         :class:`VideoFrames`.
@@ -177,11 +185,11 @@ def load_video(
         raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
     p = check_media_path(path)
     if p.suffix.lower() in IMAGE_EXTENSIONS and sampling == "qwen":
-        return _qwen_picture(path)
+        return _map_frames(_qwen_picture(path), each_frame)
     if p.suffix.lower() in IMAGE_EXTENSIONS and sampling == "transformers":
-        return _pil_picture(path)
+        return _map_frames(_pil_picture(path), each_frame)
     if p.suffix.lower() in IMAGE_EXTENSIONS:
-        return _resized_image(_load_image(path), size)
+        return _map_frames(_resized_image(_load_image(path), size), each_frame)
     qwen_fps: list[float] = []  # sample_fps of the last qwen / transformers selection
     taken: list[np.ndarray] = []  # the indices of the last transformers selection
 
@@ -213,40 +221,51 @@ def load_video(
             return segment_start_indices(timestamps.size, num_frames)
         return sample_frame_indices(timestamps.size, num_frames)
 
-    video = _decode_selected_frames(path, select, size)
+    turns = round(rotation / 90) % 4
+    video = _decode_selected_frames(path, select, size, None if turns else each_frame)
     if taken:  # the reference's frame times: index / rate, in Python floats as transformers
         video = dataclasses.replace(video, timestamps=np.asarray(
             [int(i) / qwen_fps[0] for i in taken[0]], dtype=np.float64))
-        turns = round(rotation / 90) % 4
-        if turns:  # upright, as torchcodec returns a clip stored with a display rotation
-            video = dataclasses.replace(video, frames=np.ascontiguousarray(
-                np.rot90(video.frames, turns, axes=(1, 2))))
+    if turns:  # upright, as torchcodec returns a clip stored with a display rotation
+        video = dataclasses.replace(video, frames=np.ascontiguousarray(
+            np.rot90(video.frames, turns, axes=(1, 2))))
+        video = _map_frames(video, each_frame)
     if qwen_fps:
         video = dataclasses.replace(video, sample_fps=qwen_fps[0])
     return video
 
 
+def _map_frames(video: VideoFrames, each_frame: FrameMap | None) -> VideoFrames:
+    """``video`` with ``each_frame`` applied to every frame (as it is without one)."""
+    if each_frame is None:
+        return video
+    return dataclasses.replace(video, frames=np.ascontiguousarray(
+        np.stack([each_frame(frame) for frame in video.frames])))
+
+
 def _decode_selected_frames(path: str | os.PathLike[str], select: Selector,
-                            size: tuple[int, int] | None) -> VideoFrames:
+                            size: tuple[int, int] | None,
+                            each_frame: FrameMap | None = None) -> VideoFrames:
     """The frames ``select`` picks, by the first decoder that can read them (see
-    :func:`load_video`)."""
+    :func:`load_video`), each mapped by ``each_frame``: by the seeking decoder as it
+    decodes them, by the others once all are decoded."""
     # Files that are not videos at all fail here with a clear MediaError (decord would print its
     # own log line on stderr before failing).
     with open_container(path) as container:
         if is_image_container(container):
-            return _resized_image(_decode_image(container, path), size)
+            return _map_frames(_resized_image(_decode_image(container, path), size), each_frame)
         stream = _video_stream(container, path)
         if size is None:  # decord's in-decoder scaling differs from PyAV's swscale: decord
             try:
-                return _load_by_seeking(container, stream, select)
+                return _load_by_seeking(container, stream, select, each_frame)
             except _SeekFailed as exc:
                 log.info("%s: cannot decode by seeking with PyAV (%s); using decord", path, exc)
 
     try:
-        return _load_with_decord(path, select, size)
+        return _map_frames(_load_with_decord(path, select, size), each_frame)
     except _DecordFailed as exc:
         log.info("decord cannot read %s (%s); decoding with PyAV", path, exc)
-    return _resized_image(_load_with_pyav(path, select, size), size)
+    return _map_frames(_resized_image(_load_with_pyav(path, select, size), size), each_frame)
 
 
 def _check_sampling(num_frames: int | None, fps: float | None, max_frames: int | None) -> None:
@@ -490,7 +509,7 @@ def _seek_index(container: av.container.InputContainer,
 
 def _load_by_seeking(
     container: av.container.InputContainer, stream: av.video.VideoStream,
-    select: Selector,
+    select: Selector, each_frame: FrameMap | None = None,
 ) -> VideoFrames:
     """Sampled frames of ``stream`` at their decoded size, decoded by seeking (``"pyav-seek"``).
 
@@ -499,7 +518,8 @@ def _load_by_seeking(
     packet duration, or one frame at the average rate when the container gives none) --
     decord's index, computed in float64. The selected frames are decoded by
     :func:`_seek_frames` (skipping the non-reference frames on the way, H.264) and converted to
-    RGB by libswscale as decord does: the same ``[H, W, 3] uint8`` values.
+    RGB by libswscale as decord does: the same ``[H, W, 3] uint8`` values; ``each_frame``, when
+    given, maps each as it is decoded (only its result is kept).
 
     Raises:
         _SeekFailed: see :func:`_seek_index` and :func:`_seek_frames`.
@@ -508,7 +528,7 @@ def _load_by_seeking(
     starts = index.starts
     idx = select(starts, index.duration, index.avg_fps)
     wanted = np.unique(index.pts[idx])
-    kept, decoded = _decode_by_seeking(container, stream, wanted, index.keys)
+    kept, decoded = _decode_by_seeking(container, stream, wanted, index.keys, each_frame)
     log.debug("%s: %d frames decoded for %d selected of %d", container.name, decoded,
               wanted.size, index.pts.size)
     return VideoFrames(
@@ -523,16 +543,18 @@ def _load_by_seeking(
 
 def _decode_by_seeking(
     container: av.container.InputContainer, stream: av.video.VideoStream,
-    wanted: np.ndarray, keys: np.ndarray,
+    wanted: np.ndarray, keys: np.ndarray, each_frame: FrameMap | None = None,
 ) -> tuple[dict[int, np.ndarray], int]:
     """``{pts: [H, W, 3] uint8 RGB}`` of the frames at the sorted, distinct pts ``wanted``
-    (:func:`_seek_frames`), and how many frames came out of the decoder.
+    (:func:`_seek_frames`; each mapped by ``each_frame`` as it comes), and how many frames came
+    out of the decoder.
 
     Raises:
         _SeekFailed: see :func:`_seek_frames`.
     """
     decoded = [0]
-    kept = dict(_seek_frames(container, stream, wanted, keys, decoded=decoded))
+    frames = _seek_frames(container, stream, wanted, keys, decoded=decoded)
+    kept = {pts: frame if each_frame is None else each_frame(frame) for pts, frame in frames}
     return kept, decoded[0]
 
 
