@@ -138,8 +138,7 @@ def test_each_frame_maps_every_frame_as_it_is_decoded(tmp_path: Path, decoder: s
             for frame in frames:
                 container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
             container.mux(stream.encode())
-    picture = tmp_path / "still.png"
-    av.VideoFrame.from_ndarray(frames[0], format="rgb24").to_image().save(picture)
+    picture = write_png(tmp_path / "still.png", frames[0])
     if decoder != "pyav-seek":
         use_decoder(monkeypatch, decoder)
     for path, kwargs in ((clip, {"num_frames": 5}), (clip, {"num_frames": None, "fps": 3.0}),
@@ -844,3 +843,22 @@ def test_hevc_seeking_keeps_the_pixels(
     np.testing.assert_array_equal(seek.frames, reference.frames)
     np.testing.assert_allclose(seek.timestamps, reference.timestamps, rtol=0, atol=1e-9)
     assert seek.num_decodable == reference.num_decodable == 100
+
+
+def test_decord_leaves_torchvisions_image_decoder_working(tmp_path: Path) -> None:
+    """Once vlm has loaded decord, ``torchvision.io.decode_image`` (transformers' ``load_image``
+    for a picture given by path) still decodes: loaded after decord's bundled libraries, its
+    extension failed with "Internal error"."""
+    picture = write_png(tmp_path / "still.png", moving_frames(1, 48, 64)[0])
+    clip = write_video(tmp_path / "clip.mp4", moving_frames(8), fps=8)
+    code = textwrap.dedent(f"""
+        import torch
+        from vlm_cli.media.video import _import_decord
+        decord = _import_decord()
+        decord.VideoReader({str(clip)!r}).get_batch([0]).asnumpy()
+        from torchvision.io import decode_image
+        data = torch.frombuffer(bytearray(open({str(picture)!r}, "rb").read()), dtype=torch.uint8)
+        print(tuple(decode_image(data).shape))
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip() == "(3, 48, 64)", out.stderr[-2000:]

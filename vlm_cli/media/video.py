@@ -641,8 +641,15 @@ _decord_quieted = False
 
 
 def _import_decord() -> ModuleType:
-    """Import decord and silence its bundled FFmpeg's log (errors reach us as exceptions)."""
+    """Import decord and silence its bundled FFmpeg's log (errors reach us as exceptions).
+
+    torchvision's image extension is loaded first: once decord's bundled libraries are in the
+    process, a later first load of it makes ``torchvision.io.decode_image`` (which
+    transformers' ``load_image`` uses for a picture given by path) fail with "Internal error".
+    """
     global _decord_quieted
+    import torchvision.io  # noqa: F401  (before decord, see above)
+
     try:
         import decord
     except ImportError as exc:  # no wheel for this platform: PyAV does the work
