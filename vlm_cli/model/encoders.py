@@ -57,10 +57,10 @@ def only_layers_up_to(model: nn.Module, layer: int) -> Iterator[int]:
 
     ``hidden_states[layer]`` (``layer`` counted as transformers does: 0 is the embeddings'
     output, L the last layer's, -1 = L, -2 = L - 1) depends on the first ``layer mod (L + 1)``
-    encoder layers alone; the layers after it (one of ViT-B/16's 12 for Video-LLaVA's layer -2)
-    and the post-layernorm's input are computed for nothing. Within the block the tower's
-    ``vision_model.encoder.layers`` is that prefix (the same modules, restored on exit), so the
-    state is the same tensor, bit for bit, computed without them (LLaVA-OneVision's SigLIP tower
+    encoder layers alone; the layers after them (one of ViT-B/16's 12 for Video-LLaVA's layer
+    -2) are computed for nothing. Within the block the tower's list of encoder layers is that
+    prefix (the same modules; the whole list is restored on exit), so the state is the same
+    tensor, bit for bit, computed without them (LLaVA-OneVision's SigLIP tower
     deletes its last layer for good; here it is left out of one forward, so that a tower shared
     with a language model, Video-LLaVA-hf's, keeps all its layers). The tower's encoder is
     ``model.encoder`` (transformers 5's ``CLIPVisionModel``, ``SiglipVisionModel``) or
