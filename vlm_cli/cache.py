@@ -61,13 +61,36 @@ def _split(data: bytes) -> tuple[dict[str, Any], bytes]:
     if n > len(data) - 8:
         raise ValueError("header length exceeds file size")
     header = json.loads(data[8:8 + n])
+    body = data[8 + n:]
+    _check_data_size(header, len(body))
+    return header, body
+
+
+def _check_data_size(header: Any, size: int) -> None:
+    """Check that the tensors of a parsed safetensors ``header`` end exactly at ``size`` bytes
+    into the data section.
+
+    Raises:
+        ValueError: not a JSON object, a tensor without ``data_offsets``, or another size (a
+            truncated or padded file).
+    """
     if not isinstance(header, dict):
         raise ValueError("header is not a JSON object")
-    body = data[8 + n:]
-    ends = [t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"]
-    if max(ends, default=0) != len(body):
-        raise ValueError(f"data section is {len(body)} bytes, tensors need {max(ends, default=0)}")
-    return header, body
+    try:
+        end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"),
+                  default=0)
+    except (KeyError, TypeError, IndexError) as err:
+        raise ValueError(f"no data offsets ({err})") from None
+    if end != size:
+        raise ValueError(f"data section is {size} bytes, tensors need {end}")
+
+
+def _metadata_problem(header: dict[str, Any]) -> str | None:
+    """Why an entry's header lacks vlm's metadata (format version, provenance), or None."""
+    meta = header.get("__metadata__") or {}
+    if meta.get("format_version") != FORMAT_VERSION or "provenance" not in meta:
+        return "missing provenance metadata"
+    return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -295,14 +318,31 @@ def _read_verified(path: Path) -> bytes | str | None:
         return f"cannot read ({err.strerror})"
     try:
         header, body = _split(data)
-    except (ValueError, KeyError, TypeError, IndexError) as err:
+    except ValueError as err:
         return f"unreadable safetensors ({err})"
-    meta = header.get("__metadata__") or {}
-    if meta.get("format_version") != FORMAT_VERSION or "provenance" not in meta:
-        return "missing provenance metadata"
-    if meta.get("payload_sha256") != hashlib.sha256(body).hexdigest():
+    problem = _metadata_problem(header)
+    if problem:
+        return problem
+    if header["__metadata__"].get("payload_sha256") != hashlib.sha256(body).hexdigest():
         return "payload checksum mismatch"
     return data
+
+
+def _read_header(path: Path) -> tuple[Any, int]:
+    """An entry's parsed safetensors header, read alone (8 + its length bytes), and the size
+    of the data section after it in bytes.
+
+    Raises:
+        OSError: the file cannot be read (FileNotFoundError: there is none).
+        ValueError: the header length runs past the file's end, or the header is not JSON.
+    """
+    with open(path, "rb") as f:
+        size = os.fstat(f.fileno()).st_size
+        prefix = f.read(8)
+        n = int.from_bytes(prefix, "little") if len(prefix) == 8 else -1
+        if not 0 <= n <= size - 8:
+            raise ValueError("header length exceeds file size")
+        return json.loads(f.read(n)), size - 8 - n
 
 
 def _read_header_checked(path: Path) -> dict[str, Any] | str | None:
@@ -310,40 +350,24 @@ def _read_header_checked(path: Path) -> dict[str, Any] | str | None:
     its header or size is wrong (what :func:`_read_verified` checks, except the payload
     checksum)."""
     try:
-        with open(path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            prefix = f.read(8)
-            n = int.from_bytes(prefix, "little") if len(prefix) == 8 else -1
-            if not 0 <= n <= size - 8:
-                return "unreadable safetensors (header length exceeds file size)"
-            header = json.loads(f.read(n))
+        header, data_size = _read_header(path)
+        _check_data_size(header, data_size)
     except FileNotFoundError:
         return None
     except OSError as err:
         return f"cannot read ({err.strerror})"
     except ValueError as err:
         return f"unreadable safetensors ({err})"
-    if not isinstance(header, dict):
-        return "unreadable safetensors (header is not a JSON object)"
-    meta = header.get("__metadata__") or {}
-    if (meta.get("format_version") != FORMAT_VERSION or "provenance" not in meta
-            or "payload_sha256" not in meta):
-        return "missing provenance metadata"
-    try:
-        ends = [t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"]
-    except (KeyError, TypeError, IndexError) as err:
-        return f"unreadable safetensors ({err})"
-    if 8 + n + max(ends, default=0) != size:
-        return f"data section is {size - 8 - n} bytes, tensors need {max(ends, default=0)}"
-    return meta
+    problem = _metadata_problem(header)
+    if problem or "payload_sha256" not in header["__metadata__"]:
+        return problem or "missing provenance metadata"
+    return header["__metadata__"]
 
 
 def _entry_metadata(path: Path) -> dict[str, Any]:
     """Provenance of an entry from its header only (no tensor data read); {} if unreadable."""
     try:
-        with open(path, "rb") as f:
-            n = int.from_bytes(f.read(8), "little")
-            header = json.loads(f.read(n)) if 0 < n < (1 << 24) else {}
+        header, _ = _read_header(path)
         return json.loads((header.get("__metadata__") or {}).get("provenance", "{}"))
     except (OSError, ValueError, AttributeError):
         return {}
